@@ -1,0 +1,96 @@
+"""edgekd's command line: `edgekd build target=cpu-int8 distill.temperature=2`, `edgekd targets`."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .errors import EdgeKDError, RecipeError
+
+
+def _run(debug: bool, fn):
+    try:
+        return fn()
+    except EdgeKDError as e:
+        if debug:
+            raise
+        click.echo(f"edgekd: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        click.echo("edgekd: interrupted; run the same command again to resume (finished stages are reused)", err=True)
+        sys.exit(130)
+
+
+@click.group()
+@click.version_option(package_name="edgekd")
+def main():
+    """Distill a small student from a teacher, quantize it to INT8 under the distillation loss,
+    export it to ONNX / OpenVINO, and benchmark it against the teacher."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("settings", nargs=-1)
+@click.option("--target", "target_opt", default=None, help="Target profile (see `edgekd targets`).")
+@click.option("--recipe", "recipe_opt", default=None, type=click.Path(dir_okay=False),
+              help="Recipe TOML (default: the embedded MNIST example).")
+@click.option("--out", default="build", show_default=True, help="Output folder; the build goes to OUT/<target>.")
+@click.option("--force", is_flag=True, help="Rebuild every stage instead of reusing cached ones.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def build(settings, target_opt, recipe_opt, out, force, debug):
+    """Build a target. SETTINGS are key=value: target=NAME, recipe=PATH, any recipe key
+    (distill.temperature=2), or a target profile key (target.iterations=500)."""
+
+    def go():
+        target, recipe_path, overrides, target_overrides = target_opt, recipe_opt, [], []
+        for s in settings:
+            if s.startswith("--"):
+                raise RecipeError(f"unknown option '{s}'; see edgekd build --help")
+            key = s.split("=", 1)[0].strip()
+            if key == "target":
+                target = s.split("=", 1)[1]
+            elif key == "recipe":
+                recipe_path = s.split("=", 1)[1]
+            elif key.startswith("target."):
+                target_overrides.append(s)
+            else:
+                overrides.append(s)
+        from .pipeline import build as run_build
+        from .recipe import apply_overrides, load_recipe
+        from .targets import load_target, override_target
+
+        # Validate everything before anything is written.
+        tgt = override_target(load_target(target or "cpu-int8"), target_overrides)
+        recipe = apply_overrides(load_recipe(recipe_path), overrides)
+        result = run_build(recipe, tgt, out_dir=out, force=force, log=lambda m: click.echo(m, err=True))
+        _summary(result.report)
+        click.echo(str(result.report_md))
+
+    _run(debug, go)
+
+
+def _summary(report: dict) -> None:
+    click.echo(f"\n{'model':18s} {'acc':>7s} {'p50 ms':>8s} {'speedup':>8s} {'size':>10s} {'RSS MB':>7s}", err=True)
+    for name, m in report["models"].items():
+        click.echo(f"{name:18s} {100 * m['accuracy']:6.2f}% {m['latency_ms']['p50']:8.3f} "
+                   f"{m['speedup_vs_teacher']:7.1f}x {m['size_bytes'] / 1e3:8.1f}kB {m['peak_rss_mb']:7.0f}", err=True)
+
+
+@main.command()
+def targets():
+    """List the target profiles."""
+
+    def go():
+        from .targets import load_target, target_names
+
+        for name in target_names():
+            t = load_target(name)
+            click.echo(f"{name:16s} {t.runtime:12s} {t.precision:5s} {t.threads} thread(s)  {t.description}")
+
+    _run(False, go)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,470 @@
+"""`build(recipe, target)`: the only place that orders the stages and knows about caching.
+
+teacher -> soft labels -> baseline, distill -> quantization-aware distillation -> export (+ parity)
+-> benchmark (fresh process per model, target runtime) -> report.
+
+Each stage writes into a temporary folder under <out>/.cache and is renamed into place when it has
+finished, with the sha256 of every file it wrote; a stage is reused when the hash of its inputs
+matches and its files still match their recorded sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import EdgeKDError, InputError
+from .recipe import Recipe
+from .targets import Target
+
+# Bump when a stage's code changes what it produces, so old cache entries are not reused.
+STAGE_VERSION = 1
+MODEL_NAMES = ("teacher", "student-baseline", "student-fp32", "student-int8")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _key(*parts) -> str:
+    text = json.dumps([STAGE_VERSION, __version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageOut:
+    name: str
+    key: str
+    dir: Path
+    meta: dict
+    seconds: float
+    cached: bool
+
+
+@dataclass
+class BuildResult:
+    build_dir: Path
+    report: dict
+    stages: list[StageOut] = field(default_factory=list)
+
+    @property
+    def report_md(self) -> Path:
+        return self.build_dir / "report.md"
+
+
+class _Stages:
+    def __init__(self, cache: Path, *, force: bool, log):
+        self.cache, self.force, self.log, self.done = cache, force, log, []
+
+    def run(self, name: str, key: str, fn) -> StageOut:
+        final = self.cache / f"{name}-{key}"
+        t0 = time.perf_counter()
+        if not self.force and self._valid(final):
+            meta = json.loads((final / "stage.json").read_text())["meta"]
+            out = StageOut(name, key, final, meta, time.perf_counter() - t0, True)
+            self.log(f"[{name}] reused (cache {final.name})")
+        else:
+            self.log(f"[{name}] running")
+            tmp = self.cache / f".{name}-{key}.tmp{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                meta = fn(tmp) or {}
+                files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+                seconds = time.perf_counter() - t0
+                _write_atomic(tmp / "stage.json", json.dumps({"meta": meta, "files": files, "seconds": seconds}, indent=1))
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            out = StageOut(name, key, final, meta, seconds, False)
+            self.log(f"[{name}] done in {seconds:.1f} s")
+        self.done.append(out)
+        return out
+
+    @staticmethod
+    def _valid(d: Path) -> bool:
+        try:
+            rec = json.loads((d / "stage.json").read_text())
+            return all(sha256_file(d / n) == h for n, h in rec["files"].items() if n != "stage.json")
+        except (OSError, ValueError, KeyError):
+            return False
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_state(module, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(module.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(module, path: Path):
+    import torch
+
+    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return module.eval()
+
+
+def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", force: bool = False,
+          log=print) -> BuildResult:
+    """Teacher to benchmarked student(s) for one target; writes <out_dir>/<target.name>/."""
+    import torch
+
+    from .data import load_data
+    from .models import build_arch, check_fits, count_params, load_teacher
+    from .quantize import calibrate, prepare_qat, qat_eval_mode, qat_train_mode, resolve_reduce_range
+    from .train import accuracy, fit, predict, teacher_views
+
+    out_dir = Path(out_dir)
+    _check_writable(out_dir)
+    created_out = not out_dir.exists()
+    torch.manual_seed(recipe.seed)
+    stages = _Stages(out_dir / ".cache", force=force, log=log)
+    try:
+        t0 = time.perf_counter()
+        data = load_data(recipe.data, seed=recipe.seed)
+        data_seconds = time.perf_counter() - t0
+        num_classes = len(data.labels)
+        data_key = _key(asdict(recipe.data), recipe.seed)
+        spec_t = recipe.teacher
+        teacher_file = {k: sha256_file(recipe.path(getattr(spec_t, k))) for k in ("checkpoint", "torchscript")
+                        if getattr(spec_t, k) and recipe.path(getattr(spec_t, k)).is_file()}
+
+        def teacher_module():
+            m = load_teacher(spec_t, recipe)
+            check_fits(m, data.input_shape, num_classes, what=f"teacher ({spec_t.source})")
+            return m
+
+        # 1. Teacher: load, or train when the recipe gives no weights.
+        def run_teacher(d: Path):
+            m = teacher_module()
+            meta = {"source": spec_t.source, "params": count_params(m)}
+            if spec_t.source == "train":
+                r = fit(m, x=data.x_train, y=data.y_train, x_val=data.x_val, y_val=data.y_val,
+                        epochs=spec_t.epochs, lr=spec_t.lr, batch_size=spec_t.batch_size, seed=recipe.seed,
+                        augment_on=recipe.data.augment, desc="teacher")
+                _save_state(m, d / "teacher.pt")
+                meta.update(val_accuracy=r.val_accuracy, chosen_epoch=r.chosen_epoch, history=r.history)
+            else:
+                meta["val_accuracy"] = accuracy(predict(m, data.x_val), data.y_val)
+            return meta
+
+        st_teacher = stages.run("teacher", _key(data_key, asdict(spec_t), teacher_file), run_teacher)
+
+        def get_teacher():
+            if spec_t.source == "train":
+                return _load_state(build_arch(spec_t.arch), st_teacher.dir / "teacher.pt")
+            return teacher_module().eval()
+
+        teacher = get_teacher()
+        ds = recipe.distill
+
+        # 2. Soft labels: the teacher's logits on `views` augmented copies (computed once).
+        def run_views(d: Path):
+            xs, ts = teacher_views(teacher, data.x_train, views=ds.views, seed=recipe.seed + 1,
+                                   augment_on=recipe.data.augment)
+            np.save(d / "views_x.npy", xs)
+            np.save(d / "views_logits.npy", ts)
+            return {"views": ds.views, "teacher_train_accuracy_view0": accuracy(ts[0], data.y_train)}
+
+        st_views = stages.run("soft-labels", _key(st_teacher.key, ds.views, recipe.data.augment), run_views)
+        xs, ts = np.load(st_views.dir / "views_x.npy"), np.load(st_views.dir / "views_logits.npy")
+
+        student_arch = recipe.student.arch
+
+        def train_student(d: Path, *, distill: bool, fname: str):
+            m = build_arch(student_arch, in_channels=data.input_shape[0], num_classes=num_classes)
+            r = fit(m, x=xs, y=data.y_train, x_val=data.x_val, y_val=data.y_val, epochs=ds.epochs, lr=ds.lr,
+                    batch_size=ds.batch_size, seed=recipe.seed, soft=ts if distill else None,
+                    temperature=ds.temperature, alpha=ds.alpha, desc="distill" if distill else "baseline")
+            _save_state(m, d / fname)
+            return {"params": count_params(m), "val_accuracy": r.val_accuracy, "chosen_epoch": r.chosen_epoch,
+                    "history": r.history}
+
+        # 3. Baseline (hard labels, same views and budget) and 4. distilled student.
+        budget = {k: v for k, v in asdict(ds).items() if k not in ("temperature", "alpha")}
+        st_base = stages.run("baseline", _key(st_views.key, student_arch, budget),
+                             lambda d: train_student(d, distill=False, fname="baseline.pt"))
+        st_dist = stages.run("distill", _key(st_views.key, student_arch, asdict(ds)),
+                             lambda d: train_student(d, distill=True, fname="student.pt"))
+
+        def student_module(path: Path):
+            return _load_state(build_arch(student_arch, in_channels=data.input_shape[0], num_classes=num_classes), path)
+
+        baseline, student = student_module(st_base.dir / "baseline.pt"), student_module(st_dist.dir / "student.pt")
+
+        # 5. Quantization-aware distillation: fake-quant INT8 student, FP32 teacher, same KD loss.
+        qs = recipe.quantize
+        reduce_range = resolve_reduce_range(qs.reduce_range)
+
+        def new_qat():
+            return prepare_qat(student, reduce_range=reduce_range)
+
+        def run_qat(d: Path):
+            q = new_qat()
+            calibrate(q, data.x_train[: qs.calibration])
+            epochs = qs.epochs if qs.method == "qat" else 0
+            r = fit(q, x=xs, y=data.y_train, x_val=data.x_val, y_val=data.y_val, epochs=epochs, lr=qs.lr,
+                    batch_size=ds.batch_size, seed=recipe.seed + 2, soft=ts, temperature=ds.temperature,
+                    alpha=ds.alpha, desc="qat", train_mode=qat_train_mode, eval_mode=qat_eval_mode,
+                    weight_decay=0.0)
+            _save_state(q, d / "student_qat.pt")
+            return {"method": qs.method, "reduce_range": reduce_range, "val_accuracy": r.val_accuracy,
+                    "chosen_epoch": r.chosen_epoch, "history": r.history}
+
+        st_qat = stages.run("qat", _key(st_dist.key, asdict(qs), reduce_range), run_qat)
+        qat = _load_state(new_qat(), st_qat.dir / "student_qat.pt")
+        qat_eval_mode(qat)
+
+        torch_models = {"teacher": teacher, "student-baseline": baseline, "student-fp32": student, "student-int8": qat}
+        st_export = stages.run(
+            "export", _key(st_teacher.key, st_base.key, st_dist.key, st_qat.key, asdict(recipe.export), target.runtime),
+            lambda d: _export_all(d, torch_models, data, recipe, target, reduce_range))
+        st_bench = stages.run(
+            "benchmark", _key(st_export.key, asdict(target)),
+            lambda d: _bench_all(d, st_export, data, target))
+        report = _assemble(recipe, target, data, stages.done, data_seconds,
+                           {n: count_params(m) for n, m in torch_models.items()})
+        build_dir = _write_build(out_dir, target, recipe, report, st_export, data)
+    except BaseException:
+        if created_out and out_dir.exists() and not any(p for p in out_dir.rglob("*") if p.is_file()):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return BuildResult(build_dir, report, stages.done)
+
+
+def _check_writable(out_dir: Path) -> None:
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"output folder '{out_dir}' is not writable; pass --out to a folder you can write")
+
+
+def _model_files(target: Target) -> dict[str, str]:
+    ext = ".xml" if target.runtime == "openvino" else ".onnx"
+    return {n: f"{n}{ext}" for n in MODEL_NAMES}
+
+
+def _export_all(d: Path, torch_models: dict, data, recipe: Recipe, target: Target, reduce_range: bool) -> dict:
+    """ONNX for every model (INT8 QDQ for the quantized student), OpenVINO IR for openvino targets,
+    each checked against its PyTorch model on held-out inputs."""
+    from .export import check_parity, export_onnx, to_openvino
+    from .quantize import INTEGER_OPS, optimized_op_types, quantize_onnx
+    from .runtimes import runtimes
+    from .train import predict
+
+    es = recipe.export
+    xp = data.x_val[: es.parity_samples]
+    meta: dict = {"parity": {}, "reduce_range": reduce_range}
+    for name, model in torch_models.items():
+        if name == "student-int8":
+            export_onnx(model.float_model(), d / "student-int8.fp32.onnx", data.input_shape, opset=es.opset)
+            quantize_onnx(d / "student-int8.fp32.onnx", d / "student-int8.onnx",
+                          data.x_train[: recipe.quantize.calibration], reduce_range=reduce_range)
+            (d / "student-int8.fp32.onnx").unlink()
+            ops = optimized_op_types(d / "student-int8.onnx")
+            meta["int8_ops"] = ops
+            if not any(op in ops for op in INTEGER_OPS):
+                raise EdgeKDError(f"student-int8.onnx runs no integer kernels in onnxruntime (ops: {sorted(ops)}); "
+                                  "the INT8 graph would be emulated in float")
+        else:
+            export_onnx(model, d / f"{name}.onnx", data.input_shape, opset=es.opset)
+        ref = predict(model, xp)
+        int8 = name == "student-int8"
+        files = [(f"{name}.onnx", "onnxruntime")]
+        if target.runtime == "openvino":
+            to_openvino(d / f"{name}.onnx", d / f"{name}.xml")
+            files.append((f"{name}.xml", "openvino"))
+        for fname, rt in files:
+            out = runtimes.get(rt)(str(d / fname), threads=1)(np.ascontiguousarray(xp))
+            p = check_parity(fname, out, ref,
+                             min_agreement=es.int8_min_agreement if int8 else es.fp32_min_agreement,
+                             max_abs_diff=None if int8 else es.fp32_max_abs_diff)
+            meta["parity"][fname] = p.to_dict()
+    if target.runtime == "openvino":
+        meta["openvino_int8_precisions"] = _ov_runtime_precisions(d / "student-int8.xml")
+    return meta
+
+
+def _ov_runtime_precisions(xml: Path) -> dict[str, int]:
+    """How many executed layers run in each precision (OpenVINO may run FakeQuantize in f32)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU")
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        prec = str(rt["runtimePrecision"]) if "runtimePrecision" in rt else "?"
+        layer = str(rt["layerType"]) if "layerType" in rt else op.get_type_name()
+        if layer in ("Convolution", "FullyConnected", "MatMul"):
+            counts[prec] = counts.get(prec, 0) + 1
+    return counts
+
+
+def _bench_all(d: Path, st_export: StageOut, data, target: Target) -> dict:
+    from .bench import benchmark
+
+    inputs = d / "inputs.npz"
+    np.savez(inputs, x=data.x_test)
+    results = {}
+    files = _model_files(target)
+    from tqdm import tqdm
+
+    for name in tqdm(MODEL_NAMES, desc="benchmark", leave=False, disable=None):
+        res, logits = benchmark(st_export.dir / files[name], runtime=target.runtime, inputs=inputs,
+                                threads=target.threads, warmup=target.warmup, iterations=target.iterations,
+                                batch_sizes=target.batch_sizes,
+                                profile=target.runtime == "onnxruntime" and name.startswith("student-"))
+        np.save(d / f"{name}.logits.npy", logits)
+        results[name] = res
+    inputs.unlink()
+    return results
+
+
+def _environment(target: Target, seed: int) -> dict:
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    info: dict = {"python": platform.python_version(), "machine": platform.machine(), "seed": seed,
+                  "edgekd": __version__, "threads": target.threads, "logical_cpus": os.cpu_count()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+        info["cpu"] = model
+        info["isa"] = {k: k in flags for k in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}
+    except OSError:
+        info["cpu"] = platform.processor()
+    info["versions"] = {}
+    for pkg in ("torch", "onnx", "onnxruntime", "openvino", "numpy"):
+        try:
+            info["versions"][pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+def _assemble(recipe: Recipe, target: Target, data, done: list[StageOut], data_seconds: float, params: dict) -> dict:
+    by = {s.name: s for s in done}
+    bench = by["benchmark"].meta
+    export = by["export"].meta
+    files = _model_files(target)
+    teacher_logits = np.load(by["benchmark"].dir / "teacher.logits.npy")
+    models = {}
+    for name in MODEL_NAMES:
+        logits = np.load(by["benchmark"].dir / f"{name}.logits.npy")
+        path = by["export"].dir / files[name]
+        size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+        b = bench[name]
+        models[name] = {
+            "accuracy": float((logits.argmax(1) == data.y_test).mean()),
+            "agreement": float((logits.argmax(1) == teacher_logits.argmax(1)).mean()),
+            "latency_ms": b["latency_ms"],
+            "throughput_per_s": b["throughput_per_s"],
+            "size_bytes": size,
+            "peak_rss_mb": b["peak_rss_mb"],
+            "rss_increase_mb": b["rss_increase_mb"],
+            "params": params[name],
+            "runtime": target.runtime,
+            "precision": "int8" if name == "student-int8" else "fp32",
+            "file": files[name],
+        }
+        if "op_profile" in b:
+            models[name]["op_profile"] = b["op_profile"]
+    teacher = models["teacher"]
+    for m in models.values():
+        m["speedup_vs_teacher"] = teacher["latency_ms"]["p50"] / m["latency_ms"]["p50"]
+        m["size_ratio_vs_teacher"] = m["size_bytes"] / teacher["size_bytes"]
+    stage_times = {"data": {"seconds": data_seconds, "cached": False}}
+    stage_times.update({s.name: {"seconds": s.seconds, "cached": s.cached} for s in done})
+    training = {n: {k: v for k, v in by[n].meta.items() if k != "history"} for n in ("teacher", "baseline", "distill", "qat")}
+    return {
+        "target": target.name,
+        "target_profile": asdict(target),
+        "recipe": recipe.name,
+        "models": models,
+        "training": training,
+        "distillation_gain_pts": 100 * (models["student-fp32"]["accuracy"] - models["student-baseline"]["accuracy"]),
+        "parity": export["parity"],
+        "int8": {"reduce_range": export["reduce_range"], "onnxruntime_ops": export.get("int8_ops", {}),
+                 "openvino_precisions": export.get("openvino_int8_precisions")},
+        "stages": stage_times,
+        "test_samples": int(len(data.y_test)),
+        "environment": _environment(target, recipe.seed),
+    }
+
+
+def _write_build(out_dir: Path, target: Target, recipe: Recipe, report: dict, st_export: StageOut, data) -> Path:
+    """Assemble build/<target>/ in a temporary folder, then swap it into place."""
+    from .recipe import recipe_toml
+    from .report import render_markdown
+
+    final = out_dir / target.name
+    tmp = out_dir / f".{target.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        files = _model_files(target)
+        for name in MODEL_NAMES:
+            src = st_export.dir / files[name]
+            shutil.copy2(src, tmp / src.name)
+            if src.suffix == ".xml":
+                shutil.copy2(src.with_suffix(".bin"), tmp / src.with_suffix(".bin").name)
+        deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
+        manifest = {
+            "model": files[deliverable],
+            "sha256": sha256_file(tmp / files[deliverable]),
+            "runtime": target.runtime,
+            "precision": target.precision,
+            "input": {"name": "input", "shape": ["batch", *data.input_shape], "dtype": "float32"},
+            "output": {"name": "logits", "shape": ["batch", len(data.labels)], "dtype": "float32",
+                       "meaning": "unnormalized class scores; argmax is the predicted label"},
+            "preprocessing": data.preprocessing,
+            "labels": data.labels,
+            "threads": target.threads,
+            "edgekd": __version__,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        lock = recipe
+        from dataclasses import replace
+
+        lock = replace(recipe, quantize=replace(recipe.quantize,
+                                                reduce_range="true" if report["int8"]["reduce_range"] else "false"))
+        (tmp / "recipe.lock.toml").write_text(
+            f"# edgekd {__version__}: the resolved recipe of build '{target.name}'.\n"
+            f"# Reproduce: edgekd build recipe=recipe.lock.toml target={target.name}\n" + recipe_toml(lock))
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        (tmp / "report.md").write_text(render_markdown(report))
+        old = out_dir / f".{target.name}.old{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

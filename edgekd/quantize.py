@@ -1,0 +1,225 @@
+"""INT8: quantization-aware distillation in PyTorch, then an INT8 QDQ ONNX graph written by
+onnxruntime's quantizer.
+
+Why this route (torch 2.13, measured on this project's machines):
+- torch.ao.quantization eager/FX QAT is deprecated, and its fused observer op exports to neither
+  ONNX exporter nor OpenVINO.
+- torchao's PT2E QAT trains well, but its converted graph needs the dynamo exporter and OpenVINO
+  cannot convert it directly; `convert_pt2e` alone takes ~17 s.
+- NNCF's torch QAT works but compiles a C++ extension on first use (~55 s) and exports an
+  OpenVINO-only FakeQuantize op by default.
+So training uses torch's own fake-quant ops (`torch.fake_quantize_per_channel_affine` /
+`_per_tensor_affine`, straight-through gradients) in exactly the scheme that
+`onnxruntime.quantization.quantize_static` then materializes: weights symmetric per-channel INT8
+(7-bit with reduce_range), activations asymmetric per-tensor UINT8 from min/max. Weight scales are a
+function of the weights (max |w| per output channel), so the exported INT8 weights are the ones the
+student was fine-tuned with. One QDQ ONNX graph then feeds both onnxruntime and OpenVINO.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+
+
+def has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def resolve_reduce_range(setting: str) -> bool:
+    """'auto': 7-bit weights on x86 without VNNI, where u8s8 kernels can saturate (ARM never does)."""
+    if setting != "auto":
+        return setting == "true"
+    return platform.machine().lower() in ("x86_64", "amd64") and not has_vnni()
+
+
+def _weight_range(reduce_range: bool) -> tuple[int, int]:
+    # onnxruntime.quantization symmetric INT8: [-127, 127], or [-64, 64] with reduce_range.
+    return (-64, 64) if reduce_range else (-127, 127)
+
+
+def _make_modules():
+    import torch
+    import torch.nn as nn
+
+    class ActFakeQuant(nn.Module):
+        """Per-tensor asymmetric UINT8 fake-quant; range = EMA of batch min/max (as a MinMax
+        calibrator sees it), always including 0 so that 0 is exact."""
+
+        def __init__(self, momentum: float = 0.05):
+            super().__init__()
+            self.momentum = momentum
+            self.register_buffer("lo", torch.zeros(()))
+            self.register_buffer("hi", torch.zeros(()))
+            self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+            self.observe = True
+
+        def forward(self, x):
+            if self.observe:
+                lo, hi = x.detach().min(), x.detach().max()
+                if not bool(self.seen):
+                    self.lo.copy_(lo)
+                    self.hi.copy_(hi)
+                    self.seen.fill_(True)
+                else:
+                    self.lo.lerp_(lo, self.momentum)
+                    self.hi.lerp_(hi, self.momentum)
+            lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)
+            scale = torch.clamp((hi - lo) / 255.0, min=1e-8)
+            zero = torch.clamp(torch.round(-lo / scale), 0, 255).to(torch.int32)
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
+
+    class QuantWrap(nn.Module):
+        """Conv2d/Linear with fake-quantized input (UINT8 per-tensor) and weight (INT8 per-channel)."""
+
+        def __init__(self, inner, reduce_range: bool):
+            super().__init__()
+            self.inner = inner
+            self.act = ActFakeQuant()
+            self.qmin, self.qmax = _weight_range(reduce_range)
+
+        def forward(self, x):
+            x = self.act(x)
+            w = self.inner.weight
+            # (C_out, ...) -> scale per output channel: max|w| / (range / 2), symmetric, zero point 0
+            absmax = w.detach().abs().flatten(1).amax(1).clamp(min=1e-8)
+            scale = absmax * 2 / (self.qmax - self.qmin)
+            zero = torch.zeros_like(scale, dtype=torch.int32)
+            wq = torch.fake_quantize_per_channel_affine(w, scale, zero, 0, self.qmin, self.qmax)
+            if isinstance(self.inner, nn.Conv2d):
+                return self.inner._conv_forward(x, wq, self.inner.bias)
+            return nn.functional.linear(x, wq, self.inner.bias)
+
+    class QATModel(nn.Module):
+        def __init__(self, fused, reduce_range: bool):
+            super().__init__()
+            self.body = fused
+            self.out = ActFakeQuant()
+            for name, mod in list(fused.named_modules()):
+                if isinstance(mod, (nn.Conv2d, nn.Linear)):
+                    parent, _, leaf = name.rpartition(".")
+                    setattr(fused.get_submodule(parent) if parent else fused, leaf, QuantWrap(mod, reduce_range))
+
+        def forward(self, x):
+            return self.out(self.body(x))
+
+        def set_observe(self, on: bool):
+            for m in self.modules():
+                if isinstance(m, ActFakeQuant):
+                    m.observe = on
+
+        def float_model(self):
+            """The BN-folded float model with the fine-tuned weights, for ONNX export."""
+            import copy
+
+            fused = copy.deepcopy(self.body)
+            for name, mod in list(fused.named_modules()):
+                if isinstance(mod, QuantWrap):
+                    parent, _, leaf = name.rpartition(".")
+                    setattr(fused.get_submodule(parent) if parent else fused, leaf, mod.inner)
+            return fused.eval()
+
+    return QATModel
+
+
+def fold_batchnorm(model):
+    """Fold BatchNorm into the preceding convolution (eval statistics) via torch.fx. Without this,
+    onnxruntime sees BN between Conv and Q and cannot form integer convolutions."""
+    import copy
+
+    import torch.fx
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(torch.fx.symbolic_trace(copy.deepcopy(model).eval()))
+
+
+def prepare_qat(student, *, reduce_range: bool):
+    """A fake-quant copy of `student` (BN folded) ready for quantization-aware distillation."""
+    QATModel = _make_modules()
+    return QATModel(fold_batchnorm(student), reduce_range)
+
+
+def calibrate(qat_model, x: np.ndarray) -> None:
+    """Initialise activation ranges from data (one pass, observers on, no gradient)."""
+    import torch
+
+    qat_model.eval()
+    qat_model.set_observe(True)
+    with torch.no_grad():
+        for i in range(0, len(x), 128):
+            qat_model(torch.from_numpy(x[i:i + 128]))
+    qat_model.set_observe(False)
+
+
+def qat_train_mode(m):
+    m.train()
+    m.set_observe(True)
+
+
+def qat_eval_mode(m):
+    m.eval()
+    m.set_observe(False)
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over an array, one batch-1 feed at a time."""
+
+    def __init__(self, input_name: str, x: np.ndarray):
+        self._it = iter([{input_name: x[i:i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # not needed by MinMax; kept for the reader protocol
+        pass
+
+
+def quantize_onnx(fp32_path: Path, out_path: Path, calib_x: np.ndarray, *, reduce_range: bool) -> None:
+    """Static INT8 QDQ: per-channel symmetric INT8 weights, per-tensor UINT8 activations (MinMax)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    pre = out_path.with_suffix(".pre.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        quantize_static(
+            str(pre), str(out_path), _Reader(input_name, calib_x.astype(np.float32)),
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd",
+               "QLinearGlobalAveragePool", "QLinearMul", "QLinearSigmoid", "QAttention", "DynamicQuantizeMatMul")
+
+
+def optimized_op_types(path: Path, *, level: str = "extended") -> dict[str, int]:
+    """Op-type counts of the graph onnxruntime actually runs (after its graph optimizations)."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    with tempfile.TemporaryDirectory() as d:
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        graph = onnx.load(so.optimized_model_filepath).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

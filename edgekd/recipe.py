@@ -1,0 +1,282 @@
+"""Recipes: one frozen dataclass per section, validated when built, loaded from TOML, overridden with
+typed `key=value` strings. A build writes the fully resolved recipe as `recipe.lock.toml`."""
+
+from __future__ import annotations
+
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+
+from .errors import RecipeError
+from .registry import closest
+
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "examples" / "mnist" / "edgekd.toml"
+
+
+def _check(cond: bool, key: str, want: str, got) -> None:
+    if not cond:
+        raise RecipeError(f"{key} must be {want}, got {got!r}")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "mnist"
+    n_train: int = 3500
+    n_val: int = 500  # validation slice, used to choose the checkpoint (best vs last)
+    n_test: int = 1000
+    augment: bool = True
+
+    def __post_init__(self):
+        for k in ("n_train", "n_val", "n_test"):
+            _check(getattr(self, k) > 0, f"data.{k}", "> 0", getattr(self, k))
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    arch: str = "mnist-teacher"
+    checkpoint: str = ""  # a state_dict for `arch`, loaded with weights_only=True
+    torchscript: str = ""  # a TorchScript file
+    factory: str = ""  # "package.module:function" returning an nn.Module
+    epochs: int = 8
+    lr: float = 0.05
+    batch_size: int = 128
+
+    def __post_init__(self):
+        given = [k for k in ("checkpoint", "torchscript", "factory") if getattr(self, k)]
+        _check(len(given) <= 1, "teacher", "given by at most one of checkpoint, torchscript, factory", given)
+        if self.factory:
+            _check(":" in self.factory, "teacher.factory", "'package.module:function'", self.factory)
+        _check(self.epochs >= 0, "teacher.epochs", ">= 0", self.epochs)
+        _check(self.lr > 0, "teacher.lr", "> 0", self.lr)
+        _check(self.batch_size > 0, "teacher.batch_size", "> 0", self.batch_size)
+
+    @property
+    def source(self) -> str:
+        for k in ("checkpoint", "torchscript", "factory"):
+            if getattr(self, k):
+                return k
+        return "train"
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    arch: str = "mnist-student"
+
+
+@dataclass(frozen=True)
+class DistillSpec:
+    temperature: float = 4.0
+    alpha: float = 0.9
+    epochs: int = 20
+    lr: float = 0.05
+    batch_size: int = 128
+    # Consistent teaching (Beyer et al. 2022): the teacher labels the very augmented view the student
+    # sees. The teacher's logits for `views` augmented copies of each image are computed once and
+    # cached, so an epoch costs one student pass, not a teacher pass too.
+    views: int = 8
+
+    def __post_init__(self):
+        _check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
+        _check(0 <= self.alpha <= 1, "distill.alpha", "in [0, 1]", self.alpha)
+        _check(self.epochs >= 0, "distill.epochs", ">= 0", self.epochs)
+        _check(self.lr > 0, "distill.lr", "> 0", self.lr)
+        _check(self.batch_size > 0, "distill.batch_size", "> 0", self.batch_size)
+        _check(self.views >= 1, "distill.views", ">= 1", self.views)
+
+
+@dataclass(frozen=True)
+class QuantizeSpec:
+    method: str = "qat"  # "qat": quantization-aware distillation; "ptq": calibration only
+    epochs: int = 3
+    lr: float = 0.005
+    calibration: int = 256  # images used to calibrate activation ranges
+    reduce_range: str = "auto"  # 7-bit weights: "auto" = on x86 CPUs without VNNI, "true", "false"
+
+    def __post_init__(self):
+        _check(self.method in ("qat", "ptq"), "quantize.method", "'qat' or 'ptq'", self.method)
+        _check(self.epochs >= 0, "quantize.epochs", ">= 0", self.epochs)
+        _check(self.lr > 0, "quantize.lr", "> 0", self.lr)
+        _check(self.calibration > 0, "quantize.calibration", "> 0", self.calibration)
+        _check(self.reduce_range in ("auto", "true", "false"), "quantize.reduce_range",
+               "'auto', 'true' or 'false'", self.reduce_range)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    opset: int = 17
+    parity_samples: int = 500
+    fp32_max_abs_diff: float = 1e-3
+    fp32_min_agreement: float = 0.99
+    int8_min_agreement: float = 0.97
+
+    def __post_init__(self):
+        _check(13 <= self.opset <= 21, "export.opset", "in [13, 21]", self.opset)
+        _check(self.parity_samples > 0, "export.parity_samples", "> 0", self.parity_samples)
+        _check(self.fp32_max_abs_diff > 0, "export.fp32_max_abs_diff", "> 0", self.fp32_max_abs_diff)
+        for k in ("fp32_min_agreement", "int8_min_agreement"):
+            _check(0 <= getattr(self, k) <= 1, f"export.{k}", "in [0, 1]", getattr(self, k))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "mnist"
+    seed: int = 0
+    data: DataSpec = field(default_factory=DataSpec)
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    student: StudentSpec = field(default_factory=StudentSpec)
+    distill: DistillSpec = field(default_factory=DistillSpec)
+    quantize: QuantizeSpec = field(default_factory=QuantizeSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
+    # Where relative paths in the recipe are resolved from; not part of the recipe itself.
+    base_dir: str = field(default=".", compare=False, metadata={"internal": True})
+
+    def to_dict(self) -> dict:
+        return _to_dict(self)
+
+    def path(self, value: str) -> Path:
+        """A path from the recipe, relative to the recipe file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+def _to_dict(obj) -> dict:
+    out = {}
+    for f in fields(obj):
+        if f.metadata.get("internal"):
+            continue
+        v = getattr(obj, f.name)
+        out[f.name] = _to_dict(v) if is_dataclass(v) else v
+    return out
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, typ, value, *, from_text: bool):
+    """Check (TOML) or parse (`key=value` text) one value against the field's type."""
+    if from_text:
+        text = value.strip()
+        if typ is bool:
+            low = text.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise RecipeError(f"{key} must be true or false, got {text!r}")
+        if typ is int:
+            try:
+                return int(text)
+            except ValueError:
+                raise RecipeError(f"{key} must be an integer, got {text!r}") from None
+        if typ is float:
+            try:
+                return float(text)
+            except ValueError:
+                raise RecipeError(f"{key} must be a number, got {text!r}") from None
+        return text
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is str and isinstance(value, bool):  # reduce_range = true in TOML means "true"
+        return "true" if value else "false"
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        want = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[typ]
+        raise RecipeError(f"{key} must be {want}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str, *, from_text: bool = False, base=None):
+    """Build dataclass `cls` from a (possibly partial) dict, refusing unknown keys."""
+    hints = _hints(cls)
+    names = [f.name for f in fields(cls) if not f.metadata.get("internal")]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise RecipeError(f"unknown recipe key '{full}'{closest(full, _all_keys(cls, prefix))}")
+        typ = hints[key]
+        if is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise RecipeError(f"{full} must be a table ([{full}]), got {value!r}")
+            sub_base = getattr(base, key) if base is not None else None
+            kwargs[key] = _build(typ, value, f"{full}.", from_text=from_text, base=sub_base)
+        else:
+            kwargs[key] = _coerce(full, typ, value, from_text=from_text)
+    try:
+        if base is not None:
+            return replace(base, **kwargs)
+        return cls(**kwargs)
+    except TypeError as e:  # defensive: a dataclass refusing its arguments is our bug, say so plainly
+        raise RecipeError(f"{prefix or 'recipe'}: {e}") from None
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    hints = _hints(cls)
+    for f in fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        if is_dataclass(hints[f.name]):
+            keys += _all_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def recipe_keys() -> list[str]:
+    """Every settable key, dotted."""
+    return _all_keys(Recipe)
+
+
+def load_recipe(path: str | Path | None = None) -> Recipe:
+    """Read a TOML recipe (the embedded MNIST example when `path` is None)."""
+    if path is None and not DEFAULT_RECIPE.is_file():  # installed without the examples folder
+        return Recipe()
+    p = Path(path) if path else DEFAULT_RECIPE
+    if not p.is_file():
+        raise RecipeError(f"recipe file '{p}' does not exist; pass recipe=PATH to an edgekd.toml")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise RecipeError(f"recipe '{p}' is not valid TOML ({e}); fix the file's syntax") from None
+    except OSError as e:
+        raise RecipeError(f"recipe '{p}' cannot be read ({e.strerror})") from None
+    recipe = _build(Recipe, data, "")
+    return replace(recipe, base_dir=str(p.resolve().parent))
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise RecipeError(f"'{text}' is not a key=value override (e.g. distill.temperature=2)")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise RecipeError(f"'{text}' has no key before '='")
+    return key, value
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """Apply `section.key=value` strings, typed by the field they set."""
+    nested: dict = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        parts = key.split(".")
+        if key not in recipe_keys():
+            raise RecipeError(f"unknown recipe key '{key}'{closest(key, recipe_keys())}")
+        d = nested
+        for part in parts[:-1]:
+            d = d.setdefault(part, {})
+        d[parts[-1]] = value
+    if not nested:
+        return recipe
+    return _build(Recipe, nested, "", from_text=True, base=recipe)
+
+
+def recipe_toml(recipe: Recipe) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(recipe.to_dict())
+
+
+__all__ = ["Recipe", "load_recipe", "apply_overrides", "recipe_keys", "recipe_toml"]

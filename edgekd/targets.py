@@ -1,0 +1,99 @@
+"""Target profiles (`targets/<device>-<precision>.toml`): the runtime, precision and measurement
+settings a build benchmarks on."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import TargetError
+from .registry import closest
+
+RUNTIMES = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "int8")
+
+
+def targets_dir() -> Path:
+    """targets/ beside the package (source checkout, editable install) or under sys.prefix (wheel)."""
+    env = os.environ.get("EDGEKD_TARGETS")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parent.parent / "targets", Path(sys.prefix) / "share" / "edgekd" / "targets"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise TargetError("no targets/ folder found; set EDGEKD_TARGETS to a folder of target TOML files")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    runtime: str
+    precision: str
+    threads: int = 1
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    warmup: int = 200
+    iterations: int = 2000
+
+    def __post_init__(self):
+        def bad(key, want, got):
+            raise TargetError(f"target '{self.name}': {key} must be {want}, got {got!r}")
+
+        if self.runtime not in RUNTIMES:
+            bad("runtime", " or ".join(RUNTIMES), self.runtime)
+        if self.precision not in PRECISIONS:
+            bad("precision", " or ".join(PRECISIONS), self.precision)
+        if not isinstance(self.threads, int) or self.threads < 1:
+            bad("threads", "an integer >= 1", self.threads)
+        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            bad("batch_sizes", "a list of integers >= 1", self.batch_sizes)
+        if self.batch_sizes[0] != 1:
+            bad("batch_sizes", "a list starting with 1 (latency is measured at batch 1)", self.batch_sizes)
+        if self.warmup < 0 or self.iterations < 10:
+            bad("warmup/iterations", ">= 0 / >= 10", (self.warmup, self.iterations))
+
+
+def target_names() -> list[str]:
+    return sorted(p.stem for p in targets_dir().glob("*.toml"))
+
+
+def load_target(name: str) -> Target:
+    names = target_names()
+    if name not in names:
+        raise TargetError(f"target '{name}' is unknown{closest(name, names)} ({', '.join(names)})")
+    path = targets_dir() / f"{name}.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise TargetError(f"target file '{path}' is not valid TOML ({e})") from None
+    known = {f.name for f in fields(Target)} - {"name"}
+    for key in data:
+        if key not in known:
+            raise TargetError(f"target '{name}': unknown key '{key}'{closest(key, known)}")
+    return Target(name=name, **data)
+
+
+def override_target(target: Target, overrides: list[str]) -> Target:
+    """Apply `target.KEY=VALUE` settings (e.g. target.iterations=200), typed like the profile's field."""
+    import dataclasses
+
+    kwargs = {}
+    for text in overrides:
+        key, _, value = text.partition("=")
+        key = key.strip().removeprefix("target.")
+        known = {f.name: f for f in fields(Target)}
+        if key not in known or key == "name":
+            raise TargetError(f"unknown target key 'target.{key}'{closest(key, [k for k in known if k != 'name'])}")
+        try:
+            if key == "batch_sizes":
+                kwargs[key] = [int(v) for v in value.split(",")]
+            elif key in ("threads", "warmup", "iterations"):
+                kwargs[key] = int(value)
+            else:
+                kwargs[key] = value
+        except ValueError:
+            raise TargetError(f"target.{key} must be an integer (or a comma list for batch_sizes), got {value!r}") from None
+    return dataclasses.replace(target, **kwargs) if kwargs else target

@@ -1,0 +1,145 @@
+"""The training loop shared by teacher training, the hard-label baseline, distillation and
+quantization-aware distillation. Deterministic for a seed on CPU."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import EdgeKDError
+
+
+@dataclass
+class FitResult:
+    val_accuracy: float
+    chosen_epoch: int  # 1-based epoch whose weights were kept (best on validation)
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+
+
+def augment(x, generator):
+    """Random affine jitter for digits: rotation +-10 deg, scale 0.9-1.1, shift +-2 px.
+    x: (B, C, H, W) normalized; border padding keeps the background value."""
+    import torch
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    angle = (torch.rand(b, generator=generator) * 2 - 1) * math.radians(10)
+    scale = 1 + (torch.rand(b, generator=generator) * 2 - 1) * 0.1
+    shift = (torch.rand(b, 2, generator=generator) * 2 - 1) * (2 / 14)  # 2 px in [-1, 1] coordinates
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def predict(model, x: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+    """Logits (N, K) of a torch model in eval mode."""
+    model.eval()
+    return predict_mode(model, x, batch_size=batch_size)
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(1) == y).mean())
+
+
+def teacher_views(teacher, x: np.ndarray, *, views: int, seed: int, augment_on: bool):
+    """`views` augmented copies of x and the teacher's logits on exactly those copies.
+    Returns (xs (V, N, C, H, W), logits (V, N, K)). View 0 is the clean image."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    xs, ts = [], []
+    for v in range(views):
+        xv = torch.from_numpy(x)
+        if v > 0 and augment_on:
+            xv = torch.cat([augment(xv[i:i + 512], g) for i in range(0, len(xv), 512)])
+        xs.append(xv.numpy())
+        ts.append(predict(teacher, xs[-1]))
+    return np.stack(xs), np.stack(ts)
+
+
+def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, seed: int,
+        soft=None, temperature: float = 1.0, alpha: float = 0.0, augment_on: bool = False,
+        desc: str = "train", train_mode=None, eval_mode=None, weight_decay: float = 5e-4) -> FitResult:
+    """SGD with Nesterov momentum and a one-cycle schedule; keeps the weights of the epoch with the
+    best validation accuracy.
+
+    x: (N, C, H, W) or, with cached views, (V, N, C, H, W); soft: teacher logits (V, N, K) for the
+    same views (distillation), or None (hard labels). Epoch e uses view e mod V, so student and
+    teacher always see the same image (consistent teaching, Beyer et al. 2022).
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from .losses import kd_loss
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    train_mode = train_mode or (lambda m: m.train())
+    eval_mode = eval_mode or (lambda m: m.eval())
+    multi = x.ndim == 5
+    n = x.shape[1] if multi else x.shape[0]
+    steps = max(1, math.ceil(n / batch_size)) * max(epochs, 1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    yt = torch.from_numpy(y)
+
+    def val_acc() -> float:
+        eval_mode(model)
+        return accuracy(predict_mode(model, x_val), y_val)
+
+    best = val_acc() if epochs == 0 else -1.0
+    best_state, chosen, history = copy.deepcopy(model.state_dict()), 0, []
+    bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None)
+    for epoch in range(epochs):
+        train_mode(model)
+        order = torch.randperm(n, generator=g)
+        view = epoch % x.shape[0] if multi else None
+        xe = torch.from_numpy(x[view] if multi else x)
+        total, count = 0.0, 0
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            xb, yb = xe[idx], yt[idx]
+            if augment_on and not multi:
+                xb = augment(xb, g)
+            out = model(xb)
+            if soft is not None:
+                loss = kd_loss(out, torch.from_numpy(soft[view])[idx], yb, temperature=temperature, alpha=alpha)
+            else:
+                loss = F.cross_entropy(out, yb)
+            if not torch.isfinite(loss):
+                raise EdgeKDError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {i // batch_size + 1}; "
+                                  "the learning rate is likely too high (lower it in the recipe)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+            bar.update(1)
+        acc = val_acc()
+        history.append({"epoch": epoch + 1, "loss": total / count, "val_accuracy": acc})
+        bar.set_postfix(loss=f"{total / count:.3f}", val=f"{acc:.4f}")
+        if acc > best:  # strictly better: ties keep the earlier, cheaper-to-reach weights
+            best, chosen, best_state = acc, epoch + 1, copy.deepcopy(model.state_dict())
+    bar.close()
+    model.load_state_dict(best_state)
+    eval_mode(model)
+    return FitResult(val_accuracy=best, chosen_epoch=chosen, epochs=epochs, history=history)
+
+
+def predict_mode(model, x: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
+    """Logits without touching the module's train/eval flags (the caller set them)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out.append(model(torch.from_numpy(x[i:i + batch_size])).float().numpy())
+    return np.concatenate(out)
