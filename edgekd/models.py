@@ -27,8 +27,8 @@ def _cnn(channels_strides, *, in_channels: int = 1, num_classes: int = 10):
 
 @architectures.register("mnist-teacher")
 def mnist_teacher(**kw):
-    """~0.98M params, ~62M MACs at 28x28."""
-    return _cnn([(32, 1), (64, 2), (128, 1), (256, 2), (256, 1)], **kw)
+    """~0.98M params, ~42M MACs at 28x28 (resolutions 28, 14, 14, 7, 4)."""
+    return _cnn([(32, 1), (64, 2), (128, 1), (256, 2), (256, 2)], **kw)
 
 
 @architectures.register("mnist-student")

@@ -94,7 +94,8 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
         eval_mode(model)
         return accuracy(predict_mode(model, x_val), y_val)
 
-    best = val_acc() if epochs == 0 else -1.0
+    # Epoch 0 (the starting weights) competes too: fine-tuning never returns worse weights than it got.
+    best = val_acc()
     best_state, chosen, history = copy.deepcopy(model.state_dict()), 0, []
     bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None)
     for epoch in range(epochs):

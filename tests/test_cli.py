@@ -1,0 +1,128 @@
+"""Bad input: one line saying what and how to fix, exit code 2, no traceback, nothing written."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, TINY_TARGET
+
+
+def edgekd(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+
+
+def assert_clean_failure(res, fragment, out: Path):
+    assert res.returncode == 2, res.stderr
+    lines = [l for l in res.stderr.splitlines() if l.strip() and not l.startswith("[")]
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr and fragment in lines[0]
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*")), list(out.rglob("*"))
+
+
+class FiveClasses(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :5]
+
+
+def five_class_teacher():
+    return FiveClasses()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["distill.temprature=2"], "did you mean 'distill.temperature'"),
+    (["distill.epochs=ten"], "distill.epochs must be an integer"),
+    (["distill.alpha=1.5"], "distill.alpha must be in [0, 1]"),
+    (["target=cpu-imt8"], "did you mean 'cpu-int8'"),
+    (["recipe=/nonexistent/edgekd.toml"], "does not exist"),
+    (["teacher.checkpoint=/nonexistent/teacher.pt"], "does not exist"),
+])
+def test_bad_input_is_one_line(tmp_path, args, fragment):
+    out = tmp_path / "out"
+    assert_clean_failure(edgekd("build", "--out", str(out), *args), fragment, out)
+
+
+def test_corrupt_checkpoint(tmp_path):
+    ck = tmp_path / "teacher.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), ck)
+    ck.write_bytes(ck.read_bytes()[:100])  # truncated
+    out = tmp_path / "out"
+    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.checkpoint={ck}", *TINY, *TINY_TARGET),
+                         "cannot be read", out)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    ck = tmp_path / "evil.pt"
+    torch.save({"weight": Evil()}, ck)
+    out = tmp_path / "out"
+    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.checkpoint={ck}", *TINY, *TINY_TARGET),
+                         "refused", out)
+    assert not marker.exists()
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    from edgekd.models import build_arch
+
+    ck = tmp_path / "student.pt"
+    torch.save(build_arch("mnist-student").state_dict(), ck)
+    out = tmp_path / "out"
+    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.checkpoint={ck}", *TINY, *TINY_TARGET),
+                         "does not fit architecture 'mnist-teacher'", out)
+
+
+def test_teacher_whose_classes_do_not_match_the_data(tmp_path):
+    out = tmp_path / "out"
+    assert_clean_failure(edgekd("build", "--out", str(out), "teacher.factory=test_cli:five_class_teacher", *TINY, *TINY_TARGET),
+                         "the data has 10 classes", out)
+
+
+def test_output_under_a_file(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    assert_clean_failure(edgekd("build", "--out", str(blocker / "b"), *TINY), "not writable", blocker / "b")
+
+
+def test_unwritable_output(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user that can write anywhere (root)")
+        assert_clean_failure(edgekd("build", "--out", str(ro / "b"), *TINY), "not writable", ro / "b")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    res = edgekd("build", "--debug", "--out", str(tmp_path / "o"), "distill.alpha=2")
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_targets_command_lists_every_target():
+    from edgekd.targets import target_names
+
+    res = edgekd("targets")
+    assert res.returncode == 0
+    assert [l.split()[0] for l in res.stdout.splitlines()] == target_names()
+
+
+def test_trained_teacher_checkpoint_loads_as_teacher(tiny_build, tmp_path):
+    """A state_dict written by a build is accepted as teacher.checkpoint (weights_only loading)."""
+    from edgekd.models import load_teacher
+    from edgekd.recipe import Recipe, apply_overrides
+
+    d = tiny_build("cpu-int8")
+    [tdir] = [p for p in (d.parent / ".cache").iterdir() if p.name.startswith("teacher-")]
+    r = apply_overrides(Recipe(), [f"teacher.checkpoint={tdir / 'teacher.pt'}"])
+    m = load_teacher(r.teacher, r)
+    assert sum(p.numel() for p in m.parameters()) > 5e5

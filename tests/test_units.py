@@ -1,0 +1,139 @@
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgekd.errors import ParityError, RecipeError, TargetError
+from edgekd.export import check_parity, export_onnx
+from edgekd.losses import kd_loss
+from edgekd.models import architectures, build_arch, count_params
+from edgekd.quantize import fold_batchnorm, prepare_qat, quantize_onnx
+from edgekd.registry import Registry
+from edgekd.targets import load_target, override_target, target_names
+
+
+def test_import_is_light():
+    code = "import sys, edgekd, edgekd.runtimes, edgekd.recipe, edgekd.targets; print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_registry_suggests_closest():
+    reg = Registry("exporter")
+    for n in ("onnx", "openvino", "ort"):
+        reg.register(n)(object())
+    with pytest.raises(Exception, match=r"exporter 'onx' is unknown; did you mean 'onnx'\? \(onnx, openvino, ort\)"):
+        reg.get("onx")
+
+
+@pytest.mark.parametrize("name", target_names())
+def test_every_target_loads(name):
+    t = load_target(name)
+    assert t.runtime in ("onnxruntime", "openvino") and t.batch_sizes[0] == 1 and t.iterations >= 10
+
+
+def test_target_errors():
+    with pytest.raises(TargetError, match="did you mean 'cpu-int8'"):
+        load_target("cpu-int".replace("int", "imt8"))
+    with pytest.raises(TargetError, match="target.iterations must be an integer"):
+        override_target(load_target("cpu-int8"), ["target.iterations=many"])
+    with pytest.raises(TargetError, match="did you mean 'threads'"):
+        override_target(load_target("cpu-int8"), ["target.thread=2"])
+
+
+def test_kd_loss_known_values():
+    s = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    t = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0]])
+    y = torch.tensor([0, 1])
+    T = 2.0
+    # alpha = 0: plain cross-entropy
+    assert torch.allclose(kd_loss(s, t, y, temperature=T, alpha=0.0), F.cross_entropy(s, y))
+    # identical logits: the soft term vanishes
+    assert kd_loss(s, s, y, temperature=T, alpha=1.0).item() == pytest.approx(0.0, abs=1e-7)
+    # alpha = 1: T^2 * KL(p_t || p_s), by hand for the 2-sample batch
+    pt, ps = F.softmax(t / T, 1), F.softmax(s / T, 1)
+    kl = (pt * (pt.log() - ps.log())).sum(1).mean()
+    assert kd_loss(s, t, y, temperature=T, alpha=1.0).item() == pytest.approx((T * T * kl).item(), rel=1e-6)
+    # first sample by hand: softmax([1, .5, 0]/2) vs softmax([2, 0, -1]/2)
+    a = np.exp([0.5, 0.25, 0.0]); a /= a.sum()
+    b = np.exp([1.0, 0.0, -0.5]); b /= b.sum()
+    assert (pt[0].numpy() == pytest.approx(a, rel=1e-6)) and (ps[0].numpy() == pytest.approx(b, rel=1e-6))
+
+
+@pytest.mark.parametrize("name", architectures.names())
+def test_architectures_build_and_fold(name):
+    m = build_arch(name).eval()
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        for mod in m.modules():  # non-trivial BN statistics so folding is really exercised
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+        y = m(x)
+        folded = fold_batchnorm(m)
+        assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in folded.modules())
+        assert torch.allclose(folded(x), y, atol=1e-5)
+    assert y.shape == (4, 10)
+
+
+def test_student_is_10_to_50x_smaller_than_teacher():
+    ratio = count_params(build_arch("mnist-teacher")) / count_params(build_arch("mnist-student"))
+    assert 10 <= ratio <= 50
+    assert 0.5e6 <= count_params(build_arch("mnist-teacher")) <= 2e6
+
+
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_qat_weight_grid_is_the_exported_int8_grid(tmp_path, reduce_range):
+    """The INT8 weights onnxruntime writes are exactly the fake-quantized weights QAT trained with."""
+    import onnx
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    q = prepare_qat(build_arch("mnist-student-tiny"), reduce_range=reduce_range)
+    x = np.random.default_rng(0).standard_normal((16, 1, 28, 28)).astype(np.float32)
+    from edgekd.quantize import calibrate
+    calibrate(q, x)
+    fp = tmp_path / "f.onnx"
+    export_onnx(q.float_model(), fp, (1, 28, 28), opset=17)
+    quantize_onnx(fp, tmp_path / "q.onnx", x, reduce_range=reduce_range)
+    g = onnx.load(str(tmp_path / "q.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    conv_w = [v for k, v in inits.items() if v.dtype == np.int8 and v.ndim == 4]
+    assert conv_w, "no INT8 conv weights in the QDQ graph"
+    first_conv = next(m for m in q.modules() if type(m).__name__ == "QuantWrap")
+    w = first_conv.inner.weight.detach()
+    scale = w.abs().flatten(1).amax(1) * 2 / (first_conv.qmax - first_conv.qmin)
+    ints = torch.round(w / scale[:, None, None, None]).numpy().astype(np.int8)
+    assert any(c.shape == ints.shape and np.array_equal(c, ints) for c in conv_w)
+    lo, hi = (-64, 64) if reduce_range else (-127, 127)
+    assert all(c.min() >= lo and c.max() <= hi for c in conv_w)
+
+
+def test_parity_check_fails_on_a_perturbed_model(tmp_path):
+    """A deliberately damaged export must fail the check, with the model's name and the numbers."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekd.runtimes import onnxruntime_runner
+
+    torch.manual_seed(0)
+    m = build_arch("mnist-student-tiny").eval()
+    p = tmp_path / "s.onnx"
+    export_onnx(m, p, (1, 28, 28), opset=17)
+    x = np.random.default_rng(1).standard_normal((64, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).numpy()
+    ok = check_parity("s.onnx", onnxruntime_runner(str(p))(x), ref, min_agreement=0.99, max_abs_diff=1e-3)
+    assert ok.agreement == 1.0 and ok.max_abs_diff < 1e-3
+    model = onnx.load(str(p))
+    for init in model.graph.initializer:
+        a = numpy_helper.to_array(init)
+        if a.ndim == 2:  # the classifier weight
+            init.CopyFrom(numpy_helper.from_array(a + np.random.default_rng(2).standard_normal(a.shape).astype(np.float32), init.name))
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ParityError, match=r"'bad.onnx' does not match .* top-1 agreement 0\.\d+"):
+        check_parity("bad.onnx", onnxruntime_runner(str(tmp_path / "bad.onnx"))(x), ref, min_agreement=0.99, max_abs_diff=1e-3)
