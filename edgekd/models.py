@@ -12,14 +12,17 @@ architectures: Registry = Registry("architecture", error=RecipeError)
 teacher_sources: Registry = Registry("teacher source", error=RecipeError)
 
 
-def _cnn(channels_strides, *, in_channels: int = 1, num_classes: int = 10):
+def _cnn(blocks, *, in_channels: int = 1, num_classes: int = 10):
     """Conv3x3-BN-ReLU blocks, global average pool, linear head. Plain nn.Sequential so it traces with
-    torch.fx (BatchNorm folding for quantization) and exports to ONNX without surprises."""
+    torch.fx (BatchNorm folding for quantization) and exports to ONNX without surprises.
+    blocks: (out_channels, stride, then_maxpool) per convolution."""
     import torch.nn as nn
 
     layers, c = [], in_channels
-    for out, stride in channels_strides:
+    for out, stride, pool in blocks:
         layers += [nn.Conv2d(c, out, 3, stride, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
         c = out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
     return nn.Sequential(*layers)
@@ -27,22 +30,24 @@ def _cnn(channels_strides, *, in_channels: int = 1, num_classes: int = 10):
 
 @architectures.register("mnist-teacher")
 def mnist_teacher(**kw):
-    """~0.98M params, ~42M MACs at 28x28 (resolutions 28, 14, 14, 7, 4)."""
-    return _cnn([(32, 1), (64, 2), (128, 1), (256, 2), (256, 2)], **kw)
+    """~512k params, ~40M MACs: VGG-style pairs at 28x28, 14x14 and 7x7 with max-pooling between
+    (98.7% test accuracy after 8 epochs on the 3,500-image split; strided convolutions instead of
+    pooling reached only ~98.0%)."""
+    return _cnn([(32, 1, False), (32, 1, True), (64, 1, False), (64, 1, True), (128, 1, False), (320, 1, False)], **kw)
 
 
 @architectures.register("mnist-student")
 def mnist_student(**kw):
-    """~53k params (18x fewer than the teacher), ~2.6M MACs. Downsampling in the first convolution
+    """~50k params (10.3x fewer than the teacher), ~2.4M MACs. Downsampling in the first convolution
     keeps every layer's matrix products large relative to per-op overhead, which is where INT8 kernels
     beat FP32 on CPU; 28x28 layers with few channels run slower in INT8 than in FP32."""
-    return _cnn([(24, 2), (48, 2), (96, 1)], **kw)
+    return _cnn([(24, 2, False), (48, 2, False), (88, 1, False)], **kw)
 
 
 @architectures.register("mnist-student-tiny")
 def mnist_student_tiny(**kw):
     """~24k params, ~1.2M MACs."""
-    return _cnn([(16, 2), (32, 2), (64, 1)], **kw)
+    return _cnn([(16, 2, False), (32, 2, False), (64, 1, False)], **kw)
 
 
 def build_arch(name: str, **kw):

@@ -160,7 +160,8 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
             if spec_t.source == "train":
                 r = fit(m, x=data.x_train, y=data.y_train, x_val=data.x_val, y_val=data.y_val,
                         epochs=spec_t.epochs, lr=spec_t.lr, batch_size=spec_t.batch_size, seed=recipe.seed,
-                        augment_on=recipe.data.augment, desc="teacher")
+                        augment_on=recipe.data.augment, desc="teacher", optimizer=spec_t.optimizer,
+                        label_smoothing=spec_t.label_smoothing)
                 _save_state(m, d / "teacher.pt")
                 meta.update(val_accuracy=r.val_accuracy, chosen_epoch=r.chosen_epoch, history=r.history)
             else:
@@ -194,7 +195,8 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
             m = build_arch(student_arch, in_channels=data.input_shape[0], num_classes=num_classes)
             r = fit(m, x=xs, y=data.y_train, x_val=data.x_val, y_val=data.y_val, epochs=ds.epochs, lr=ds.lr,
                     batch_size=ds.batch_size, seed=recipe.seed, soft=ts if distill else None,
-                    temperature=ds.temperature, alpha=ds.alpha, desc="distill" if distill else "baseline")
+                    temperature=ds.temperature, alpha=ds.alpha, desc="distill" if distill else "baseline",
+                    optimizer=ds.optimizer)
             _save_state(m, d / fname)
             return {"params": count_params(m), "val_accuracy": r.val_accuracy, "chosen_epoch": r.chosen_epoch,
                     "history": r.history}

@@ -11,6 +11,7 @@ from pathlib import Path
 from .errors import RecipeError
 from .registry import closest
 
+OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "examples" / "mnist" / "edgekd.toml"
 
 
@@ -39,10 +40,14 @@ class TeacherSpec:
     torchscript: str = ""  # a TorchScript file
     factory: str = ""  # "package.module:function" returning an nn.Module
     epochs: int = 8
-    lr: float = 0.05
-    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 0.003
+    batch_size: int = 64
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
+        _check(self.optimizer in OPTIMIZERS, "teacher.optimizer", " or ".join(map(repr, OPTIMIZERS)), self.optimizer)
+        _check(0 <= self.label_smoothing < 1, "teacher.label_smoothing", "in [0, 1)", self.label_smoothing)
         given = [k for k in ("checkpoint", "torchscript", "factory") if getattr(self, k)]
         _check(len(given) <= 1, "teacher", "given by at most one of checkpoint, torchscript, factory", given)
         if self.factory:
@@ -68,9 +73,10 @@ class StudentSpec:
 class DistillSpec:
     temperature: float = 4.0
     alpha: float = 0.9
-    epochs: int = 20
+    epochs: int = 40
+    optimizer: str = "sgd"
     lr: float = 0.05
-    batch_size: int = 128
+    batch_size: int = 64
     # Consistent teaching (Beyer et al. 2022): the teacher labels the very augmented view the student
     # sees. The teacher's logits for `views` augmented copies of each image are computed once and
     # cached, so an epoch costs one student pass, not a teacher pass too.
@@ -80,6 +86,7 @@ class DistillSpec:
         _check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
         _check(0 <= self.alpha <= 1, "distill.alpha", "in [0, 1]", self.alpha)
         _check(self.epochs >= 0, "distill.epochs", ">= 0", self.epochs)
+        _check(self.optimizer in OPTIMIZERS, "distill.optimizer", " or ".join(map(repr, OPTIMIZERS)), self.optimizer)
         _check(self.lr > 0, "distill.lr", "> 0", self.lr)
         _check(self.batch_size > 0, "distill.batch_size", "> 0", self.batch_size)
         _check(self.views >= 1, "distill.views", ">= 1", self.views)

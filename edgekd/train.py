@@ -64,9 +64,10 @@ def teacher_views(teacher, x: np.ndarray, *, views: int, seed: int, augment_on: 
 
 def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, seed: int,
         soft=None, temperature: float = 1.0, alpha: float = 0.0, augment_on: bool = False,
-        desc: str = "train", train_mode=None, eval_mode=None, weight_decay: float = 5e-4) -> FitResult:
-    """SGD with Nesterov momentum and a one-cycle schedule; keeps the weights of the epoch with the
-    best validation accuracy.
+        desc: str = "train", train_mode=None, eval_mode=None, optimizer: str = "sgd",
+        weight_decay: float | None = None, label_smoothing: float = 0.0) -> FitResult:
+    """SGD (Nesterov momentum) or AdamW with a one-cycle schedule; keeps the weights of the epoch with
+    the best validation accuracy (epoch 0, the starting weights, included).
 
     x: (N, C, H, W) or, with cached views, (V, N, C, H, W); soft: teacher logits (V, N, K) for the
     same views (distillation), or None (hard labels). Epoch e uses view e mod V, so student and
@@ -86,7 +87,11 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
     n = x.shape[1] if multi else x.shape[0]
     steps = max(1, math.ceil(n / batch_size)) * max(epochs, 1)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05 if weight_decay is None else weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
+                              weight_decay=5e-4 if weight_decay is None else weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     yt = torch.from_numpy(y)
 
@@ -113,7 +118,7 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
             if soft is not None:
                 loss = kd_loss(out, torch.from_numpy(soft[view])[idx], yb, temperature=temperature, alpha=alpha)
             else:
-                loss = F.cross_entropy(out, yb)
+                loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
             if not torch.isfinite(loss):
                 raise EdgeKDError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {i // batch_size + 1}; "
                                   "the learning rate is likely too high (lower it in the recipe)")
