@@ -64,11 +64,40 @@ def build(settings, target_opt, recipe_opt, out, force, debug):
         # Validate everything before anything is written.
         tgt = override_target(load_target(target or "cpu-int8"), target_overrides)
         recipe = apply_overrides(load_recipe(recipe_path), overrides)
-        result = run_build(recipe, tgt, out_dir=out, force=force, log=lambda m: click.echo(m, err=True))
-        _summary(result.report)
-        click.echo(str(result.report_md))
+        rank = _init_distributed()
+        log = (lambda m: click.echo(m, err=True)) if rank == 0 else (lambda m: None)
+        try:
+            result = run_build(recipe, tgt, out_dir=out, force=force, log=log)
+        finally:
+            _end_distributed()
+        if result is not None:  # rank 0
+            _summary(result.report)
+            click.echo(str(result.report_md))
 
     _run(debug, go)
+
+
+def _init_distributed() -> int:
+    """Under `torchrun --nproc-per-node N -m edgekd build ...`: join the process group (gloo on CPU,
+    NCCL on GPU) and return this process's rank; 0 otherwise."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank()
+
+
+def _end_distributed() -> None:
+    import sys as _sys
+
+    dist = _sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _summary(report: dict) -> None:

@@ -64,15 +64,41 @@ class BuildResult:
 
 
 class _Stages:
+    """Runs or reuses stages. Under torch.distributed every rank runs a training stage (DDP needs
+    them all), rank 0 alone decides reuse and commits results; the others read rank 0's folder."""
+
     def __init__(self, cache: Path, *, force: bool, log):
+        import torch.distributed as dist
+
         self.cache, self.force, self.log, self.done = cache, force, log, []
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.distributed else 0
+
+    def _agree(self, value: bool) -> bool:
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def run(self, name: str, key: str, fn) -> StageOut:
+        """fn(folder, checkpoint) writes the stage's files into `folder`; `checkpoint` is where a
+        training stage keeps its per-epoch state, so a killed build resumes there."""
         final = self.cache / f"{name}-{key}"
+        ckpt = self.cache / f".{name}-{key}.ckpt"
         t0 = time.perf_counter()
-        if not self.force and self._valid(final):
-            meta = json.loads((final / "stage.json").read_text())["meta"]
-            out = StageOut(name, key, final, meta, time.perf_counter() - t0, True)
+        if self._agree(not self.force and self.rank == 0 and self._valid(final)):
+            rec = json.loads((final / "stage.json").read_text())
+            # seconds: what the stage cost when it ran; the reuse itself is near-instant
+            out = StageOut(name, key, final, rec["meta"], rec.get("seconds", 0.0), True)
             self.log(f"[{name}] reused (cache {final.name})")
         else:
             self.log(f"[{name}] running")
@@ -80,14 +106,17 @@ class _Stages:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             try:
-                meta = fn(tmp) or {}
-                files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+                meta = fn(tmp, ckpt) or {}
                 seconds = time.perf_counter() - t0
-                _write_atomic(tmp / "stage.json", json.dumps({"meta": meta, "files": files, "seconds": seconds}, indent=1))
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(tmp, final)
+                if self.rank == 0:
+                    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+                    _write_atomic(tmp / "stage.json", json.dumps({"meta": meta, "files": files, "seconds": seconds}, indent=1))
+                    shutil.rmtree(final, ignore_errors=True)
+                    os.replace(tmp, final)
+                    ckpt.unlink(missing_ok=True)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+            self._barrier()
             out = StageOut(name, key, final, meta, seconds, False)
             self.log(f"[{name}] done in {seconds:.1f} s")
         self.done.append(out)
@@ -154,14 +183,14 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
             return m
 
         # 1. Teacher: load, or train when the recipe gives no weights.
-        def run_teacher(d: Path):
+        def run_teacher(d: Path, ckpt: Path):
             m = teacher_module()
             meta = {"source": spec_t.source, "params": count_params(m)}
             if spec_t.source == "train":
                 r = fit(m, x=data.x_train, y=data.y_train, x_val=data.x_val, y_val=data.y_val,
                         epochs=spec_t.epochs, lr=spec_t.lr, batch_size=spec_t.batch_size, seed=recipe.seed,
                         augment_on=recipe.data.augment, desc="teacher", optimizer=spec_t.optimizer,
-                        label_smoothing=spec_t.label_smoothing)
+                        label_smoothing=spec_t.label_smoothing, checkpoint=ckpt, log=log)
                 _save_state(m, d / "teacher.pt")
                 meta.update(val_accuracy=r.val_accuracy, chosen_epoch=r.chosen_epoch, history=r.history)
             else:
@@ -179,7 +208,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         ds = recipe.distill
 
         # 2. Soft labels: the teacher's logits on `views` augmented copies (computed once).
-        def run_views(d: Path):
+        def run_views(d: Path, ckpt: Path):
             xs, ts = teacher_views(teacher, data.x_train, views=ds.views, seed=recipe.seed + 1,
                                    augment_on=recipe.data.augment)
             np.save(d / "views_x.npy", xs)
@@ -191,12 +220,12 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
 
         student_arch = recipe.student.arch
 
-        def train_student(d: Path, *, distill: bool, fname: str):
+        def train_student(d: Path, ckpt: Path, *, distill: bool, fname: str):
             m = build_arch(student_arch, in_channels=data.input_shape[0], num_classes=num_classes)
             r = fit(m, x=xs, y=data.y_train, x_val=data.x_val, y_val=data.y_val, epochs=ds.epochs, lr=ds.lr,
                     batch_size=ds.batch_size, seed=recipe.seed, soft=ts if distill else None,
                     temperature=ds.temperature, alpha=ds.alpha, desc="distill" if distill else "baseline",
-                    optimizer=ds.optimizer)
+                    optimizer=ds.optimizer, checkpoint=ckpt, log=log)
             _save_state(m, d / fname)
             return {"params": count_params(m), "val_accuracy": r.val_accuracy, "chosen_epoch": r.chosen_epoch,
                     "history": r.history}
@@ -204,9 +233,9 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         # 3. Baseline (hard labels, same views and budget) and 4. distilled student.
         budget = {k: v for k, v in asdict(ds).items() if k not in ("temperature", "alpha")}
         st_base = stages.run("baseline", _key(st_views.key, student_arch, budget),
-                             lambda d: train_student(d, distill=False, fname="baseline.pt"))
+                             lambda d, ck: train_student(d, ck, distill=False, fname="baseline.pt"))
         st_dist = stages.run("distill", _key(st_views.key, student_arch, asdict(ds)),
-                             lambda d: train_student(d, distill=True, fname="student.pt"))
+                             lambda d, ck: train_student(d, ck, distill=True, fname="student.pt"))
 
         def student_module(path: Path):
             return _load_state(build_arch(student_arch, in_channels=data.input_shape[0], num_classes=num_classes), path)
@@ -220,14 +249,14 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         def new_qat():
             return prepare_qat(student, reduce_range=reduce_range)
 
-        def run_qat(d: Path):
+        def run_qat(d: Path, ckpt: Path):
             q = new_qat()
             calibrate(q, data.x_train[: qs.calibration])
             epochs = qs.epochs if qs.method == "qat" else 0
             r = fit(q, x=xs, y=data.y_train, x_val=data.x_val, y_val=data.y_val, epochs=epochs, lr=qs.lr,
                     batch_size=ds.batch_size, seed=recipe.seed + 2, soft=ts, temperature=ds.temperature,
                     alpha=ds.alpha, desc="qat", train_mode=qat_train_mode, eval_mode=qat_eval_mode,
-                    weight_decay=0.0)
+                    weight_decay=0.0, checkpoint=ckpt, log=log)
             _save_state(q, d / "student_qat.pt")
             return {"method": qs.method, "reduce_range": reduce_range, "val_accuracy": r.val_accuracy,
                     "chosen_epoch": r.chosen_epoch, "history": r.history}
@@ -236,13 +265,15 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         qat = _load_state(new_qat(), st_qat.dir / "student_qat.pt")
         qat_eval_mode(qat)
 
+        if stages.rank != 0:  # export, benchmark and report are rank 0's
+            return None
         torch_models = {"teacher": teacher, "student-baseline": baseline, "student-fp32": student, "student-int8": qat}
         st_export = stages.run(
             "export", _key(st_teacher.key, st_base.key, st_dist.key, st_qat.key, asdict(recipe.export), target.runtime),
-            lambda d: _export_all(d, torch_models, data, recipe, target, reduce_range))
+            lambda d, _: _export_all(d, torch_models, data, recipe, target, reduce_range))
         st_bench = stages.run(
             "benchmark", _key(st_export.key, asdict(target)),
-            lambda d: _bench_all(d, st_export, data, target))
+            lambda d, _: _bench_all(d, st_export, data, target))
         report = _assemble(recipe, target, data, stages.done, data_seconds,
                            {n: count_params(m) for n, m in torch_models.items()})
         build_dir = _write_build(out_dir, target, recipe, report, st_export, data)
@@ -315,8 +346,8 @@ def _ov_runtime_precisions(xml: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
-        prec = str(rt["runtimePrecision"]) if "runtimePrecision" in rt else "?"
-        layer = str(rt["layerType"]) if "layerType" in rt else op.get_type_name()
+        prec = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
+        layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
         if layer in ("Convolution", "FullyConnected", "MatMul"):
             counts[prec] = counts.get(prec, 0) + 1
     return counts

@@ -70,9 +70,14 @@ def render_markdown(r: dict) -> str:
     for n, t_ in r["training"].items():
         if "val_accuracy" in t_:
             lines.append(f"| {n} | {100 * t_['val_accuracy']:.2f}% | {t_.get('chosen_epoch', '-')} |")
+    qat = r["training"].get("qat", {})
+    if qat.get("method") == "qat" and qat.get("chosen_epoch") == 0:
+        lines.append("\nQuantization-aware fine-tuning did not beat its calibrated starting point on validation, "
+                     "so the calibrated weights (epoch 0) were kept: at this model size post-training "
+                     "calibration is already close to lossless.")
     lines += ["", "## Stage times", "", "| stage | seconds | |", "|---|---:|---|"]
     for n, s in r["stages"].items():
-        lines.append(f"| {n} | {s['seconds']:.1f} | {'reused from cache' if s['cached'] else ''} |")
+        lines.append(f"| {n} | {s['seconds']:.1f} | {'reused from cache (time of the run that made it)' if s['cached'] else ''} |")
     isa = ", ".join(k for k, v in (env.get("isa") or {}).items() if v) or "unknown"
     vers = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
     lines += ["", "## Environment", "",

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -65,15 +67,22 @@ def teacher_views(teacher, x: np.ndarray, *, views: int, seed: int, augment_on: 
 def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, seed: int,
         soft=None, temperature: float = 1.0, alpha: float = 0.0, augment_on: bool = False,
         desc: str = "train", train_mode=None, eval_mode=None, optimizer: str = "sgd",
-        weight_decay: float | None = None, label_smoothing: float = 0.0) -> FitResult:
+        weight_decay: float | None = None, label_smoothing: float = 0.0,
+        checkpoint: Path | None = None, log=None) -> FitResult:
     """SGD (Nesterov momentum) or AdamW with a one-cycle schedule; keeps the weights of the epoch with
     the best validation accuracy (epoch 0, the starting weights, included).
 
     x: (N, C, H, W) or, with cached views, (V, N, C, H, W); soft: teacher logits (V, N, K) for the
     same views (distillation), or None (hard labels). Epoch e uses view e mod V, so student and
     teacher always see the same image (consistent teaching, Beyer et al. 2022).
+
+    checkpoint: a file rewritten (atomically) after every epoch with model, optimizer, scheduler,
+    RNG states and the best-so-far weights; when it exists at the start, training resumes from it and
+    ends exactly as an uninterrupted run would. Under torch.distributed (torchrun), each rank takes
+    its slice of every batch and DDP averages gradients; only rank 0 writes the checkpoint.
     """
     import torch
+    import torch.distributed as dist
     import torch.nn.functional as F
     from tqdm import tqdm
 
@@ -83,9 +92,12 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
     g = torch.Generator().manual_seed(seed)
     train_mode = train_mode or (lambda m: m.train())
     eval_mode = eval_mode or (lambda m: m.eval())
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     multi = x.ndim == 5
     n = x.shape[1] if multi else x.shape[0]
-    steps = max(1, math.ceil(n / batch_size)) * max(epochs, 1)
+    per_epoch = max(1, math.ceil(n / batch_size))
+    steps = per_epoch * max(epochs, 1)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05 if weight_decay is None else weight_decay)
@@ -93,17 +105,31 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
                               weight_decay=5e-4 if weight_decay is None else weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    forward = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     yt = torch.from_numpy(y)
 
     def val_acc() -> float:
         eval_mode(model)
         return accuracy(predict_mode(model, x_val), y_val)
 
-    # Epoch 0 (the starting weights) competes too: fine-tuning never returns worse weights than it got.
-    best = val_acc()
-    best_state, chosen, history = copy.deepcopy(model.state_dict()), 0, []
-    bar = tqdm(total=steps, desc=desc, unit="step", leave=False, disable=None)
-    for epoch in range(epochs):
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        g.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        start, best, chosen, history, best_state = ck["epoch"], ck["best"], ck["chosen"], ck["history"], ck["best_state"]
+        if log:
+            log(f"[{desc}] resuming from epoch {start} of {epochs} ({checkpoint.name})")
+    else:
+        # Epoch 0 (the starting weights) competes too: fine-tuning never returns worse weights than it got.
+        best = val_acc()
+        best_state, chosen, history = copy.deepcopy(model.state_dict()), 0, []
+    bar = tqdm(total=steps, initial=start * per_epoch, desc=desc, unit="step", leave=False,
+               disable=None if rank == 0 else True)
+    for epoch in range(start, epochs):
         train_mode(model)
         order = torch.randperm(n, generator=g)
         view = epoch % x.shape[0] if multi else None
@@ -111,17 +137,21 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
         total, count = 0.0, 0
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
-            xb, yb = xe[idx], yt[idx]
+            xb = xe[idx]
             if augment_on and not multi:
-                xb = augment(xb, g)
-            out = model(xb)
+                xb = augment(xb, g)  # every rank draws the same numbers, so generators stay in step
+            if distributed:
+                idx, xb = idx[rank::world], xb[rank::world]
+            yb = yt[idx]
+            out = forward(xb)
             if soft is not None:
                 loss = kd_loss(out, torch.from_numpy(soft[view])[idx], yb, temperature=temperature, alpha=alpha)
             else:
                 loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
             if not torch.isfinite(loss):
                 raise EdgeKDError(f"{desc}: loss became {loss.item()} at epoch {epoch + 1}, step {i // batch_size + 1}; "
-                                  "the learning rate is likely too high (lower it in the recipe)")
+                                  "the learning rate is likely too high (lower it in the recipe); "
+                                  "the last good epoch's checkpoint is kept")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -134,6 +164,12 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
         bar.set_postfix(loss=f"{total / count:.3f}", val=f"{acc:.4f}")
         if acc > best:  # strictly better: ties keep the earlier, cheaper-to-reach weights
             best, chosen, best_state = acc, epoch + 1, copy.deepcopy(model.state_dict())
+        if checkpoint is not None and rank == 0:
+            tmp = checkpoint.with_name(checkpoint.name + ".tmp")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "generator": g.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
+                        "best": best, "chosen": chosen, "history": history, "best_state": best_state}, tmp)
+            os.replace(tmp, checkpoint)
     bar.close()
     model.load_state_dict(best_state)
     eval_mode(model)
