@@ -152,6 +152,23 @@ def _load_state(module, path: Path):
     return module.eval()
 
 
+def resolve_device(setting: str) -> str:
+    """'auto' -> CUDA when present, else CPU; under torchrun each rank takes its LOCAL_RANK's GPU."""
+    import torch
+
+    from .errors import RecipeError
+
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RecipeError(f"device = '{setting}' but no CUDA GPU is visible; use device=auto or device=cpu")
+        if setting == "cuda":
+            setting = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(torch.device(setting))
+    return setting
+
+
 def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", force: bool = False,
           log=print) -> BuildResult:
     """Teacher to benchmarked student(s) for one target; writes <out_dir>/<target.name>/."""
@@ -166,13 +183,16 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
     _check_writable(out_dir)
     created_out = not out_dir.exists()
     torch.manual_seed(recipe.seed)
+    device = resolve_device(recipe.device)
+    log(f"[device] training on {device}")
     stages = _Stages(out_dir / ".cache", force=force, log=log)
     try:
         t0 = time.perf_counter()
         data = load_data(recipe.data, seed=recipe.seed)
         data_seconds = time.perf_counter() - t0
         num_classes = len(data.labels)
-        data_key = _key(asdict(recipe.data), recipe.seed)
+        # the device is part of every training key: CUDA and CPU kernels round differently
+        data_key = _key(asdict(recipe.data), recipe.seed, device.split(":")[0])
         spec_t = recipe.teacher
         teacher_file = {k: sha256_file(recipe.path(getattr(spec_t, k))) for k in ("checkpoint", "torchscript")
                         if getattr(spec_t, k) and recipe.path(getattr(spec_t, k)).is_file()}
@@ -190,7 +210,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
                 r = fit(m, x=data.x_train, y=data.y_train, x_val=data.x_val, y_val=data.y_val,
                         epochs=spec_t.epochs, lr=spec_t.lr, batch_size=spec_t.batch_size, seed=recipe.seed,
                         augment_on=recipe.data.augment, desc="teacher", optimizer=spec_t.optimizer,
-                        label_smoothing=spec_t.label_smoothing, checkpoint=ckpt, log=log)
+                        label_smoothing=spec_t.label_smoothing, checkpoint=ckpt, log=log, device=device)
                 _save_state(m, d / "teacher.pt")
                 meta.update(val_accuracy=r.val_accuracy, chosen_epoch=r.chosen_epoch, history=r.history)
             else:
@@ -210,7 +230,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         # 2. Soft labels: the teacher's logits on `views` augmented copies (computed once).
         def run_views(d: Path, ckpt: Path):
             xs, ts = teacher_views(teacher, data.x_train, views=ds.views, seed=recipe.seed + 1,
-                                   augment_on=recipe.data.augment)
+                                   augment_on=recipe.data.augment, device=device)
             np.save(d / "views_x.npy", xs)
             np.save(d / "views_logits.npy", ts)
             return {"views": ds.views, "teacher_train_accuracy_view0": accuracy(ts[0], data.y_train)}
@@ -225,7 +245,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
             r = fit(m, x=xs, y=data.y_train, x_val=data.x_val, y_val=data.y_val, epochs=ds.epochs, lr=ds.lr,
                     batch_size=ds.batch_size, seed=recipe.seed, soft=ts if distill else None,
                     temperature=ds.temperature, alpha=ds.alpha, desc="distill" if distill else "baseline",
-                    optimizer=ds.optimizer, checkpoint=ckpt, log=log)
+                    optimizer=ds.optimizer, checkpoint=ckpt, log=log, device=device)
             _save_state(m, d / fname)
             return {"params": count_params(m), "val_accuracy": r.val_accuracy, "chosen_epoch": r.chosen_epoch,
                     "history": r.history}
@@ -256,7 +276,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
             r = fit(q, x=xs, y=data.y_train, x_val=data.x_val, y_val=data.y_val, epochs=epochs, lr=qs.lr,
                     batch_size=ds.batch_size, seed=recipe.seed + 2, soft=ts, temperature=ds.temperature,
                     alpha=ds.alpha, desc="qat", train_mode=qat_train_mode, eval_mode=qat_eval_mode,
-                    weight_decay=0.0, checkpoint=ckpt, log=log)
+                    weight_decay=0.0, checkpoint=ckpt, log=log, device=device)
             _save_state(q, d / "student_qat.pt")
             return {"method": qs.method, "reduce_range": reduce_range, "val_accuracy": r.val_accuracy,
                     "chosen_epoch": r.chosen_epoch, "history": r.history}
@@ -265,8 +285,9 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         qat = _load_state(new_qat(), st_qat.dir / "student_qat.pt")
         qat_eval_mode(qat)
 
-        if stages.rank != 0:  # export, benchmark and report are rank 0's
+        if stages.rank != 0:  # export, benchmark and report are rank 0's alone
             return None
+        stages.distributed = False  # no collective calls from here on: the other ranks have left
         torch_models = {"teacher": teacher, "student-baseline": baseline, "student-fp32": student, "student-int8": qat}
         st_export = stages.run(
             "export", _key(st_teacher.key, st_base.key, st_dist.key, st_qat.key, asdict(recipe.export), target.runtime),

@@ -131,6 +131,7 @@ class ExportSpec:
 class Recipe:
     name: str = "mnist"
     seed: int = 0
+    device: str = "auto"  # training device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
     data: DataSpec = field(default_factory=DataSpec)
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     student: StudentSpec = field(default_factory=StudentSpec)
@@ -139,6 +140,10 @@ class Recipe:
     export: ExportSpec = field(default_factory=ExportSpec)
     # Where relative paths in the recipe are resolved from; not part of the recipe itself.
     base_dir: str = field(default=".", compare=False, metadata={"internal": True})
+
+    def __post_init__(self):
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
+               "'auto', 'cpu', 'cuda' or 'cuda:N'", self.device)
 
     def to_dict(self) -> dict:
         return _to_dict(self)

@@ -48,19 +48,25 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean())
 
 
-def teacher_views(teacher, x: np.ndarray, *, views: int, seed: int, augment_on: bool):
+def teacher_views(teacher, x: np.ndarray, *, views: int, seed: int, augment_on: bool, device: str = "cpu"):
     """`views` augmented copies of x and the teacher's logits on exactly those copies.
-    Returns (xs (V, N, C, H, W), logits (V, N, K)). View 0 is the clean image."""
+    Returns (xs (V, N, C, H, W), logits (V, N, K)). View 0 is the clean image. On CUDA the teacher's
+    forward pass runs under bf16 autocast (logits are returned in float32)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
+    teacher.to(device)
     xs, ts = [], []
-    for v in range(views):
-        xv = torch.from_numpy(x)
-        if v > 0 and augment_on:
-            xv = torch.cat([augment(xv[i:i + 512], g) for i in range(0, len(xv), 512)])
-        xs.append(xv.numpy())
-        ts.append(predict(teacher, xs[-1]))
+    try:
+        for v in range(views):
+            xv = torch.from_numpy(x)
+            if v > 0 and augment_on:
+                xv = torch.cat([augment(xv[i:i + 512], g) for i in range(0, len(xv), 512)])
+            xs.append(xv.numpy())
+            teacher.eval()
+            ts.append(predict_mode(teacher, xs[-1], bf16=device.startswith("cuda")))
+    finally:
+        teacher.to("cpu")
     return np.stack(xs), np.stack(ts)
 
 
@@ -68,7 +74,7 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
         soft=None, temperature: float = 1.0, alpha: float = 0.0, augment_on: bool = False,
         desc: str = "train", train_mode=None, eval_mode=None, optimizer: str = "sgd",
         weight_decay: float | None = None, label_smoothing: float = 0.0,
-        checkpoint: Path | None = None, log=None) -> FitResult:
+        checkpoint: Path | None = None, log=None, device: str = "cpu") -> FitResult:
     """SGD (Nesterov momentum) or AdamW with a one-cycle schedule; keeps the weights of the epoch with
     the best validation accuracy (epoch 0, the starting weights, included).
 
@@ -80,6 +86,7 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
     RNG states and the best-so-far weights; when it exists at the start, training resumes from it and
     ends exactly as an uninterrupted run would. Under torch.distributed (torchrun), each rank takes
     its slice of every batch and DDP averages gradients; only rank 0 writes the checkpoint.
+    The model trains on `device` and is returned on the CPU.
     """
     import torch
     import torch.distributed as dist
@@ -98,6 +105,7 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
     n = x.shape[1] if multi else x.shape[0]
     per_epoch = max(1, math.ceil(n / batch_size))
     steps = per_epoch * max(epochs, 1)
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05 if weight_decay is None else weight_decay)
@@ -105,7 +113,12 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
         opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
                               weight_decay=5e-4 if weight_decay is None else weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    forward = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    if distributed:
+        on_gpu = device.startswith("cuda")
+        forward = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(device).index or 0] if on_gpu else None)
+    else:
+        forward = model
     yt = torch.from_numpy(y)
 
     def val_acc() -> float:
@@ -114,12 +127,12 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
 
     start = 0
     if checkpoint is not None and checkpoint.exists():
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        ck = torch.load(checkpoint, map_location=device, weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        g.set_state(ck["generator"])
-        torch.set_rng_state(ck["torch_rng"])
+        g.set_state(ck["generator"].cpu())
+        torch.set_rng_state(ck["torch_rng"].cpu())
         start, best, chosen, history, best_state = ck["epoch"], ck["best"], ck["chosen"], ck["history"], ck["best_state"]
         if log:
             log(f"[{desc}] resuming from epoch {start} of {epochs} ({checkpoint.name})")
@@ -142,10 +155,10 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
                 xb = augment(xb, g)  # every rank draws the same numbers, so generators stay in step
             if distributed:
                 idx, xb = idx[rank::world], xb[rank::world]
-            yb = yt[idx]
-            out = forward(xb)
+            yb = yt[idx].to(device)
+            out = forward(xb.to(device))
             if soft is not None:
-                loss = kd_loss(out, torch.from_numpy(soft[view])[idx], yb, temperature=temperature, alpha=alpha)
+                loss = kd_loss(out, torch.from_numpy(soft[view])[idx].to(device), yb, temperature=temperature, alpha=alpha)
             else:
                 loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
             if not torch.isfinite(loss):
@@ -172,16 +185,22 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
             os.replace(tmp, checkpoint)
     bar.close()
     model.load_state_dict(best_state)
+    model.to("cpu")
     eval_mode(model)
     return FitResult(val_accuracy=best, chosen_epoch=chosen, epochs=epochs, history=history)
 
 
-def predict_mode(model, x: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
-    """Logits without touching the module's train/eval flags (the caller set them)."""
+def predict_mode(model, x: np.ndarray, *, batch_size: int = 500, bf16: bool = False) -> np.ndarray:
+    """Logits (float32, on the CPU) without touching the module's train/eval flags (the caller set
+    them); runs on the device the model's parameters are on."""
+    import contextlib
+
     import torch
 
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    cast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), cast:
         for i in range(0, len(x), batch_size):
-            out.append(model(torch.from_numpy(x[i:i + batch_size])).float().numpy())
+            out.append(model(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy())
     return np.concatenate(out)

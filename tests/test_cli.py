@@ -126,3 +126,55 @@ def test_trained_teacher_checkpoint_loads_as_teacher(tiny_build, tmp_path):
     r = apply_overrides(Recipe(), [f"teacher.checkpoint={tdir / 'teacher.pt'}"])
     m = load_teacher(r.teacher, r)
     assert sum(p.numel() for p in m.parameters()) > 5e5
+
+
+def flat_input_teacher():
+    return torch.nn.Linear(10, 10)  # expects (B, 10), the data is (B, 1, 28, 28)
+
+
+def test_teacher_with_the_wrong_input_shape(tmp_path):
+    out = tmp_path / "out"
+    assert_clean_failure(edgekd("build", "--out", str(out), "teacher.factory=test_cli:flat_input_teacher", *TINY, *TINY_TARGET),
+                         "does not accept inputs of shape (2, 1, 28, 28)", out)
+
+
+def test_recipe_that_is_not_toml(tmp_path):
+    bad = tmp_path / "edgekd.toml"
+    bad.write_text("[distill\ntemperature: 2\n")
+    out = tmp_path / "out"
+    assert_clean_failure(edgekd("build", "--out", str(out), f"recipe={bad}"), "is not valid TOML", out)
+
+
+def test_cuda_requested_without_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = tmp_path / "out"
+    assert_clean_failure(edgekd("build", "--out", str(out), "device=cuda", *TINY), "no CUDA GPU is visible", out)
+
+
+def test_diverging_loss_stops_with_step_and_cause(tmp_path):
+    out = tmp_path / "out"
+    res = edgekd("build", "--out", str(out), "teacher.optimizer=sgd", "teacher.lr=1e12", *TINY, *TINY_TARGET)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert "teacher: loss became" in last and "at epoch 1, step" in last and "learning rate" in last
+    assert not (out / "cpu-int8").exists()
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd", "build", "--out", str(out), *TINY, "teacher.epochs=50"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".cache/.teacher-*.ckpt")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("edgekd: interrupted; run the same command again to resume")
+    assert "Traceback" not in err
+    assert list(out.glob(".cache/.teacher-*.ckpt")), "the epoch checkpoint to resume from is kept"

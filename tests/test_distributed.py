@@ -1,0 +1,31 @@
+"""`torchrun --nproc-per-node 2 -m edgekd build ...` on CPU (gloo): a valid build, rank 0 writes it."""
+import json
+import subprocess
+import sys
+
+from conftest import TINY, TINY_TARGET
+
+# A small teacher and enough steps that accuracies mean something, in well under a minute per build.
+SETTINGS = [*TINY, "data.n_train=1500", "teacher.arch=mnist-student", "teacher.epochs=4", "distill.epochs=4",
+            *TINY_TARGET]
+
+
+def test_two_process_build_matches_single_process(tmp_path):
+    out = tmp_path / "ddp"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "edgekd", "build", "target=cpu-int8", "--out", str(out), *SETTINGS],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().endswith("report.md")  # only rank 0 reports
+    ddp = json.loads((out / "cpu-int8" / "report.json").read_text())
+    assert not list(out.glob(".cache/.*tmp*")), "a rank left a temporary folder behind"
+
+    single = tmp_path / "single"
+    res1 = subprocess.run([sys.executable, "-m", "edgekd", "build", "target=cpu-int8", "--out", str(single), *SETTINGS],
+                          capture_output=True, text=True, timeout=600)
+    assert res1.returncode == 0, res1.stderr[-3000:]
+    one = json.loads((single / "cpu-int8" / "report.json").read_text())
+    assert ddp["models"]["teacher"]["accuracy"] > 0.5  # it learned: chance is 0.1
+    for name in ("teacher", "student-fp32", "student-int8"):
+        a, b = ddp["models"][name]["accuracy"], one["models"][name]["accuracy"]
+        assert a > 0.2 and abs(a - b) <= 0.08, (name, a, b)
