@@ -28,3 +28,73 @@ def benchmark(model_path: Path, *, runtime: str, inputs: Path, threads: int, war
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise EdgeKDError(f"benchmarking '{model_path.name}' on {runtime} failed: {tail}")
         return json.loads(res_path.read_text()), np.load(cfg["outputs"])
+
+
+def check_model_file(path: Path) -> str:
+    """The runtime for an exported model file, after checking it is there and loads as a model."""
+    from .errors import InputError
+    from .runtimes import runtime_for
+
+    if not path.is_file():
+        raise InputError(f"model file '{path}' does not exist")
+    if path.suffix not in (".onnx", ".ort", ".xml"):
+        raise InputError(f"'{path}' is not a model edgekd can benchmark; give an .onnx, .ort or OpenVINO .xml file")
+    if path.suffix == ".onnx":
+        import onnx
+
+        try:
+            onnx.checker.check_model(onnx.load(str(path)))
+        except Exception as e:  # noqa: BLE001 - protobuf decode errors and checker errors alike
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise InputError(f"'{path}' is not a valid ONNX model ({first}); re-export it") from None
+    return runtime_for(str(path))
+
+
+def input_spec(path: Path) -> tuple[list[int], str]:
+    """(shape with batch 1, dtype) from manifest.json beside the model, else the model's signature."""
+    manifest = path.parent / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        shape = [1 if not isinstance(d, int) else d for d in m["input"]["shape"]]
+        return shape, m["input"].get("dtype", "float32")
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        ps = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
+        return [d.get_length() if d.is_static else 1 for d in ps], "float32"
+    import onnxruntime as ort
+
+    inp = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0]
+    dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}.get(inp.type, "float32")
+    return [d if isinstance(d, int) else 1 for d in inp.shape], dtype
+
+
+def compare(models: list[Path], *, threads: list[int], warmup: int, iterations: int, batch_sizes: list[int],
+            baseline: Path | None = None, seed: int = 0) -> list[dict]:
+    """Benchmark every model at every thread count, each run in a fresh process, models interleaved
+    (round-robin) so machine drift hits them alike; speedups are against `baseline` (default: the first)."""
+    runtimes_ = {m: check_model_file(m) for m in models}
+    base = baseline or models[0]
+    if base not in runtimes_:
+        runtimes_[base] = check_model_file(base)
+    order = [base] + [m for m in models if m != base]
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        inputs = {}
+        for m in order:
+            shape, dtype = input_spec(m)
+            rng = np.random.default_rng(seed)
+            x = rng.standard_normal((16, *shape[1:])).astype(dtype) if dtype.startswith("float") \
+                else rng.integers(0, 100, (16, *shape[1:])).astype(dtype)
+            inputs[m] = Path(d) / f"in{len(inputs)}.npz"
+            np.savez(inputs[m], x=x)
+        for t in threads:
+            for m in order:
+                res, _ = benchmark(m, runtime=runtimes_[m], inputs=inputs[m], threads=t, warmup=warmup,
+                                   iterations=iterations, batch_sizes=batch_sizes)
+                size = m.stat().st_size + (m.with_suffix(".bin").stat().st_size if m.suffix == ".xml" else 0)
+                rows.append({"model": str(m), "runtime": runtimes_[m], "threads": t, "size_bytes": size, **res})
+    for r in rows:
+        ref = next(x for x in rows if x["model"] == str(base) and x["threads"] == r["threads"])
+        r["speedup_vs_baseline"] = ref["latency_ms"]["p50"] / r["latency_ms"]["p50"]
+    return rows

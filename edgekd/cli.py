@@ -107,6 +107,62 @@ def _summary(report: dict) -> None:
                    f"{m['speedup_vs_teacher']:7.1f}x {m['size_bytes'] / 1e3:8.1f}kB {m['peak_rss_mb']:7.0f}", err=True)
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@click.option("--baseline", default=None, type=click.Path(dir_okay=False), help="Compare against this model (default: the first).")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def bench(args, baseline, json_out, debug):
+    """Benchmark exported models (.onnx, .ort, OpenVINO .xml) with the build's harness.
+    ARGS: model files, then key=value: target=NAME (defaults for the rest), threads=1,2,
+    iterations=N, warmup=N, batch_sizes=1,32."""
+
+    def go():
+        from pathlib import Path
+
+        from .bench import compare
+        from .targets import load_target
+
+        models, opts = [], {}
+        for a in args:
+            if "=" in a and not Path(a).exists():
+                k, v = a.split("=", 1)
+                if k not in ("target", "threads", "iterations", "warmup", "batch_sizes"):
+                    raise RecipeError(f"unknown bench setting '{k}'; use target, threads, iterations, warmup or batch_sizes")
+                opts[k] = v
+            else:
+                models.append(Path(a))
+        if not models:
+            raise RecipeError("give at least one model file: edgekd bench MODEL.onnx [MODEL2 ...] target=cpu-int8")
+        t = load_target(opts.get("target", "cpu-int8"))
+
+        def ints(key, default):
+            try:
+                vals = [int(v) for v in opts[key].split(",")] if key in opts else default
+            except ValueError:
+                raise RecipeError(f"{key} must be integers separated by commas, got {opts[key]!r}") from None
+            if not vals or min(vals) < (0 if key == "warmup" else 1):
+                raise RecipeError(f"{key} must be positive, got {opts[key]!r}")
+            return vals
+
+        rows = compare(models, threads=ints("threads", [t.threads]), warmup=ints("warmup", [t.warmup])[0],
+                       iterations=max(10, ints("iterations", [t.iterations])[0]),
+                       batch_sizes=ints("batch_sizes", t.batch_sizes), baseline=Path(baseline) if baseline else None)
+        click.echo(f"{'model':40s} {'thr':>3s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'std':>7s} "
+                   f"{'speedup':>8s} {'RSS MB':>7s} {'+RSS':>6s} {'size kB':>9s}")
+        for r in rows:
+            lat = r["latency_ms"]
+            click.echo(f"{Path(r['model']).name[:40]:40s} {r['threads']:3d} {lat['p50']:8.3f} {lat['p90']:8.3f} "
+                       f"{lat['p99']:8.3f} {lat['std']:7.3f} {r['speedup_vs_baseline']:7.2f}x {r['peak_rss_mb']:7.0f} "
+                       f"{r['rss_increase_mb']:6.0f} {r['size_bytes'] / 1e3:9.1f}")
+        if json_out:
+            import json
+
+            Path(json_out).write_text(json.dumps(rows, indent=2))
+
+    _run(debug, go)
+
+
 @main.command()
 def targets():
     """List the target profiles."""

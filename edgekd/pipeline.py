@@ -236,7 +236,9 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
             return {"views": ds.views, "teacher_train_accuracy_view0": accuracy(ts[0], data.y_train)}
 
         st_views = stages.run("soft-labels", _key(st_teacher.key, ds.views, recipe.data.augment), run_views)
-        xs, ts = np.load(st_views.dir / "views_x.npy"), np.load(st_views.dir / "views_logits.npy")
+        # memory-mapped: an epoch reads one view, so the cache can outgrow memory
+        xs = np.load(st_views.dir / "views_x.npy", mmap_mode="r")
+        ts = np.load(st_views.dir / "views_logits.npy", mmap_mode="r")
 
         student_arch = recipe.student.arch
 
@@ -292,7 +294,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         st_export = stages.run(
             "export", _key(st_teacher.key, st_base.key, st_dist.key, st_qat.key, asdict(recipe.export), target.runtime),
             lambda d, _: _export_all(d, torch_models, data, recipe, target, reduce_range))
-        st_bench = stages.run(
+        stages.run(
             "benchmark", _key(st_export.key, asdict(target)),
             lambda d, _: _bench_all(d, st_export, data, target))
         report = _assemble(recipe, target, data, stages.done, data_seconds,
@@ -504,7 +506,6 @@ def _write_build(out_dir: Path, target: Target, recipe: Recipe, report: dict, st
             "edgekd": __version__,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        lock = recipe
         from dataclasses import replace
 
         lock = replace(recipe, quantize=replace(recipe.quantize,

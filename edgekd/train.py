@@ -146,7 +146,8 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
         train_mode(model)
         order = torch.randperm(n, generator=g)
         view = epoch % x.shape[0] if multi else None
-        xe = torch.from_numpy(x[view] if multi else x)
+        xe = torch.from_numpy(np.array(x[view] if multi else x))  # a private copy: x may be memory-mapped
+        se = torch.from_numpy(np.array(soft[view])) if soft is not None else None
         total, count = 0.0, 0
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
@@ -158,7 +159,7 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
             yb = yt[idx].to(device)
             out = forward(xb.to(device))
             if soft is not None:
-                loss = kd_loss(out, torch.from_numpy(soft[view])[idx].to(device), yb, temperature=temperature, alpha=alpha)
+                loss = kd_loss(out, se[idx].to(device), yb, temperature=temperature, alpha=alpha)
             else:
                 loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
             if not torch.isfinite(loss):

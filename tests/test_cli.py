@@ -79,10 +79,18 @@ def test_checkpoint_of_another_architecture(tmp_path):
                          "does not fit architecture 'mnist-teacher'", out)
 
 
-def test_teacher_whose_classes_do_not_match_the_data(tmp_path):
+def flat_input_teacher():
+    return torch.nn.Linear(10, 10)  # expects (B, 10), the data is (B, 1, 28, 28)
+
+
+@pytest.mark.parametrize("factory, fragment", [
+    ("five_class_teacher", "the data has 10 classes"),
+    ("flat_input_teacher", "does not accept inputs of shape (2, 1, 28, 28)"),
+])
+def test_teacher_that_does_not_fit_the_data(tmp_path, factory, fragment):
     out = tmp_path / "out"
-    assert_clean_failure(edgekd("build", "--out", str(out), "teacher.factory=test_cli:five_class_teacher", *TINY, *TINY_TARGET),
-                         "the data has 10 classes", out)
+    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.factory=test_cli:{factory}", *TINY, *TINY_TARGET),
+                         fragment, out)
 
 
 def test_output_under_a_file(tmp_path):
@@ -126,16 +134,6 @@ def test_trained_teacher_checkpoint_loads_as_teacher(tiny_build, tmp_path):
     r = apply_overrides(Recipe(), [f"teacher.checkpoint={tdir / 'teacher.pt'}"])
     m = load_teacher(r.teacher, r)
     assert sum(p.numel() for p in m.parameters()) > 5e5
-
-
-def flat_input_teacher():
-    return torch.nn.Linear(10, 10)  # expects (B, 10), the data is (B, 1, 28, 28)
-
-
-def test_teacher_with_the_wrong_input_shape(tmp_path):
-    out = tmp_path / "out"
-    assert_clean_failure(edgekd("build", "--out", str(out), "teacher.factory=test_cli:flat_input_teacher", *TINY, *TINY_TARGET),
-                         "does not accept inputs of shape (2, 1, 28, 28)", out)
 
 
 def test_recipe_that_is_not_toml(tmp_path):
