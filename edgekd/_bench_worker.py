@@ -58,6 +58,8 @@ def main(cfg_path: str, out_path: str) -> None:
         "latency_ms": {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
                        "p99": float(np.percentile(lat, 99)), "mean": float(lat.mean()),
                        "std": float(lat.std()), "min": float(lat.min())},
+        # the whole distribution, as its 0..100th percentiles (for the report's distribution plot)
+        "latency_percentiles_ms": [float(v) for v in np.percentile(lat, np.arange(101))],
         "iterations": cfg["iterations"], "warmup": cfg["warmup"], "threads": cfg["threads"],
         "throughput_per_s": throughput,
         "peak_rss_mb": peak, "rss_after_import_mb": rss_import, "rss_increase_mb": peak - rss_import,

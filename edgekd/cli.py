@@ -59,20 +59,31 @@ def build(settings, target_opt, recipe_opt, out, force, debug):
                 overrides.append(s)
         from .pipeline import build as run_build
         from .recipe import apply_overrides, load_recipe
-        from .targets import load_target, override_target
+        from .targets import load_target, override_target, target_names
 
         # Validate everything before anything is written.
-        tgt = override_target(load_target(target or "cpu-int8"), target_overrides)
+        names = target_names() if target == "all" else [t.strip() for t in (target or "cpu-int8").split(",") if t.strip()]
+        tgts = [override_target(load_target(n), target_overrides) for n in names]
         recipe = apply_overrides(load_recipe(recipe_path), overrides)
         rank = _init_distributed()
         log = (lambda m: click.echo(m, err=True)) if rank == 0 else (lambda m: None)
+        results, fresh = [], set()
         try:
-            result = run_build(recipe, tgt, out_dir=out, force=force, log=log)
+            for tgt in tgts:  # training stages are built once and reused by every target
+                log(f"== target {tgt.name}")
+                results.append(run_build(recipe, tgt, out_dir=out, force=force, log=log, fresh=fresh))
         finally:
             _end_distributed()
-        if result is not None:  # rank 0
-            _summary(result.report)
-            click.echo(str(result.report_md))
+        if rank != 0:
+            return
+        for r in results:
+            _summary(r.report)
+        if len(results) == 1:
+            click.echo(str(results[0].report_md))
+        else:
+            from .report import write_combined
+
+            click.echo(str(write_combined(out, {r.report["target"]: r.report for r in results})))
 
     _run(debug, go)
 
@@ -101,7 +112,8 @@ def _end_distributed() -> None:
 
 
 def _summary(report: dict) -> None:
-    click.echo(f"\n{'model':18s} {'acc':>7s} {'p50 ms':>8s} {'speedup':>8s} {'size':>10s} {'RSS MB':>7s}", err=True)
+    click.echo(f"\n[{report['target']}]", err=True)
+    click.echo(f"{'model':18s} {'acc':>7s} {'p50 ms':>8s} {'speedup':>8s} {'size':>10s} {'RSS MB':>7s}", err=True)
     for name, m in report["models"].items():
         click.echo(f"{name:18s} {100 * m['accuracy']:6.2f}% {m['latency_ms']['p50']:8.3f} "
                    f"{m['speedup_vs_teacher']:7.1f}x {m['size_bytes'] / 1e3:8.1f}kB {m['peak_rss_mb']:7.0f}", err=True)
@@ -159,6 +171,35 @@ def bench(args, baseline, json_out, debug):
             import json
 
             Path(json_out).write_text(json.dumps(rows, indent=2))
+
+    _run(debug, go)
+
+
+@main.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def report(build_dir, debug):
+    """Re-render report.md and report.html of BUILD_DIR from its report.json."""
+
+    def go():
+        import json
+        from pathlib import Path
+
+        from .errors import InputError
+        from .report import write_reports
+
+        src = Path(build_dir) / "report.json"
+        try:
+            data = json.loads(src.read_text())
+        except FileNotFoundError:
+            raise InputError(f"'{src}' does not exist; give a build folder such as build/cpu-int8") from None
+        except (ValueError, OSError) as e:
+            raise InputError(f"'{src}' cannot be read as JSON ({e}); rebuild with edgekd build") from None
+        try:
+            write_reports(Path(build_dir), data)
+        except (KeyError, TypeError) as e:
+            raise InputError(f"'{src}' lacks what a report needs ({e!r}); was it written by edgekd build?") from None
+        click.echo(str(Path(build_dir) / "report.html"))
 
     _run(debug, go)
 

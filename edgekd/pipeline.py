@@ -25,7 +25,7 @@ from .recipe import Recipe
 from .targets import Target
 
 # Bump when a stage's code changes what it produces, so old cache entries are not reused.
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 MODEL_NAMES = ("teacher", "student-baseline", "student-fp32", "student-int8")
 
 
@@ -67,10 +67,12 @@ class _Stages:
     """Runs or reuses stages. Under torch.distributed every rank runs a training stage (DDP needs
     them all), rank 0 alone decides reuse and commits results; the others read rank 0's folder."""
 
-    def __init__(self, cache: Path, *, force: bool, log):
+    def __init__(self, cache: Path, *, force: bool, log, fresh: set | None = None):
         import torch.distributed as dist
 
         self.cache, self.force, self.log, self.done = cache, force, log, []
+        # stage folders made in this invocation: reused even under --force (multi-target builds)
+        self.fresh = fresh if fresh is not None else set()
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.distributed else 0
 
@@ -94,8 +96,11 @@ class _Stages:
         training stage keeps its per-epoch state, so a killed build resumes there."""
         final = self.cache / f"{name}-{key}"
         ckpt = self.cache / f".{name}-{key}.ckpt"
+        if self.force and final.name not in self.fresh:
+            ckpt.unlink(missing_ok=True)  # --force: start this stage over, not from an old checkpoint
         t0 = time.perf_counter()
-        if self._agree(not self.force and self.rank == 0 and self._valid(final)):
+        reusable = not self.force or final.name in self.fresh
+        if self._agree(reusable and self.rank == 0 and self._valid(final)):
             rec = json.loads((final / "stage.json").read_text())
             # seconds: what the stage cost when it ran; the reuse itself is near-instant
             out = StageOut(name, key, final, rec["meta"], rec.get("seconds", 0.0), True)
@@ -114,6 +119,7 @@ class _Stages:
                     shutil.rmtree(final, ignore_errors=True)
                     os.replace(tmp, final)
                     ckpt.unlink(missing_ok=True)
+                self.fresh.add(final.name)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             self._barrier()
@@ -170,8 +176,10 @@ def resolve_device(setting: str) -> str:
 
 
 def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", force: bool = False,
-          log=print) -> BuildResult:
-    """Teacher to benchmarked student(s) for one target; writes <out_dir>/<target.name>/."""
+          log=print, fresh: set | None = None) -> BuildResult | None:
+    """Teacher to benchmarked student(s) for one target; writes <out_dir>/<target.name>/.
+    Returns None on torch.distributed ranks other than 0. `fresh`: a set shared by the builds of one
+    invocation, so that --force rebuilds each stage once, not once per target."""
     import torch
 
     from .data import load_data
@@ -185,7 +193,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
     log(f"[device] training on {device}")
-    stages = _Stages(out_dir / ".cache", force=force, log=log)
+    stages = _Stages(out_dir / ".cache", force=force, log=log, fresh=fresh)
     try:
         t0 = time.perf_counter()
         data = load_data(recipe.data, seed=recipe.seed)
@@ -442,6 +450,7 @@ def _assemble(recipe: Recipe, target: Target, data, done: list[StageOut], data_s
             "agreement": float((logits.argmax(1) == teacher_logits.argmax(1)).mean()),
             "latency_ms": b["latency_ms"],
             "throughput_per_s": b["throughput_per_s"],
+            "latency_percentiles_ms": b.get("latency_percentiles_ms"),
             "size_bytes": size,
             "peak_rss_mb": b["peak_rss_mb"],
             "rss_increase_mb": b["rss_increase_mb"],
@@ -478,7 +487,7 @@ def _assemble(recipe: Recipe, target: Target, data, done: list[StageOut], data_s
 def _write_build(out_dir: Path, target: Target, recipe: Recipe, report: dict, st_export: StageOut, data) -> Path:
     """Assemble build/<target>/ in a temporary folder, then swap it into place."""
     from .recipe import recipe_toml
-    from .report import render_markdown
+    from .report import write_reports
 
     final = out_dir / target.name
     tmp = out_dir / f".{target.name}.tmp{os.getpid()}"
@@ -514,7 +523,7 @@ def _write_build(out_dir: Path, target: Target, recipe: Recipe, report: dict, st
             f"# edgekd {__version__}: the resolved recipe of build '{target.name}'.\n"
             f"# Reproduce: edgekd build recipe=recipe.lock.toml target={target.name}\n" + recipe_toml(lock))
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        (tmp / "report.md").write_text(render_markdown(report))
+        write_reports(tmp, report)
         old = out_dir / f".{target.name}.old{os.getpid()}"
         if final.exists():
             os.replace(final, old)

@@ -85,3 +85,172 @@ def render_markdown(r: dict) -> str:
               f"{vers}; Python {env['python']}; edgekd {env['edgekd']}"
               f"{', commit ' + env['git_commit'] if env.get('git_commit') else ''}; seed {env['seed']}.", ""]
     return "\n".join(lines)
+
+
+def _png(fig) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
+    """Names not dominated in (lower latency, higher accuracy)."""
+    front = set()
+    for n, (lat, acc) in points.items():
+        if not any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for m, (l2, a2) in points.items() if m != n):
+            front.add(n)
+    return front
+
+
+def plots(r: dict) -> dict[str, str]:
+    """The report's figures as data: URLs (PNG): accuracy vs latency with the Pareto front, model
+    sizes, latency distributions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = r["models"]
+    out = {}
+    pts = {n: (x["latency_ms"]["p50"], 100 * x["accuracy"]) for n, x in m.items()}
+    front = pareto_front(pts)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n, (lat, acc) in pts.items():
+        ax.scatter(lat, acc, s=60, marker="*" if n in front else "o", label=LABELS.get(n, n))
+        ax.annotate(n, (lat, acc), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    fl = sorted(pts[n] for n in front)
+    ax.plot([p[0] for p in fl], [p[1] for p in fl], "k--", lw=1, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency, ms (log; {r['target_profile']['runtime']}, batch 1)")
+    ax.set_ylabel("test accuracy, %")
+    ax.legend(fontsize=7)
+    ax.set_title("accuracy vs latency")
+    out["pareto"] = _png(fig)
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    ax.barh(list(m), [x["size_bytes"] / 1e3 for x in m.values()], color="#4c72b0")
+    ax.set_xscale("log")
+    ax.set_xlabel("file size, kB (log)")
+    ax.set_title("model size")
+    out["sizes"] = _png(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for n, x in m.items():
+        q = x.get("latency_percentiles_ms")
+        if q:
+            ax.plot(q, range(len(q)), label=n)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, ms (log)")
+    ax.set_ylabel("percentile")
+    ax.set_title("latency distribution (batch 1)")
+    ax.legend(fontsize=7)
+    out["latency"] = _png(fig)
+    return out
+
+
+def render_html(r: dict) -> str:
+    """A self-contained page (figures embedded) with the tables of report.md."""
+    import html
+
+    return markdown_to_html(render_markdown(r), plots(r), title=f"edgekd {r['target']}")
+
+
+def markdown_to_html(md: str, figs: dict[str, str], *, title: str) -> str:
+    """The subset of Markdown our reports use (headings, tables, bullets, paragraphs) as HTML."""
+    import html
+
+    body, rows = [], []
+
+    def flush():
+        if rows:
+            head, *rest = rows
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rest)
+                        + "</table>")
+            rows.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip().replace("**", "") for c in line.strip("|").split("|")]
+            if not all(set(c) <= set("-:") for c in cells):
+                rows.append(cells)
+            continue
+        flush()
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:].replace('**', ''))}</li>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line.replace('**', ''))}</p>")
+    flush()
+    imgs = "".join(f'<figure><img alt="{k}" src="{v}"></figure>' for k, v in figs.items())
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0.5em}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{body[0] if body else ''}<section>{imgs}</section>"
+            + "".join(body[1:]) + "</body></html>")
+
+
+def write_reports(build_dir, r: dict) -> None:
+    """report.md and report.html from the report dict (report.json is the source of truth)."""
+    from pathlib import Path
+
+    d = Path(build_dir)
+    (d / "report.md").write_text(render_markdown(r))
+    (d / "report.html").write_text(render_html(r))
+
+
+def render_combined(reports: dict[str, dict]) -> str:
+    """One table across targets: every model on every target's runtime."""
+    lines = ["# edgekd build: " + ", ".join(reports), "",
+             "Each target's models benchmarked on that target's runtime (batch 1). Per-target details: "
+             + ", ".join(f"`{t}/report.md`" for t in reports) + ".", "",
+             "| target | runtime | model | accuracy | p50 ms | p99 ms | speedup vs teacher | size | peak RSS |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for t, r in reports.items():
+        for name, x in r["models"].items():
+            lines.append(f"| {t} | {x['runtime']} | {LABELS.get(name, name)} | {100 * x['accuracy']:.2f}% "
+                         f"| {x['latency_ms']['p50']:.3f} | {x['latency_ms']['p99']:.3f} | {x['speedup_vs_teacher']:.1f}x "
+                         f"| {_mb(x['size_bytes'])} | {x['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines) + "\n"
+
+
+def combined_plot(reports: dict[str, dict]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for t, r in reports.items():
+        for name, x in r["models"].items():
+            ax.scatter(x["latency_ms"]["p50"], 100 * x["accuracy"], label=f"{t}: {name}")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency, ms (log)")
+    ax.set_ylabel("test accuracy, %")
+    ax.legend(fontsize=6)
+    ax.set_title("accuracy vs latency, every target")
+    return {"targets": _png(fig)}
+
+
+def write_combined(out_dir, reports: dict[str, dict]) -> "Path":
+    """<out>/report.{json,md,html} across targets; written aside, then renamed."""
+    import json
+    import os
+    from pathlib import Path
+
+    d = Path(out_dir)
+    md = render_combined(reports)
+    for name, text in (("report.json", json.dumps({"targets": reports}, indent=2)), ("report.md", md),
+                       ("report.html", markdown_to_html(md, combined_plot(reports), title="edgekd builds"))):
+        tmp = d / f".{name}.tmp{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, d / name)
+    return d / "report.md"

@@ -95,3 +95,45 @@ def test_tampered_cache_is_rebuilt(tiny_build, build_root):
     assert res.exit_code == 0, res.output
     r = read_report(build_root / "cpu-int8")
     assert r["stages"]["qat"]["cached"] is False and r["stages"]["distill"]["cached"] is True
+
+
+def test_html_report_is_self_contained_with_plots(tiny_build, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from edgekd.report import pareto_front
+
+    d = tiny_build("cpu-int8")
+    page = (d / "report.html").read_text()
+    assert page.count("<img") == 3 and page.count("data:image/png;base64,") == 3
+    assert 'src="http' not in page and "<table>" in page and 'alt="pareto"' in page
+    # `edgekd report` re-renders from report.json alone
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(d / "report.json", copy / "report.json")
+    res = subprocess.run([sys.executable, "-m", "edgekd", "report", str(copy)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (copy / "report.md").read_text() == (d / "report.md").read_text()
+    assert (copy / "report.html").stat().st_size > 10_000
+    assert pareto_front({"a": (1.0, 90.0), "b": (2.0, 95.0), "c": (3.0, 94.0)}) == {"a", "b"}
+    bad = subprocess.run([sys.executable, "-m", "edgekd", "report", str(tmp_path / "none")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_several_targets_in_one_build_share_training_and_one_report(tiny_build, build_root):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    tiny_build("cpu-int8")
+    tiny_build("cpu-fp32")
+    res = CliRunner().invoke(main, ["build", "target=cpu-int8,cpu-fp32", "--out", str(build_root), *TINY, *TINY_TARGET])
+    assert res.exit_code == 0, res.output
+    combined = json.loads((build_root / "report.json").read_text())
+    assert list(combined["targets"]) == ["cpu-int8", "cpu-fp32"]
+    md = (build_root / "report.md").read_text()
+    assert md.count("| cpu-int8 |") == 4 and md.count("| cpu-fp32 |") == 4
+    assert "data:image/png;base64," in (build_root / "report.html").read_text()
+    fp32 = read_report(build_root / "cpu-fp32")
+    assert all(s["cached"] for n, s in fp32["stages"].items() if n in ("teacher", "distill", "qat"))
