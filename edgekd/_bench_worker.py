@@ -4,6 +4,7 @@ Run as `python -m edgekd._bench_worker CONFIG.json RESULT.json`; imports no torc
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -25,6 +26,11 @@ def _rss_mb() -> float:
 
 def main(cfg_path: str, out_path: str) -> None:
     cfg = json.loads(open(cfg_path).read())
+    pinned = None
+    if cfg.get("pin") and hasattr(os, "sched_setaffinity"):
+        # the first `threads` cores this process may use, so runs are comparable and not migrated
+        pinned = sorted(os.sched_getaffinity(0))[: cfg["threads"]]
+        os.sched_setaffinity(0, pinned)
     from edgekd.runtimes import runtimes
 
     factory = runtimes.get(cfg["runtime"])
@@ -60,7 +66,7 @@ def main(cfg_path: str, out_path: str) -> None:
                        "std": float(lat.std()), "min": float(lat.min())},
         # the whole distribution, as its 0..100th percentiles (for the report's distribution plot)
         "latency_percentiles_ms": [float(v) for v in np.percentile(lat, np.arange(101))],
-        "iterations": cfg["iterations"], "warmup": cfg["warmup"], "threads": cfg["threads"],
+        "iterations": cfg["iterations"], "warmup": cfg["warmup"], "threads": cfg["threads"], "pinned_cores": pinned,
         "throughput_per_s": throughput,
         "peak_rss_mb": peak, "rss_after_import_mb": rss_import, "rss_increase_mb": peak - rss_import,
     }

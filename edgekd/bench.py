@@ -14,12 +14,12 @@ from .errors import EdgeKDError
 
 
 def benchmark(model_path: Path, *, runtime: str, inputs: Path, threads: int, warmup: int, iterations: int,
-              batch_sizes: list[int], profile: bool = False) -> tuple[dict, np.ndarray]:
+              batch_sizes: list[int], profile: bool = False, pin: bool = False) -> tuple[dict, np.ndarray]:
     """Latency/throughput/peak-RSS summary and the model's outputs on `inputs` (an .npz with `x`)."""
     with tempfile.TemporaryDirectory() as d:
         cfg = {"model": str(model_path), "runtime": runtime, "inputs": str(inputs), "threads": threads,
                "warmup": warmup, "iterations": iterations, "batch_sizes": batch_sizes,
-               "outputs": str(Path(d) / "out.npy"), "profile": profile}
+               "outputs": str(Path(d) / "out.npy"), "profile": profile, "pin": pin}
         cfg_path, res_path = Path(d) / "cfg.json", Path(d) / "res.json"
         cfg_path.write_text(json.dumps(cfg))
         proc = subprocess.run([sys.executable, "-m", "edgekd._bench_worker", str(cfg_path), str(res_path)],

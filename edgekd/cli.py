@@ -70,7 +70,8 @@ def build(settings, target_opt, recipe_opt, out, force, debug):
         results, fresh = [], set()
         try:
             for tgt in tgts:  # training stages are built once and reused by every target
-                log(f"== target {tgt.name}")
+                if len(tgts) > 1:
+                    log(f"[target] {tgt.name}")
                 results.append(run_build(recipe, tgt, out_dir=out, force=force, log=log, fresh=fresh))
         finally:
             _end_distributed()

@@ -38,6 +38,51 @@ def to_openvino(onnx_path: Path, xml_path: Path) -> None:
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
 
 
+def to_ort(onnx_path: Path, ort_path: Path) -> None:
+    """ONNX Runtime's mobile format, optimized for ARM (onnxruntime's own converter)."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from .errors import EdgeKDError
+
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / onnx_path.name
+        shutil.copy2(onnx_path, src)
+        proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort",
+                               "--target_platform", "arm", "--optimization_style", "Fixed",
+                               "--output_dir", str(Path(d) / "out"), str(src)],
+                              capture_output=True, text=True)
+        made = list((Path(d) / "out").glob("*.ort"))
+        if proc.returncode != 0 or len(made) != 1:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EdgeKDError(f"converting {onnx_path.name} to .ort failed: {tail}")
+        shutil.move(str(made[0]), ort_path)
+
+
+def mobile_usability(onnx_path: Path) -> str:
+    """onnxruntime's own verdict on NNAPI and CoreML coverage (ops, partitions), as text."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability",
+                           str(onnx_path)], capture_output=True, text=True)
+    text = (proc.stdout + proc.stderr).strip().replace(str(onnx_path), onnx_path.name)
+    if proc.returncode != 0:
+        return f"(the check failed: {text.splitlines()[-1] if text else proc.returncode})"
+    return "\n".join(line.removeprefix("INFO:  ").rstrip() for line in text.splitlines())
+
+
+def op_types(onnx_path: Path) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(onnx_path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
 @dataclass
 class Parity:
     model: str

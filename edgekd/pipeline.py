@@ -300,19 +300,37 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         stages.distributed = False  # no collective calls from here on: the other ranks have left
         torch_models = {"teacher": teacher, "student-baseline": baseline, "student-fp32": student, "student-int8": qat}
         st_export = stages.run(
-            "export", _key(st_teacher.key, st_base.key, st_dist.key, st_qat.key, asdict(recipe.export), target.runtime),
+            "export", _key(st_teacher.key, st_base.key, st_dist.key, st_qat.key, asdict(recipe.export), target.runtime,
+                           target.format),
             lambda d, _: _export_all(d, torch_models, data, recipe, target, reduce_range))
         stages.run(
             "benchmark", _key(st_export.key, asdict(target)),
             lambda d, _: _bench_all(d, st_export, data, target))
         report = _assemble(recipe, target, data, stages.done, data_seconds,
                            {n: count_params(m) for n, m in torch_models.items()})
+        _check_budget(report, target)
         build_dir = _write_build(out_dir, target, recipe, report, st_export, data)
     except BaseException:
         if created_out and out_dir.exists() and not any(p for p in out_dir.rglob("*") if p.is_file()):
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return BuildResult(build_dir, report, stages.done)
+
+
+def _check_budget(report: dict, target: Target) -> None:
+    """The deliverable's measured peak RSS (fresh process, VmHWM) against the target's budget."""
+    from .errors import BudgetError
+
+    if not target.memory_budget_mb:
+        return
+    name = "student-int8" if target.precision == "int8" else "student-fp32"
+    m = report["models"][name]
+    report["memory_budget"] = {"budget_mb": target.memory_budget_mb, "model": m["file"], "peak_rss_mb": m["peak_rss_mb"],
+                               "fits": m["peak_rss_mb"] <= target.memory_budget_mb}
+    if m["peak_rss_mb"] > target.memory_budget_mb:
+        raise BudgetError(f"{m['file']} does not fit target '{target.name}': peak RSS {m['peak_rss_mb']:.1f} MB "
+                          f"(measured in a fresh process) > memory_budget_mb {target.memory_budget_mb:g}; "
+                          "choose a smaller student or raise the budget (target.memory_budget_mb=...)")
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -324,14 +342,14 @@ def _check_writable(out_dir: Path) -> None:
 
 
 def _model_files(target: Target) -> dict[str, str]:
-    ext = ".xml" if target.runtime == "openvino" else ".onnx"
+    ext = ".xml" if target.runtime == "openvino" else ".ort" if target.format == "ort" else ".onnx"
     return {n: f"{n}{ext}" for n in MODEL_NAMES}
 
 
 def _export_all(d: Path, torch_models: dict, data, recipe: Recipe, target: Target, reduce_range: bool) -> dict:
     """ONNX for every model (INT8 QDQ for the quantized student), OpenVINO IR for openvino targets,
     each checked against its PyTorch model on held-out inputs."""
-    from .export import check_parity, export_onnx, to_openvino
+    from .export import check_parity, export_onnx, mobile_usability, op_types, to_openvino, to_ort
     from .quantize import INTEGER_OPS, optimized_op_types, quantize_onnx
     from .runtimes import runtimes
     from .train import predict
@@ -358,6 +376,9 @@ def _export_all(d: Path, torch_models: dict, data, recipe: Recipe, target: Targe
         if target.runtime == "openvino":
             to_openvino(d / f"{name}.onnx", d / f"{name}.xml")
             files.append((f"{name}.xml", "openvino"))
+        if target.format == "ort":
+            to_ort(d / f"{name}.onnx", d / f"{name}.ort")
+            files.append((f"{name}.ort", "onnxruntime"))
         for fname, rt in files:
             out = runtimes.get(rt)(str(d / fname), threads=1)(np.ascontiguousarray(xp))
             p = check_parity(fname, out, ref,
@@ -366,6 +387,10 @@ def _export_all(d: Path, torch_models: dict, data, recipe: Recipe, target: Targe
             meta["parity"][fname] = p.to_dict()
     if target.runtime == "openvino":
         meta["openvino_int8_precisions"] = _ov_runtime_precisions(d / "student-int8.xml")
+    if target.format == "ort":
+        deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
+        meta["mobile"] = {"model": f"{deliverable}.ort", "usability_check": mobile_usability(d / f"{deliverable}.onnx"),
+                          "op_types": op_types(d / f"{deliverable}.onnx")}
     return meta
 
 
@@ -393,13 +418,18 @@ def _bench_all(d: Path, st_export: StageOut, data, target: Target) -> dict:
     files = _model_files(target)
     from tqdm import tqdm
 
-    for name in tqdm(MODEL_NAMES, desc="benchmark", leave=False, disable=None):
+    counts = [target.threads] + [t for t in target.threads_sweep if t != target.threads]
+    runs = [(t, n) for t in counts for n in MODEL_NAMES]  # models interleaved within each thread count
+    for threads, name in tqdm(runs, desc="benchmark", leave=False, disable=None):
+        primary = threads == target.threads
         res, logits = benchmark(st_export.dir / files[name], runtime=target.runtime, inputs=inputs,
-                                threads=target.threads, warmup=target.warmup, iterations=target.iterations,
-                                batch_sizes=target.batch_sizes,
-                                profile=target.runtime == "onnxruntime" and name.startswith("student-"))
-        np.save(d / f"{name}.logits.npy", logits)
-        results[name] = res
+                                threads=threads, warmup=target.warmup, iterations=target.iterations,
+                                batch_sizes=target.batch_sizes, pin=target.pin_cores,
+                                profile=primary and target.runtime == "onnxruntime" and name.startswith("student-"))
+        if primary:
+            np.save(d / f"{name}.logits.npy", logits)
+            results[name] = res
+        results[name].setdefault("latency_by_threads", {})[str(threads)] = res["latency_ms"]
     inputs.unlink()
     return results
 
@@ -451,6 +481,7 @@ def _assemble(recipe: Recipe, target: Target, data, done: list[StageOut], data_s
             "latency_ms": b["latency_ms"],
             "throughput_per_s": b["throughput_per_s"],
             "latency_percentiles_ms": b.get("latency_percentiles_ms"),
+            "latency_by_threads": b.get("latency_by_threads"),
             "size_bytes": size,
             "peak_rss_mb": b["peak_rss_mb"],
             "rss_increase_mb": b["rss_increase_mb"],
@@ -478,6 +509,7 @@ def _assemble(recipe: Recipe, target: Target, data, done: list[StageOut], data_s
         "parity": export["parity"],
         "int8": {"reduce_range": export["reduce_range"], "onnxruntime_ops": export.get("int8_ops", {}),
                  "openvino_precisions": export.get("openvino_int8_precisions")},
+        "mobile": export.get("mobile"),
         "stages": stage_times,
         "test_samples": int(len(data.y_test)),
         "environment": _environment(target, recipe.seed),
@@ -505,6 +537,7 @@ def _write_build(out_dir: Path, target: Target, recipe: Recipe, report: dict, st
             "model": files[deliverable],
             "sha256": sha256_file(tmp / files[deliverable]),
             "runtime": target.runtime,
+            "format": {".xml": "openvino-ir", ".ort": "ort"}.get(Path(files[deliverable]).suffix, "onnx"),
             "precision": target.precision,
             "input": {"name": "input", "shape": ["batch", *data.input_shape], "dtype": "float32"},
             "output": {"name": "logits", "shape": ["batch", len(data.labels)], "dtype": "float32",

@@ -62,6 +62,33 @@ def render_markdown(r: dict) -> str:
               f"- Ops onnxruntime runs after optimization: {', '.join(f'{k} x{v}' for k, v in sorted(ops.items()))}."]
     if i8.get("openvino_precisions"):
         lines.append(f"- OpenVINO runtime precision of conv/matmul layers: {i8['openvino_precisions']}.")
+    by_threads = {n: x.get("latency_by_threads") or {} for n, x in m.items()}
+    counts = sorted({t for v in by_threads.values() for t in v}, key=int)
+    if len(counts) > 1:
+        pinned = " (each process pinned to its first N cores)" if r["target_profile"].get("pin_cores") else ""
+        lines += ["", "## Latency by thread count", "",
+                  f"Host timings on {env.get('cpu', 'this CPU')}{pinned}: p50 / p99 ms at batch 1.", "",
+                  "| model | " + " | ".join(f"{t} thread(s)" for t in counts) + " |",
+                  "|---|" + "---:|" * len(counts)]
+        for n, v in by_threads.items():
+            lines.append(f"| {LABELS.get(n, n)} | " + " | ".join(
+                f"{v[t]['p50']:.3f} / {v[t]['p99']:.3f}" if t in v else "-" for t in counts) + " |")
+    budget = r.get("memory_budget")
+    if budget:
+        lines += ["", f"Memory budget: {budget['model']} peaks at {budget['peak_rss_mb']:.1f} MB RSS in a fresh "
+                      f"process; the target allows {budget['budget_mb']:g} MB: {'fits' if budget['fits'] else 'does NOT fit'}."]
+    mob = r.get("mobile")
+    if mob:
+        lines += ["", "## Mobile", "",
+                  f"- Deliverable: `{mob['model']}`, ONNX Runtime's mobile format converted for ARM "
+                  "(INT8 QDQ with per-channel weights where the target is INT8: the form XNNPACK/NNAPI/CoreML consume).",
+                  "- **All timings in this report are host timings on this x86 machine.** They say nothing about a "
+                  "phone's speed: ARM kernels and mobile execution providers behave differently (on an x86 AVX2 "
+                  "host, mobile INT8 kernels can even be slower than FP32). No phone was measured.",
+                  "- Op types of the final model: " + ", ".join(f"{k} x{v}" for k, v in sorted(mob["op_types"].items())) + ".",
+                  *[f"- {v.strip()}" for v in mob["usability_check"].splitlines() if v.startswith("Model should perform well with")],
+                  "- onnxruntime's mobile usability check in full (NNAPI and CoreML coverage; it does not cover XNNPACK):", "",
+                  "```", *mob["usability_check"].splitlines(), "```"]
     lines += ["", "## Parity of every export against its PyTorch model (held-out inputs)", "",
               "| file | top-1 agreement | max abs logit diff |", "|---|---:|---:|"]
     for f, p in r["parity"].items():
@@ -147,7 +174,8 @@ def plots(r: dict) -> dict[str, str]:
     ax.set_xlabel("latency, ms (log)")
     ax.set_ylabel("percentile")
     ax.set_title("latency distribution (batch 1)")
-    ax.legend(fontsize=7)
+    if ax.lines:
+        ax.legend(fontsize=7)
     out["latency"] = _png(fig)
     return out
 
@@ -173,7 +201,19 @@ def markdown_to_html(md: str, figs: dict[str, str], *, title: str) -> str:
                         + "</table>")
             rows.clear()
 
+    pre: list[str] | None = None
     for line in md.splitlines():
+        if line.startswith("```"):
+            if pre is None:
+                flush()
+                pre = []
+            else:
+                body.append("<pre>" + html.escape("\n".join(pre)) + "</pre>")
+                pre = None
+            continue
+        if pre is not None:
+            pre.append(line)
+            continue
         if line.startswith("|"):
             cells = [c.strip().replace("**", "") for c in line.strip("|").split("|")]
             if not all(set(c) <= set("-:") for c in cells):

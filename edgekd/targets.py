@@ -37,6 +37,10 @@ class Target:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     warmup: int = 200
     iterations: int = 2000
+    format: str = "onnx"  # "onnx", or "ort": ONNX Runtime's mobile format, converted for ARM
+    threads_sweep: list[int] = field(default_factory=list)  # more thread counts to time (host timings)
+    pin_cores: bool = False  # pin each timed process to its first `threads` cores
+    memory_budget_mb: float = 0.0  # peak RSS the deliverable model may use; 0 = no budget
 
     def __post_init__(self):
         def bad(key, want, got):
@@ -54,6 +58,12 @@ class Target:
             bad("batch_sizes", "a list starting with 1 (latency is measured at batch 1)", self.batch_sizes)
         if self.warmup < 0 or self.iterations < 10:
             bad("warmup/iterations", ">= 0 / >= 10", (self.warmup, self.iterations))
+        if self.format not in ("onnx", "ort") or (self.format == "ort" and self.runtime != "onnxruntime"):
+            bad("format", "'onnx', or 'ort' with runtime onnxruntime", self.format)
+        if any(not isinstance(t, int) or t < 1 for t in self.threads_sweep):
+            bad("threads_sweep", "a list of integers >= 1", self.threads_sweep)
+        if not isinstance(self.memory_budget_mb, (int, float)) or self.memory_budget_mb < 0:
+            bad("memory_budget_mb", "a number >= 0", self.memory_budget_mb)
 
 
 def target_names() -> list[str]:
@@ -88,12 +98,16 @@ def override_target(target: Target, overrides: list[str]) -> Target:
         if key not in known or key == "name":
             raise TargetError(f"unknown target key 'target.{key}'{closest(key, [k for k in known if k != 'name'])}")
         try:
-            if key == "batch_sizes":
-                kwargs[key] = [int(v) for v in value.split(",")]
+            if key in ("batch_sizes", "threads_sweep"):
+                kwargs[key] = [int(v) for v in value.split(",") if v.strip()]
             elif key in ("threads", "warmup", "iterations"):
                 kwargs[key] = int(value)
+            elif key == "memory_budget_mb":
+                kwargs[key] = float(value)
+            elif key == "pin_cores":
+                kwargs[key] = value.strip().lower() in ("1", "true", "yes", "on")
             else:
                 kwargs[key] = value
         except ValueError:
-            raise TargetError(f"target.{key} must be an integer (or a comma list for batch_sizes), got {value!r}") from None
+            raise TargetError(f"target.{key} must be a number (or a comma list for batch_sizes/threads_sweep), got {value!r}") from None
     return dataclasses.replace(target, **kwargs) if kwargs else target

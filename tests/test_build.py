@@ -137,3 +137,34 @@ def test_several_targets_in_one_build_share_training_and_one_report(tiny_build, 
     assert "data:image/png;base64," in (build_root / "report.html").read_text()
     fp32 = read_report(build_root / "cpu-fp32")
     assert all(s["cached"] for n, s in fp32["stages"].items() if n in ("teacher", "distill", "qat"))
+
+
+@pytest.mark.parametrize("target", [t for t in target_names() if t.startswith("mobile-")])
+def test_mobile_targets_report_host_timings_threads_and_usability(tiny_build, target):
+    d = tiny_build(target)
+    r = read_report(d)
+    assert r["mobile"]["model"].endswith(".ort") and (d / r["mobile"]["model"]).is_file()
+    assert "NNAPI" in r["mobile"]["usability_check"] and "CoreML" in r["mobile"]["usability_check"]
+    for m in r["models"].values():
+        assert set(m["latency_by_threads"]) == {"1", "2"}
+    assert r["memory_budget"]["fits"] is True
+    md = (d / "report.md").read_text()
+    assert "host timings" in md and "No phone was measured" in md and "Latency by thread count" in md
+    import onnxruntime as ort  # the .ort file loads and runs in onnxruntime
+
+    sess = ort.InferenceSession(str(d / r["mobile"]["model"]))
+    assert sess.run(None, {"input": np.zeros((1, 1, 28, 28), np.float32)})[0].shape == (1, 10)
+
+
+def test_memory_budget_stops_a_model_that_does_not_fit(tiny_build, build_root):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    d = tiny_build("mobile-int8")
+    before = (d / "report.json").read_text()
+    res = CliRunner().invoke(main, ["build", "target=mobile-int8", "--out", str(build_root), *TINY, *TINY_TARGET,
+                                    "target.memory_budget_mb=10"])
+    assert res.exit_code == 2
+    assert "student-int8.ort does not fit target 'mobile-int8': peak RSS" in res.output and "> memory_budget_mb 10" in res.output
+    assert (d / "report.json").read_text() == before  # the earlier build is left as it was

@@ -39,7 +39,7 @@ def test_every_target_loads(name):
 def test_target_errors():
     with pytest.raises(TargetError, match="did you mean 'cpu-int8'"):
         load_target("cpu-int".replace("int", "imt8"))
-    with pytest.raises(TargetError, match="target.iterations must be an integer"):
+    with pytest.raises(TargetError, match="target.iterations must be a number"):
         override_target(load_target("cpu-int8"), ["target.iterations=many"])
     with pytest.raises(TargetError, match="did you mean 'threads'"):
         override_target(load_target("cpu-int8"), ["target.thread=2"])
