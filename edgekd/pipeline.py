@@ -497,7 +497,7 @@ def _assemble(recipe: Recipe, target: Target, data, done: list[StageOut], data_s
         m["speedup_vs_teacher"] = teacher["latency_ms"]["p50"] / m["latency_ms"]["p50"]
         m["size_ratio_vs_teacher"] = m["size_bytes"] / teacher["size_bytes"]
     stage_times = {"data": {"seconds": data_seconds, "cached": False}}
-    stage_times.update({s.name: {"seconds": s.seconds, "cached": s.cached} for s in done})
+    stage_times.update({s.name: {"seconds": s.seconds, "cached": s.cached, "cache": s.dir.name} for s in done})
     training = {n: {k: v for k, v in by[n].meta.items() if k != "history"} for n in ("teacher", "baseline", "distill", "qat")}
     return {
         "target": target.name,
