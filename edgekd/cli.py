@@ -205,6 +205,33 @@ def report(build_dir, debug):
     _run(debug, go)
 
 
+@main.command("verify-arm")
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--cpu", default="cortex-a76", show_default=True, help="Emulated ARM core (never 'max').")
+@click.option("--samples", default=None, type=int, help="Verify on the first N test samples (default: all).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def verify_arm(build_dir, cpu, samples, debug):
+    """Accuracy of BUILD_DIR's INT8 model on aarch64 onnxruntime kernels under qemu user-mode
+    emulation, beside the x86 host's; writes BUILD_DIR/arm_verification.json. No timing."""
+
+    def go():
+        from pathlib import Path
+
+        from .verify_arm import verify_build
+
+        r = verify_build(Path(build_dir), cpu=cpu, samples=samples, log=lambda m: click.echo(m, err=True))
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        click.echo(f"{r['model']} on {r['samples']} test samples, onnxruntime {r['onnxruntime']}")
+        for k, v in (("x86 accuracy", pct(r["x86_accuracy"])), ("ARM accuracy", pct(r["arm_accuracy"])),
+                     ("top-1 agreement", pct(r["top1_agreement_x86_arm"])), ("max |x86 - ARM|", f"{r['max_abs_diff']:.4g}"),
+                     ("ARM CPU", f"{r['cpu']} ({r['emulator']})")):
+            click.echo(f"  {k:17s} {v}")
+        click.echo(f"  ({r['note']})")
+        click.echo(str(Path(build_dir) / "arm_verification.json"))
+
+    _run(debug, go)
+
+
 @main.command()
 def targets():
     """List the target profiles."""
