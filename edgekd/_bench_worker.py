@@ -35,9 +35,13 @@ def main(cfg_path: str, out_path: str) -> None:
 
     factory = runtimes.get(cfg["runtime"])
     # import the runtime library itself before measuring the baseline
-    __import__({"onnxruntime": "onnxruntime", "openvino": "openvino"}[cfg["runtime"]])
+    # (executorch.runtime loads libtorch, the runtime library and ExecuTorch's exporter with it)
+    __import__({"onnxruntime": "onnxruntime", "openvino": "openvino",
+                "executorch": "executorch.runtime"}[cfg["runtime"]])
     rss_import = _rss_mb()
     data = np.load(cfg["inputs"])
+    if "input_ids" in data:
+        return _main_text(cfg, data, factory, rss_import, pinned, out_path)
     x = data["x"]
     one = np.ascontiguousarray(x[:1])
     run = factory(cfg["model"], threads=cfg["threads"])
@@ -78,7 +82,64 @@ def main(cfg_path: str, out_path: str) -> None:
         json.dump(result, f)
 
 
-def _profile_ort(cfg, one) -> dict:
+def _summary(lat: np.ndarray) -> dict:
+    return {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
+            "p99": float(np.percentile(lat, 99)), "mean": float(lat.mean()), "std": float(lat.std()),
+            "min": float(lat.min()), "n": int(len(lat))}
+
+
+def _main_text(cfg, data, factory, rss_import, pinned, out_path) -> None:
+    """Text models: batch-1 latency at each sequence length in `seq_lens` (inputs `lat_S`: real text
+    filling exactly S tokens), then outputs for the evaluation texts. A slow model stops timing a
+    length after `seconds_per_length` once it has 100 runs, so a 40 ms teacher does not take minutes."""
+    run = factory(cfg["model"], threads=cfg["threads"])
+    by_seq, pcts = {}, None
+    budget = cfg.get("seconds_per_length", 10.0)
+    for s in cfg["seq_lens"]:
+        ids = np.ascontiguousarray(data[f"lat_{s}"][:1])
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        run(feed)
+        t_end = time.perf_counter() + budget / 4
+        for i in range(cfg["warmup"]):
+            run(feed)
+            if time.perf_counter() > t_end and i >= 5:
+                break
+        lat = []
+        t_end = time.perf_counter() + budget
+        for i in range(cfg["iterations"]):
+            t = time.perf_counter_ns()
+            run(feed)
+            lat.append((time.perf_counter_ns() - t) / 1e6)
+            if i >= 100 and time.perf_counter() > t_end:
+                break
+        lat = np.array(lat)
+        by_seq[str(s)] = _summary(lat)
+        pcts = [float(v) for v in np.percentile(lat, np.arange(101))]  # the longest length's distribution
+    longest = str(cfg["seq_lens"][-1])
+    peak = _rss_mb()
+    ids, mask = data["input_ids"], data["attention_mask"]
+    order = np.argsort(mask.sum(1), kind="stable")
+    outs = None
+    for i in range(0, len(ids), 32):  # batches of similar length, trimmed to their longest text
+        idx = order[i:i + 32]
+        s = max(1, int(mask[idx].sum(1).max()))
+        y = run({"input_ids": np.ascontiguousarray(ids[idx, :s]), "attention_mask": np.ascontiguousarray(mask[idx, :s])})
+        if outs is None:
+            outs = np.zeros((len(ids), y.shape[1]), np.float32)
+        outs[idx] = y
+    np.save(cfg["outputs"], outs)
+    result = {"latency_ms": by_seq[longest], "latency_by_seq": by_seq, "latency_percentiles_ms": pcts,
+              "sequence_length": int(longest), "iterations": cfg["iterations"], "warmup": cfg["warmup"],
+              "threads": cfg["threads"], "pinned_cores": pinned, "throughput_per_s": {},
+              "peak_rss_mb": peak, "rss_after_import_mb": rss_import, "rss_increase_mb": peak - rss_import}
+    if cfg.get("profile") and cfg["runtime"] == "onnxruntime":
+        ids = np.ascontiguousarray(data[f"lat_{longest}"][:1])
+        result["op_profile"] = _profile_ort(cfg, {"input_ids": ids, "attention_mask": np.ones_like(ids)}, runs=30)
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
+def _profile_ort(cfg, one, runs: int = 300) -> dict:
     """Share of kernel time per op type, from onnxruntime's profiler (batch 1)."""
     import os
     import tempfile
@@ -87,7 +148,7 @@ def _profile_ort(cfg, one) -> dict:
 
     with tempfile.TemporaryDirectory() as d:
         run = onnxruntime_runner(cfg["model"], threads=cfg["threads"], profile_prefix=os.path.join(d, "p"))
-        for _ in range(300):
+        for _ in range(runs):
             run(one)
         events = json.loads(open(run.session.end_profiling()).read())
     by_op: dict[str, float] = {}

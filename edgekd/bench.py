@@ -14,12 +14,14 @@ from .errors import EdgeKDError
 
 
 def benchmark(model_path: Path, *, runtime: str, inputs: Path, threads: int, warmup: int, iterations: int,
-              batch_sizes: list[int], profile: bool = False, pin: bool = False) -> tuple[dict, np.ndarray]:
-    """Latency/throughput/peak-RSS summary and the model's outputs on `inputs` (an .npz with `x`)."""
+              batch_sizes: list[int], profile: bool = False, pin: bool = False,
+              seq_lens: list[int] | None = None) -> tuple[dict, np.ndarray]:
+    """Latency/throughput/peak-RSS summary and the model's outputs on `inputs`: an .npz with `x`, or
+    for text models `input_ids`/`attention_mask` (evaluation) and `lat_S` (S tokens, per seq_lens)."""
     with tempfile.TemporaryDirectory() as d:
         cfg = {"model": str(model_path), "runtime": runtime, "inputs": str(inputs), "threads": threads,
                "warmup": warmup, "iterations": iterations, "batch_sizes": batch_sizes,
-               "outputs": str(Path(d) / "out.npy"), "profile": profile, "pin": pin}
+               "outputs": str(Path(d) / "out.npy"), "profile": profile, "pin": pin, "seq_lens": seq_lens or []}
         cfg_path, res_path = Path(d) / "cfg.json", Path(d) / "res.json"
         cfg_path.write_text(json.dumps(cfg))
         proc = subprocess.run([sys.executable, "-m", "edgekd._bench_worker", str(cfg_path), str(res_path)],

@@ -114,9 +114,12 @@ def _end_distributed() -> None:
 
 def _summary(report: dict) -> None:
     click.echo(f"\n[{report['target']}]", err=True)
-    click.echo(f"{'model':18s} {'acc':>7s} {'p50 ms':>8s} {'speedup':>8s} {'size':>10s} {'RSS MB':>7s}", err=True)
+    from .report import quality
+
+    head = "cosine" if report.get("task") == "embedding" else "acc"
+    click.echo(f"{'model':18s} {head:>7s} {'p50 ms':>8s} {'speedup':>8s} {'size':>10s} {'RSS MB':>7s}", err=True)
     for name, m in report["models"].items():
-        click.echo(f"{name:18s} {100 * m['accuracy']:6.2f}% {m['latency_ms']['p50']:8.3f} "
+        click.echo(f"{name:18s} {quality(report, m)[0]:6.2f}% {m['latency_ms']['p50']:8.3f} "
                    f"{m['speedup_vs_teacher']:7.1f}x {m['size_bytes'] / 1e3:8.1f}kB {m['peak_rss_mb']:7.0f}", err=True)
 
 

@@ -30,6 +30,28 @@ def export_onnx(model, path: Path, input_shape, *, opset: int) -> None:
         )
 
 
+def export_text_onnx(model, path: Path, *, opset: int, output: str) -> None:
+    """FP32 ONNX of a TextEncoder: inputs input_ids, attention_mask (int64, batch x sequence, both axes
+    dynamic), output `output` ("embedding" or "logits"), weights inline. The TorchScript exporter,
+    as for the CNNs: the encoder is plain layers and an additive mask, which it traces exactly."""
+    import warnings
+
+    import torch
+
+    model.eval()
+    ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102], [101, 2023, 102, 0, 0, 0, 0]])
+    mask = (ids != 0).long()
+    axes = {"batch": 0, "sequence": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (ids, mask), str(path), dynamo=False, opset_version=opset,
+            input_names=["input_ids", "attention_mask"], output_names=[output],
+            dynamic_axes={"input_ids": {v: k for k, v in axes.items()}, "attention_mask": {v: k for k, v in axes.items()},
+                          output: {0: "batch"}},
+        )
+
+
 def to_openvino(onnx_path: Path, xml_path: Path) -> None:
     """OpenVINO IR from ONNX. QDQ pairs become FakeQuantize layers that run in INT8.
     compress_to_fp16=False: keep FP32 weights FP32 (OpenVINO compresses to FP16 by default)."""

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +195,8 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
     log(f"[device] training on {device}")
     stages = _Stages(out_dir / ".cache", force=force, log=log, fresh=fresh)
     try:
+        if recipe.task != "image-classification":
+            return _build_text(recipe, target, stages=stages, device=device, out_dir=out_dir, log=log)
         t0 = time.perf_counter()
         data = load_data(recipe.data, seed=recipe.seed)
         data_seconds = time.perf_counter() - t0
@@ -309,7 +311,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         report = _assemble(recipe, target, data, stages.done, data_seconds,
                            {n: count_params(m) for n, m in torch_models.items()})
         _check_budget(report, target)
-        build_dir = _write_build(out_dir, target, recipe, report, st_export, data)
+        build_dir = _write_build(out_dir, target, recipe, report, st_export, _image_manifest(target, data))
     except BaseException:
         if created_out and out_dir.exists() and not any(p for p in out_dir.rglob("*") if p.is_file()):
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -325,10 +327,15 @@ def _check_budget(report: dict, target: Target) -> None:
         return
     name = "student-int8" if target.precision == "int8" else "student-fp32"
     m = report["models"][name]
+    # ExecuTorch's Python runtime imports torch and its exporter (~350 MB) where an app links the small
+    # C++ runtime: the model's own cost is the increase over that import, not the process's peak.
+    key, what = (("rss_increase_mb", "RSS increase over the imported runtime") if target.runtime == "executorch"
+                 else ("peak_rss_mb", "peak RSS"))
+    used = m[key]
     report["memory_budget"] = {"budget_mb": target.memory_budget_mb, "model": m["file"], "peak_rss_mb": m["peak_rss_mb"],
-                               "fits": m["peak_rss_mb"] <= target.memory_budget_mb}
-    if m["peak_rss_mb"] > target.memory_budget_mb:
-        raise BudgetError(f"{m['file']} does not fit target '{target.name}': peak RSS {m['peak_rss_mb']:.1f} MB "
+                               "measured": what, "measured_mb": used, "fits": used <= target.memory_budget_mb}
+    if used > target.memory_budget_mb:
+        raise BudgetError(f"{m['file']} does not fit target '{target.name}': {what} {used:.1f} MB "
                           f"(measured in a fresh process) > memory_budget_mb {target.memory_budget_mb:g}; "
                           "choose a smaller student or raise the budget (target.memory_budget_mb=...)")
 
@@ -342,7 +349,7 @@ def _check_writable(out_dir: Path) -> None:
 
 
 def _model_files(target: Target) -> dict[str, str]:
-    ext = ".xml" if target.runtime == "openvino" else ".ort" if target.format == "ort" else ".onnx"
+    ext = {"openvino": ".xml", "executorch": ".pte"}.get(target.runtime, ".ort" if target.format == "ort" else ".onnx")
     return {n: f"{n}{ext}" for n in MODEL_NAMES}
 
 
@@ -379,6 +386,15 @@ def _export_all(d: Path, torch_models: dict, data, recipe: Recipe, target: Targe
         if target.format == "ort":
             to_ort(d / f"{name}.onnx", d / f"{name}.ort")
             files.append((f"{name}.ort", "onnxruntime"))
+        if target.format == "pte":
+            from .export_pte import export_pte
+
+            # the QAT-tuned float weights, quantized by ExecuTorch's own XNNPACK quantizer (PT2E): its
+            # scheme (signed INT8 activations, 8-bit weights) is what the XNNPACK delegate runs
+            cov = export_pte(model.float_model() if int8 else model, d / f"{name}.pte", data.input_shape, int8=int8,
+                             calib_x=data.x_train[: recipe.quantize.calibration] if int8 else None)
+            meta.setdefault("delegation", {})[f"{name}.pte"] = cov
+            files.append((f"{name}.pte", "executorch"))
         for fname, rt in files:
             out = runtimes.get(rt)(str(d / fname), threads=1)(np.ascontiguousarray(xp))
             p = check_parity(fname, out, ref,
@@ -391,6 +407,9 @@ def _export_all(d: Path, torch_models: dict, data, recipe: Recipe, target: Targe
         deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
         meta["mobile"] = {"model": f"{deliverable}.ort", "usability_check": mobile_usability(d / f"{deliverable}.onnx"),
                           "op_types": op_types(d / f"{deliverable}.onnx")}
+    if target.format == "pte":
+        deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
+        meta["mobile"] = {"model": f"{deliverable}.pte", "delegation": meta["delegation"][f"{deliverable}.pte"]}
     return meta
 
 
@@ -450,7 +469,7 @@ def _environment(target: Target, seed: int) -> dict:
     except OSError:
         info["cpu"] = platform.processor()
     info["versions"] = {}
-    for pkg in ("torch", "onnx", "onnxruntime", "openvino", "numpy"):
+    for pkg in ("torch", "onnx", "onnxruntime", "openvino", "numpy", "transformers"):
         try:
             info["versions"][pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -516,8 +535,22 @@ def _assemble(recipe: Recipe, target: Target, data, done: list[StageOut], data_s
     }
 
 
-def _write_build(out_dir: Path, target: Target, recipe: Recipe, report: dict, st_export: StageOut, data) -> Path:
-    """Assemble build/<target>/ in a temporary folder, then swap it into place."""
+def _image_manifest(target: Target, data) -> dict:
+    return {
+        # an ExecuTorch program is exported for batch 1 (mobile apps run one input at a time)
+        "input": {"name": "input", "shape": [1 if target.format == "pte" else "batch", *data.input_shape],
+                  "dtype": "float32"},
+        "output": {"name": "logits", "shape": [1 if target.format == "pte" else "batch", len(data.labels)],
+                   "dtype": "float32", "meaning": "unnormalized class scores; argmax is the predicted label"},
+        "preprocessing": data.preprocessing,
+        "labels": data.labels,
+    }
+
+
+def _write_build(out_dir: Path, target: Target, recipe: Recipe, report: dict, st_export: StageOut, manifest_io: dict,
+                 *, folders: tuple[str, ...] = ()) -> Path:
+    """Assemble build/<target>/ in a temporary folder, then swap it into place. `folders`: folders of
+    the export stage copied along (the tokenizer of a text model)."""
     from .recipe import recipe_toml
     from .report import write_reports
 
@@ -532,6 +565,8 @@ def _write_build(out_dir: Path, target: Target, recipe: Recipe, report: dict, st
             shutil.copy2(src, tmp / src.name)
             if src.suffix == ".xml":
                 shutil.copy2(src.with_suffix(".bin"), tmp / src.with_suffix(".bin").name)
+        for folder in folders:
+            shutil.copytree(st_export.dir / folder, tmp / folder)
         deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
         manifest = {
             "model": files[deliverable],
@@ -539,11 +574,8 @@ def _write_build(out_dir: Path, target: Target, recipe: Recipe, report: dict, st
             "runtime": target.runtime,
             "format": {".xml": "openvino-ir", ".ort": "ort"}.get(Path(files[deliverable]).suffix, "onnx"),
             "precision": target.precision,
-            "input": {"name": "input", "shape": ["batch", *data.input_shape], "dtype": "float32"},
-            "output": {"name": "logits", "shape": ["batch", len(data.labels)], "dtype": "float32",
-                       "meaning": "unnormalized class scores; argmax is the predicted label"},
-            "preprocessing": data.preprocessing,
-            "labels": data.labels,
+            "task": recipe.task,
+            **manifest_io,
             "threads": target.threads,
             "edgekd": __version__,
         }
@@ -565,3 +597,376 @@ def _write_build(out_dir: Path, target: Target, recipe: Recipe, report: dict, st
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+# ---------------------------------------------------------------------------------------------------
+# Text tasks (embedding, classification): a Hugging Face teacher distilled into a smaller encoder.
+# teacher (+ head) -> teacher outputs -> baseline, distill -> quantization-aware distillation
+# -> export (+ parity, tokenizer) -> benchmark at several sequence lengths -> report.
+
+SEQ_LENS = (16, 64, 128)
+
+
+def _hf_fingerprint(ref: str) -> dict:
+    """What identifies an HF teacher for the cache: its files' sha256 (local folder) or the hub id."""
+    p = Path(ref)
+    if not p.is_dir():
+        return {"hub": ref}
+    return {f.name: sha256_file(f) for f in sorted(p.iterdir()) if f.is_file() and f.suffix in
+            (".json", ".txt", ".safetensors", ".bin", ".model")}
+
+
+def _build_text(recipe: Recipe, target: Target, *, stages: "_Stages", device: str, out_dir: Path, log) -> BuildResult:
+    import copy
+
+    import torch
+
+    from .hf import (default_keep, default_layer_map, layer_subset_student, load_hf_encoder, load_tokenizer,
+                     narrow_student, resolve_hf, sentence_config, text_encoder)
+    from .models import count_params
+    from .quantize import fake_quant_linears, qat_eval_mode, qat_train_mode, resolve_reduce_range, set_observe
+    from .recipe import parse_layer_map
+    from .text import load_text, tokenize
+    from .text_train import distill_text, encode, filter_by_teacher, fit_head
+
+    if stages.distributed:
+        raise EdgeKDError("text tasks train in one process; run edgekd build without torchrun")
+    if target.format == "pte":
+        raise EdgeKDError(f"target '{target.name}' (ExecuTorch .pte) is for image models; build a text model for "
+                          "cpu-int8, cpu-fp32, openvino-int8 or mobile-int8")
+    classify = recipe.task == "classification"
+    spec_t, ds, ss, qs = recipe.teacher, recipe.distill, recipe.student, recipe.quantize
+    t0 = time.perf_counter()
+    ref = resolve_hf(spec_t.hf, Path(recipe.base_dir))
+    tok = load_tokenizer(ref, trust_remote_code=spec_t.trust_remote_code)
+    data = load_text(recipe.data, seed=recipe.seed, base=Path(recipe.base_dir))
+    toks = {k: tokenize(tok, getattr(data, k), max_length=recipe.data.max_length) for k in ("train", "val", "test")}
+    data_seconds = time.perf_counter() - t0
+    sent = sentence_config(ref)
+    num_labels = len(data.labels) if classify else 0
+    data_key = _key(asdict(recipe.data), recipe.task, recipe.seed, device.split(":")[0], _hf_fingerprint(ref))
+
+    def new_teacher():
+        bert = load_hf_encoder(ref, trust_remote_code=spec_t.trust_remote_code)
+        return text_encoder(bert, **sent, num_labels=num_labels).eval()
+
+    # 1. Teacher: the pretrained encoder; a classification head is trained on its frozen embeddings.
+    def run_teacher(d: Path, ckpt: Path):
+        t = new_teacher()
+        meta = {"source": "hf", "hf": spec_t.hf, "params": count_params(t), "layers": t.num_layers,
+                "hidden": t.bert.config.hidden_size, **sent}
+        if classify:
+            meta.update(fit_head(t, toks["train"], data.y_train, toks["val"], data.y_val, epochs=spec_t.epochs,
+                                 lr=spec_t.lr, seed=recipe.seed, device=device))
+            torch.save(t.head.state_dict(), d / "head.pt")
+        return meta
+
+    st_teacher = stages.run("teacher", _key(data_key, asdict(spec_t)), run_teacher)
+    teacher = new_teacher()
+    if classify:
+        teacher.head.load_state_dict(torch.load(st_teacher.dir / "head.pt", map_location="cpu", weights_only=True))
+
+    # 2. The teacher's outputs (embeddings or logits) on every split, computed once.
+    def run_outputs(d: Path, ckpt: Path):
+        meta = {}
+        for split in ("train", "val", "test"):
+            np.save(d / f"{split}.npy", encode(teacher, toks[split], device=device))
+        if classify:
+            t_train = np.load(d / "train.npy")
+            meta["teacher_train_accuracy"] = float((t_train.argmax(1) == data.y_train).mean())
+        return meta
+
+    st_out = stages.run("soft-labels", _key(st_teacher.key), run_outputs)
+    target_out = {s: np.load(st_out.dir / f"{s}.npy") for s in ("train", "val", "test")}
+
+    # Teacher-output filtering (classification): train only on texts the teacher gets right / is sure of.
+    keep = np.arange(len(data.train))
+    filtering = None
+    if classify and (ds.drop_teacher_wrong or ds.min_teacher_confidence > 0):
+        keep = filter_by_teacher(target_out["train"], data.y_train, drop_wrong=ds.drop_teacher_wrong,
+                                 min_confidence=ds.min_teacher_confidence)
+        filtering = {"kept": int(len(keep)), "dropped": int(len(data.train) - len(keep)),
+                     "drop_teacher_wrong": ds.drop_teacher_wrong, "min_teacher_confidence": ds.min_teacher_confidence}
+        log(f"[filter] kept {len(keep)} of {len(data.train)} training texts (teacher wrong or unsure: dropped)")
+        if len(keep) == 0:
+            raise EdgeKDError("teacher-output filtering dropped every training text; lower distill.min_teacher_confidence")
+    train_tok = {k: v[keep] for k, v in toks["train"].items()}
+    train_target = target_out["train"][keep]
+    y_train = data.y_train[keep] if classify else None
+
+    L_t = teacher.num_layers
+    if ss.arch == "layer-subset":
+        keep_layers = [int(v) for v in ss.keep_layers.split(",")] if ss.keep_layers else default_keep(L_t, ss.layers)
+
+        def new_student():
+            return layer_subset_student(teacher, keep_layers)
+    else:
+        keep_layers = None
+
+        def new_student():
+            return narrow_student(teacher, layers=ss.layers, hidden=ss.hidden, heads=ss.heads,
+                                  intermediate=ss.intermediate, seed=recipe.seed)
+    layer_map = parse_layer_map(ds.layer_map) if ds.layer_map else default_layer_map(L_t, ss.layers, keep_layers)
+    if max(layer_map) > ss.layers or max(layer_map.values()) > L_t:
+        raise EdgeKDError(f"distill.layer_map {ds.layer_map!r} names layers beyond the student's {ss.layers} "
+                          f"or the teacher's {L_t}")
+
+    def train(d: Path, ckpt: Path, *, spec, epochs: int, fname: str, desc: str):
+        s = new_student()
+        r = distill_text(s, teacher, tokens=train_tok, target=train_target, y=y_train, val_tokens=toks["val"],
+                         val_target=target_out["val"], y_val=data.y_val, spec=spec, epochs=epochs, lr=ds.lr,
+                         seed=recipe.seed, layer_map=layer_map, checkpoint=ckpt, log=log, device=device, desc=desc)
+        torch.save(s.state_dict(), d / fname)
+        return {"params": count_params(s), "val_score": r.val_score, "chosen_epoch": r.chosen_epoch,
+                "history": r.history, "keep_layers": keep_layers, "layer_map": layer_map}
+
+    # 3. Baseline: the same student without the teacher's signal: hard labels (classification), or
+    #    its starting weights (embedding: no labels exist; for a layer subset, the copied layers).
+    no_teacher = replace(ds, alpha=0.0, embedding_mse=0.0, embedding_cos=0.0, hidden_mse=0.0, attention_kl=0.0)
+    skey = _key(st_out.key, asdict(ss), asdict(ds), filtering)
+    st_base = stages.run("baseline", _key(skey, "baseline"), lambda d, ck: train(
+        d, ck, spec=no_teacher, epochs=ds.epochs if classify else 0, fname="baseline.pt", desc="baseline"))
+    st_dist = stages.run("distill", _key(skey, "distill"), lambda d, ck: train(
+        d, ck, spec=ds, epochs=ds.epochs, fname="student.pt", desc="distill"))
+
+    def load_student(path: Path):
+        s = new_student()
+        s.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return s.eval()
+
+    baseline, student = load_student(st_base.dir / "baseline.pt"), load_student(st_dist.dir / "student.pt")
+
+    # 4. Quantization-aware distillation: fake-quant INT8 linears, same losses; "ptq" calibrates only.
+    reduce_range = resolve_reduce_range(qs.reduce_range)
+    calib_tok = {k: v[: qs.calibration] for k, v in train_tok.items()}
+
+    def new_qat(weights: Path | None = None):
+        q = fake_quant_linears(copy.deepcopy(student), reduce_range=reduce_range)
+        if weights is not None:
+            q.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return q
+
+    def run_qat(d: Path, ckpt: Path):
+        q = new_qat()
+        q.eval()
+        set_observe(q, True)
+        encode(q, calib_tok)  # one pass: activation ranges from data
+        set_observe(q, False)
+        r = distill_text(q, teacher, tokens=train_tok, target=train_target, y=y_train, val_tokens=toks["val"],
+                         val_target=target_out["val"], y_val=data.y_val, spec=ds,
+                         epochs=qs.epochs if qs.method == "qat" else 0, lr=qs.lr, seed=recipe.seed + 2,
+                         layer_map=layer_map, train_mode=qat_train_mode, eval_mode=qat_eval_mode, checkpoint=ckpt,
+                         log=log, device=device, desc="qat")
+        torch.save(q.state_dict(), d / "student_qat.pt")
+        return {"method": qs.method, "reduce_range": reduce_range, "val_score": r.val_score,
+                "chosen_epoch": r.chosen_epoch, "history": r.history}
+
+    st_qat = stages.run("qat", _key(st_dist.key, asdict(qs), reduce_range), run_qat)
+    qat = new_qat(st_qat.dir / "student_qat.pt")
+    qat_eval_mode(qat)
+
+    torch_models = {"teacher": teacher, "student-baseline": baseline, "student-fp32": student, "student-int8": qat}
+    st_export = stages.run(
+        "export", _key(st_teacher.key, st_base.key, st_dist.key, st_qat.key, asdict(recipe.export), target.runtime,
+                       target.format),
+        lambda d, _: _export_text(d, torch_models, tok, toks, calib_tok, recipe, target, reduce_range))
+    stages.run("benchmark", _key(st_export.key, asdict(target), SEQ_LENS),
+               lambda d, _: _bench_text(d, st_export, toks["test"], data.test, tok, target))
+    report = _assemble_text(recipe, target, data, stages.done, data_seconds,
+                            {n: count_params(m) for n, m in torch_models.items()}, filtering)
+    _check_budget(report, target)
+    out_name = "logits" if classify else "embedding"
+    width = target_out["test"].shape[1]
+    manifest_io = {
+        "inputs": [{"name": "input_ids", "shape": ["batch", "sequence"], "dtype": "int64"},
+                   {"name": "attention_mask", "shape": ["batch", "sequence"], "dtype": "int64"}],
+        "output": {"name": out_name, "shape": ["batch", width], "dtype": "float32",
+                   "meaning": "unnormalized class scores; argmax is the predicted label" if classify else
+                   f"sentence embedding: {sent['pooling']} pooling over attention_mask"
+                   f"{', L2-normalized' if sent['normalize'] else ''}, inside the graph; compare with cosine"},
+        "tokenizer": {"folder": "tokenizer", "max_length": recipe.data.max_length, "padding": "right, pad id 0",
+                      "how": "AutoTokenizer.from_pretrained('tokenizer')(texts, padding=True, truncation=True, "
+                             f"max_length={recipe.data.max_length}, return_tensors='np'); feed input_ids and "
+                             "attention_mask as int64 (token_type_ids are not inputs: all zero)"},
+        "pooling": {"mode": sent["pooling"], "normalize": sent["normalize"], "in_graph": True},
+        "labels": data.labels,
+    }
+    build_dir = _write_build(out_dir, target, recipe, report, st_export, manifest_io, folders=("tokenizer",))
+    return BuildResult(build_dir, report, stages.done)
+
+
+def _export_text(d: Path, torch_models: dict, tok, toks: dict, calib_tok: dict, recipe: Recipe, target: Target,
+                 reduce_range: bool) -> dict:
+    """ONNX (dynamic batch and sequence) for every model, INT8 QDQ linears for the quantized student,
+    OpenVINO IR / .ort where the target wants them; each checked against its PyTorch model."""
+    from .export import check_parity, export_text_onnx, mobile_usability, op_types, to_openvino, to_ort
+    from .quantize import INTEGER_OPS, optimized_op_types, quantize_onnx, strip_fake_quant
+    from .runtimes import runtimes
+    from .text_train import encode
+
+    es = recipe.export
+    classify = recipe.task == "classification"
+    out_name = "logits" if classify else "embedding"
+    n = min(es.parity_samples, len(toks["val"]["input_ids"]))
+    xp = {k: v[:n] for k, v in toks["val"].items()}
+    meta: dict = {"parity": {}, "reduce_range": reduce_range}
+    tok.save_pretrained(str(d / "tokenizer"))
+    for name, model in torch_models.items():
+        int8 = name == "student-int8"
+        if int8:
+            export_text_onnx(strip_fake_quant(model), d / "student-int8.fp32.onnx", opset=es.opset, output=out_name)
+            feeds = [{"input_ids": calib_tok["input_ids"][i:i + 1, : max(1, int(calib_tok["attention_mask"][i].sum()))],
+                      "attention_mask": calib_tok["attention_mask"][i:i + 1, : max(1, int(calib_tok["attention_mask"][i].sum()))]}
+                     for i in range(len(calib_tok["input_ids"]))]
+            quantize_onnx(d / "student-int8.fp32.onnx", d / "student-int8.onnx", feeds, reduce_range=reduce_range,
+                          linear_only=True)
+            (d / "student-int8.fp32.onnx").unlink()
+            ops = optimized_op_types(d / "student-int8.onnx")
+            meta["int8_ops"] = ops
+            if not any(op in ops for op in INTEGER_OPS):
+                raise EdgeKDError(f"student-int8.onnx runs no integer kernels in onnxruntime (ops: {sorted(ops)}); "
+                                  "the INT8 graph would be emulated in float")
+        else:
+            export_text_onnx(model, d / f"{name}.onnx", opset=es.opset, output=out_name)
+        ref = encode(model, xp)
+        files = [(f"{name}.onnx", "onnxruntime")]
+        if target.runtime == "openvino":
+            to_openvino(d / f"{name}.onnx", d / f"{name}.xml")
+            files.append((f"{name}.xml", "openvino"))
+        if target.format == "ort":
+            to_ort(d / f"{name}.onnx", d / f"{name}.ort")
+            files.append((f"{name}.ort", "onnxruntime"))
+        for fname, rt in files:
+            run = runtimes.get(rt)(str(d / fname), threads=1)
+            out = np.concatenate([run({k: v[i:i + 1, : max(1, int(xp["attention_mask"][i].sum()))] for k, v in xp.items()})
+                                  for i in range(n)])
+            if classify:
+                p = check_parity(fname, out, ref, min_agreement=es.int8_min_agreement if int8 else es.fp32_min_agreement,
+                                 max_abs_diff=None if int8 else es.fp32_max_abs_diff).to_dict()
+            else:
+                p = _embedding_parity(fname, out, ref, min_cosine=es.int8_min_agreement if int8 else es.fp32_min_agreement)
+            meta["parity"][fname] = p
+    if target.runtime == "openvino":
+        meta["openvino_int8_precisions"] = _ov_runtime_precisions(d / "student-int8.xml")
+    if target.format == "ort":
+        deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
+        meta["mobile"] = {"model": f"{deliverable}.ort", "usability_check": mobile_usability(d / f"{deliverable}.onnx"),
+                          "op_types": op_types(d / f"{deliverable}.onnx")}
+    return meta
+
+
+def _embedding_parity(name: str, out: np.ndarray, ref: np.ndarray, *, min_cosine: float) -> dict:
+    """Cosine of each exported embedding with its PyTorch embedding; the mean must reach min_cosine."""
+    from .errors import ParityError
+
+    a = out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+    b = ref / np.linalg.norm(ref, axis=1, keepdims=True).clip(1e-12)
+    cos = (a * b).sum(1)
+    p = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
+         "max_abs_diff": float(np.abs(out - ref).max()), "samples": int(len(out))}
+    if p["mean_cosine"] < min_cosine:
+        raise ParityError(f"exported model '{name}' does not match its PyTorch model on {len(out)} held-out texts: "
+                          f"mean cosine {p['mean_cosine']:.4f} (needed {min_cosine:g}); for INT8 try "
+                          "quantize.method=qat or quantize.reduce_range=true, or loosen export.* bounds knowingly")
+    return p
+
+
+def _latency_inputs(tok, texts: list[str]) -> dict[str, np.ndarray]:
+    """For each length S: one row of exactly S real tokens (test texts joined until they fill S)."""
+    joined = " ".join(texts)
+    out = {}
+    for s in SEQ_LENS:
+        enc = tok([joined], truncation=True, max_length=s, return_tensors="np")["input_ids"].astype(np.int64)
+        if enc.shape[1] < s:
+            raise EdgeKDError(f"the test texts hold fewer than {s} tokens; raise data.n_test")
+        out[f"lat_{s}"] = enc
+    return out
+
+
+def _bench_text(d: Path, st_export: StageOut, test_tok: dict, test_texts: list[str], tok, target: Target) -> dict:
+    from tqdm import tqdm
+
+    from .bench import benchmark
+
+    inputs = d / "inputs.npz"
+    np.savez(inputs, **test_tok, **_latency_inputs(tok, test_texts))
+    results = {}
+    files = _model_files(target)
+    counts = [target.threads] + [t for t in target.threads_sweep if t != target.threads]
+    runs = [(t, n) for t in counts for n in MODEL_NAMES]  # models interleaved within each thread count
+    for threads, name in tqdm(runs, desc="benchmark", leave=False, disable=None):
+        primary = threads == target.threads
+        res, outs = benchmark(st_export.dir / files[name], runtime=target.runtime, inputs=inputs, threads=threads,
+                              warmup=target.warmup, iterations=target.iterations, batch_sizes=[1], pin=target.pin_cores,
+                              profile=primary and target.runtime == "onnxruntime" and name.startswith("student-"),
+                              seq_lens=list(SEQ_LENS))
+        if primary:
+            np.save(d / f"{name}.outputs.npy", outs)
+            results[name] = res
+        results[name].setdefault("latency_by_threads", {})[str(threads)] = res["latency_ms"]
+    inputs.unlink()
+    return results
+
+
+def _assemble_text(recipe: Recipe, target: Target, data, done: list[StageOut], data_seconds: float, params: dict,
+                   filtering: dict | None) -> dict:
+    from .text import mean_cosine, neighbour_overlap
+
+    by = {s.name: s for s in done}
+    bench, export = by["benchmark"].meta, by["export"].meta
+    files = _model_files(target)
+    classify = recipe.task == "classification"
+    outs = {n: np.load(by["benchmark"].dir / f"{n}.outputs.npy") for n in MODEL_NAMES}
+    t_out = outs["teacher"]
+    models = {}
+    for name in MODEL_NAMES:
+        path = by["export"].dir / files[name]
+        size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+        b = bench[name]
+        m = {
+            "latency_ms": b["latency_ms"], "latency_by_seq": b["latency_by_seq"],
+            "latency_percentiles_ms": b.get("latency_percentiles_ms"), "latency_by_threads": b.get("latency_by_threads"),
+            "throughput_per_s": b.get("throughput_per_s", {}), "size_bytes": size, "peak_rss_mb": b["peak_rss_mb"],
+            "rss_increase_mb": b["rss_increase_mb"], "params": params[name], "runtime": target.runtime,
+            "precision": "int8" if name == "student-int8" else "fp32", "file": files[name],
+        }
+        if classify:
+            m["accuracy"] = float((outs[name].argmax(1) == data.y_test).mean())
+            m["agreement"] = float((outs[name].argmax(1) == t_out.argmax(1)).mean())
+        else:
+            # fidelity to the teacher as the app would see it: both models' runtime outputs
+            m["fidelity_cosine"] = mean_cosine(outs[name], t_out)
+            m["neighbour_overlap_at_10"] = neighbour_overlap(outs[name], t_out, k=10)
+        if "op_profile" in b:
+            m["op_profile"] = b["op_profile"]
+        models[name] = m
+    teacher = models["teacher"]
+    for m in models.values():
+        m["speedup_vs_teacher"] = teacher["latency_ms"]["p50"] / m["latency_ms"]["p50"]
+        m["speedup_vs_teacher_by_seq"] = {s: teacher["latency_by_seq"][s]["p50"] / v["p50"]
+                                          for s, v in m["latency_by_seq"].items()}
+        m["size_ratio_vs_teacher"] = m["size_bytes"] / teacher["size_bytes"]
+    stage_times = {"data": {"seconds": data_seconds, "cached": False}}
+    stage_times.update({s.name: {"seconds": s.seconds, "cached": s.cached, "cache": s.dir.name} for s in done})
+    training = {n: {k: v for k, v in by[n].meta.items() if k != "history"} for n in ("teacher", "baseline", "distill", "qat")}
+    quality = "accuracy" if classify else "fidelity_cosine"
+    return {
+        "target": target.name,
+        "target_profile": asdict(target),
+        "recipe": recipe.name,
+        "task": recipe.task,
+        "quality_metric": quality,
+        "models": models,
+        "training": training,
+        "distillation_gain_pts": 100 * (models["student-fp32"][quality] - models["student-baseline"][quality]),
+        "teacher_filtering": filtering,
+        "data_origin": data.origin,
+        "sequence_lengths": list(SEQ_LENS),
+        "parity": export["parity"],
+        "int8": {"reduce_range": export["reduce_range"], "onnxruntime_ops": export.get("int8_ops", {}),
+                 "openvino_precisions": export.get("openvino_int8_precisions")},
+        "mobile": export.get("mobile"),
+        "stages": stage_times,
+        "test_samples": int(len(data.test)),
+        "environment": _environment(target, recipe.seed),
+    }

@@ -125,7 +125,41 @@ def _make_modules():
                     setattr(fused.get_submodule(parent) if parent else fused, leaf, mod.inner)
             return fused.eval()
 
+    QATModel.Wrap, QATModel.Act = QuantWrap, ActFakeQuant
     return QATModel
+
+
+def fake_quant_linears(model, *, reduce_range: bool):
+    """In place: every nn.Linear of `model` gets fake-quantized input (UINT8 per-tensor) and weight
+    (INT8 per-channel), exactly what quantize_onnx(..., linear_only=True) writes for its MatMul/Gemm.
+    Embeddings, LayerNorm, Softmax and GELU stay float (transformers lose accuracy there first)."""
+    import torch.nn as nn
+
+    Wrap = _make_modules().Wrap
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, nn.Linear):
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, Wrap(mod, reduce_range))
+    return model
+
+
+def strip_fake_quant(model):
+    """A float copy of a fake_quant_linears model with the fine-tuned weights, for ONNX export."""
+    import copy
+
+    out = copy.deepcopy(model)
+    for name, mod in list(out.named_modules()):
+        if hasattr(mod, "inner") and hasattr(mod, "act"):
+            parent, _, leaf = name.rpartition(".")
+            setattr(out.get_submodule(parent) if parent else out, leaf, mod.inner)
+    return out.eval()
+
+
+def set_observe(model, on: bool) -> None:
+    """Activation observers on (ranges follow the data) or off (ranges frozen)."""
+    for m in model.modules():
+        if hasattr(m, "observe") and hasattr(m, "momentum"):
+            m.observe = on
 
 
 def fold_batchnorm(model):
@@ -159,19 +193,20 @@ def calibrate(qat_model, x: np.ndarray) -> None:
 
 def qat_train_mode(m):
     m.train()
-    m.set_observe(True)
+    set_observe(m, True)
 
 
 def qat_eval_mode(m):
     m.eval()
-    m.set_observe(False)
+    set_observe(m, False)
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over an array, one batch-1 feed at a time."""
+    """onnxruntime CalibrationDataReader over an array (or a list of ready feeds), one feed at a time."""
 
-    def __init__(self, input_name: str, x: np.ndarray):
-        self._it = iter([{input_name: x[i:i + 1]} for i in range(len(x))])
+    def __init__(self, input_name: str, x):
+        feeds = x if isinstance(x, list) else [{input_name: x[i:i + 1]} for i in range(len(x))]
+        self._it = iter(feeds)
 
     def get_next(self):
         return next(self._it, None)
@@ -180,27 +215,42 @@ class _Reader:
         pass
 
 
-def quantize_onnx(fp32_path: Path, out_path: Path, calib_x: np.ndarray, *, reduce_range: bool) -> None:
-    """Static INT8 QDQ: per-channel symmetric INT8 weights, per-tensor UINT8 activations (MinMax)."""
+def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: bool, linear_only: bool = False) -> None:
+    """Static INT8 QDQ: per-channel symmetric INT8 weights, per-tensor UINT8 activations (MinMax).
+
+    calib_x: an array (single-input models) or a list of feeds {input name: array}.
+    linear_only: quantize only MatMul/Gemm nodes with a constant weight (the nn.Linear layers of a
+    transformer), inputs only, as fake_quant_linears trains them; everything else stays float."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    input_name = model.graph.input[0].name
+    extra: dict = {}
+    nodes = None
+    if linear_only:
+        consts = {i.name for i in model.graph.initializer}
+        nodes = [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in consts]
+        extra["OpTypesToExcludeOutputQuantization"] = ["MatMul", "Gemm"]
+    calib = calib_x if isinstance(calib_x, list) else calib_x.astype(np.float32)
     pre = out_path.with_suffix(".pre.onnx")
     try:
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
+        # symbolic shape inference cannot finish on transformer graphs with dynamic sequence axes; onnx's
+        # own shape inference is enough for the quantizer there
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=linear_only)
         quantize_static(
-            str(pre), str(out_path), _Reader(input_name, calib_x.astype(np.float32)),
+            str(pre), str(out_path), _Reader(input_name, calib),
             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=nodes, extra_options=extra,
         )
     finally:
         pre.unlink(missing_ok=True)
 
 
 INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QLinearAdd",
+               "MatMulIntegerToFloat",
                "QLinearGlobalAveragePool", "QLinearMul", "QLinearSigmoid", "QAttention", "DynamicQuantizeMatMul")
 
 

