@@ -39,8 +39,9 @@ def check_model_file(path: Path) -> str:
 
     if not path.is_file():
         raise InputError(f"model file '{path}' does not exist")
-    if path.suffix not in (".onnx", ".ort", ".xml"):
-        raise InputError(f"'{path}' is not a model edgekd can benchmark; give an .onnx, .ort or OpenVINO .xml file")
+    if path.suffix not in (".onnx", ".ort", ".xml", ".pte"):
+        raise InputError(f"'{path}' is not a model edgekd can benchmark; give an .onnx, .ort, OpenVINO .xml "
+                         "or ExecuTorch .pte file")
     if path.suffix == ".onnx":
         import onnx
 
@@ -52,13 +53,34 @@ def check_model_file(path: Path) -> str:
     return runtime_for(str(path))
 
 
+def is_text_model(path: Path) -> bool:
+    """A text model takes input_ids (and attention_mask) instead of one float tensor."""
+    manifest = path.parent / "manifest.json"
+    if manifest.is_file():
+        return "inputs" in json.loads(manifest.read_text())
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        return any("input_ids" in i.get_names() for i in ov.Core().read_model(str(path)).inputs)
+    if path.suffix == ".pte":
+        return False
+    import onnxruntime as ort
+
+    return any(i.name == "input_ids" for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs())
+
+
 def input_spec(path: Path) -> tuple[list[int], str]:
     """(shape with batch 1, dtype) from manifest.json beside the model, else the model's signature."""
+    from .errors import InputError
+
     manifest = path.parent / "manifest.json"
     if manifest.is_file():
         m = json.loads(manifest.read_text())
         shape = [1 if not isinstance(d, int) else d for d in m["input"]["shape"]]
         return shape, m["input"].get("dtype", "float32")
+    if path.suffix == ".pte":
+        raise InputError(f"'{path}' has no manifest.json beside it; edgekd bench reads a .pte's input shape from the "
+                         "manifest its build wrote")
     if path.suffix == ".xml":
         import openvino as ov
 
@@ -72,7 +94,7 @@ def input_spec(path: Path) -> tuple[list[int], str]:
 
 
 def compare(models: list[Path], *, threads: list[int], warmup: int, iterations: int, batch_sizes: list[int],
-            baseline: Path | None = None, seed: int = 0) -> list[dict]:
+            baseline: Path | None = None, seed: int = 0, seq_lens: list[int] = (16, 64, 128)) -> list[dict]:
     """Benchmark every model at every thread count, each run in a fresh process, models interleaved
     (round-robin) so machine drift hits them alike; speedups are against `baseline` (default: the first)."""
     runtimes_ = {m: check_model_file(m) for m in models}
@@ -82,18 +104,25 @@ def compare(models: list[Path], *, threads: list[int], warmup: int, iterations: 
     order = [base] + [m for m in models if m != base]
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        inputs = {}
+        inputs, text = {}, {}
         for m in order:
-            shape, dtype = input_spec(m)
             rng = np.random.default_rng(seed)
+            inputs[m] = Path(d) / f"in{len(inputs)}.npz"
+            text[m] = is_text_model(m)
+            if text[m]:  # token ids from the middle of a BERT-sized vocabulary; every length in seq_lens
+                ids = rng.integers(1000, 2000, (16, max(seq_lens))).astype(np.int64)
+                np.savez(inputs[m], input_ids=ids, attention_mask=np.ones_like(ids),
+                         **{f"lat_{s}": ids[:1, :s] for s in seq_lens})
+                continue
+            shape, dtype = input_spec(m)
             x = rng.standard_normal((16, *shape[1:])).astype(dtype) if dtype.startswith("float") \
                 else rng.integers(0, 100, (16, *shape[1:])).astype(dtype)
-            inputs[m] = Path(d) / f"in{len(inputs)}.npz"
             np.savez(inputs[m], x=x)
         for t in threads:
             for m in order:
                 res, _ = benchmark(m, runtime=runtimes_[m], inputs=inputs[m], threads=t, warmup=warmup,
-                                   iterations=iterations, batch_sizes=batch_sizes)
+                                   iterations=iterations, batch_sizes=batch_sizes,
+                                   seq_lens=sorted(seq_lens) if text[m] else None)
                 size = m.stat().st_size + (m.with_suffix(".bin").stat().st_size if m.suffix == ".xml" else 0)
                 rows.append({"model": str(m), "runtime": runtimes_[m], "threads": t, "size_bytes": size, **res})
     for r in rows:

@@ -129,9 +129,9 @@ def _summary(report: dict) -> None:
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def bench(args, baseline, json_out, debug):
-    """Benchmark exported models (.onnx, .ort, OpenVINO .xml) with the build's harness.
+    """Benchmark exported models (.onnx, .ort, OpenVINO .xml, ExecuTorch .pte) with the build's harness.
     ARGS: model files, then key=value: target=NAME (defaults for the rest), threads=1,2,
-    iterations=N, warmup=N, batch_sizes=1,32."""
+    iterations=N, warmup=N, batch_sizes=1,32, seq_lens=16,64,128 (text models)."""
 
     def go():
         from pathlib import Path
@@ -143,8 +143,9 @@ def bench(args, baseline, json_out, debug):
         for a in args:
             if "=" in a and not Path(a).exists():
                 k, v = a.split("=", 1)
-                if k not in ("target", "threads", "iterations", "warmup", "batch_sizes"):
-                    raise RecipeError(f"unknown bench setting '{k}'; use target, threads, iterations, warmup or batch_sizes")
+                if k not in ("target", "threads", "iterations", "warmup", "batch_sizes", "seq_lens"):
+                    raise RecipeError(f"unknown bench setting '{k}'; use target, threads, iterations, warmup, "
+                                      "batch_sizes or seq_lens")
                 opts[k] = v
             else:
                 models.append(Path(a))
@@ -163,7 +164,8 @@ def bench(args, baseline, json_out, debug):
 
         rows = compare(models, threads=ints("threads", [t.threads]), warmup=ints("warmup", [t.warmup])[0],
                        iterations=max(10, ints("iterations", [t.iterations])[0]),
-                       batch_sizes=ints("batch_sizes", t.batch_sizes), baseline=Path(baseline) if baseline else None)
+                       batch_sizes=ints("batch_sizes", t.batch_sizes), baseline=Path(baseline) if baseline else None,
+                       seq_lens=ints("seq_lens", [16, 64, 128]))
         click.echo(f"{'model':40s} {'thr':>3s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'std':>7s} "
                    f"{'speedup':>8s} {'RSS MB':>7s} {'+RSS':>6s} {'size kB':>9s}")
         for r in rows:
@@ -171,6 +173,9 @@ def bench(args, baseline, json_out, debug):
             click.echo(f"{Path(r['model']).name[:40]:40s} {r['threads']:3d} {lat['p50']:8.3f} {lat['p90']:8.3f} "
                        f"{lat['p99']:8.3f} {lat['std']:7.3f} {r['speedup_vs_baseline']:7.2f}x {r['peak_rss_mb']:7.0f} "
                        f"{r['rss_increase_mb']:6.0f} {r['size_bytes'] / 1e3:9.1f}")
+            if r.get("latency_by_seq"):
+                click.echo("    p50 ms by sequence length: " + ", ".join(
+                    f"{s}: {v['p50']:.3f}" for s, v in r["latency_by_seq"].items()))
         if json_out:
             import json
 

@@ -355,3 +355,15 @@ def test_bad_text_inputs_exit_2_with_one_line(tmp_path):
         errors = [ln for ln in res.output.splitlines() if ln.startswith("edgekd: error:")]
         assert len(errors) == 1 and needle in errors[0] and "Traceback" not in res.output, res.output
     assert not (tmp_path / "o" / "cpu-int8").exists()
+
+
+def test_bench_command_on_text_models(text_build):
+    """`edgekd bench` times exported text models at every sequence length, like the build."""
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    res = CliRunner().invoke(main, ["bench", str(text_build / "student-int8.onnx"), str(text_build / "teacher.onnx"),
+                                    "iterations=12", "warmup=2", "seq_lens=16,64"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("p50 ms by sequence length: 16:") == 2 and "64:" in res.output
