@@ -311,12 +311,26 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         report = _assemble(recipe, target, data, stages.done, data_seconds,
                            {n: count_params(m) for n, m in torch_models.items()})
         _check_budget(report, target)
+        if target.format == "ort" and target.precision == "int8":
+            report["arm_verification"] = _verify_on_arm(st_export.dir / _model_files(target)["student-int8"], data, log)
         build_dir = _write_build(out_dir, target, recipe, report, st_export, _image_manifest(target, data))
     except BaseException:
         if created_out and out_dir.exists() and not any(p for p in out_dir.rglob("*") if p.is_file()):
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return BuildResult(build_dir, report, stages.done)
+
+
+def _verify_on_arm(model: Path, data, log) -> dict:
+    """The INT8 deliverable's test accuracy on aarch64 onnxruntime kernels under user-mode emulation
+    (edgekd verify-arm), when the emulator is installed; a note saying how to get it otherwise."""
+    from .verify_arm import arm_available, verify_arm
+
+    if not arm_available():
+        return {"skipped": "ARM verification needs qemu-user-static and debootstrap (apt-get install "
+                           "qemu-user-static debootstrap); then run edgekd verify-arm BUILD_DIR"}
+    log("[verify-arm] running the INT8 model on aarch64 onnxruntime (emulated cortex-a76; outputs only)")
+    return verify_arm(model, data.x_test, data.y_test, log=log)
 
 
 def _check_budget(report: dict, target: Target) -> None:

@@ -104,6 +104,18 @@ def render_markdown(r: dict) -> str:
                   f"not delegated: {', '.join(k for k, v in cov['by_op'].items() if v['portable']) or 'none'}.",
                   "- **All timings in this report are host timings on this x86 machine**, through ExecuTorch's Python "
                   "runtime. They say nothing about a phone's speed. No phone was measured."]
+    arm = r.get("arm_verification")
+    if arm:
+        lines += ["", "## INT8 on ARM kernels (emulated)", ""]
+        if "skipped" in arm:
+            lines.append(f"- Not run: {arm['skipped']}.")
+        else:
+            acc = (f"test accuracy x86 {100 * arm['x86_accuracy']:.2f}% vs ARM {100 * arm['arm_accuracy']:.2f}%; "
+                   if arm.get("arm_accuracy") is not None else "")
+            lines.append(f"- {arm['samples']} test inputs on aarch64 onnxruntime {arm['onnxruntime']} under "
+                         f"{arm['emulator']} -cpu {arm['cpu']}: {acc}top-1 agreement "
+                         f"{100 * arm['top1_agreement_x86_arm']:.2f}%, max |x86 - ARM| {arm['max_abs_diff']:.3g}. "
+                         "Outputs only: timing under emulation means nothing and is not reported.")
     if mob and "usability_check" in mob:
         lines += ["", "## Mobile", "",
                   f"- Deliverable: `{mob['model']}`, ONNX Runtime's mobile format converted for ARM "

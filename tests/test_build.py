@@ -157,6 +157,12 @@ def test_mobile_targets_report_host_timings_threads_and_usability(tiny_build, ta
     assert r["memory_budget"]["fits"] is True
     md = (d / "report.md").read_text()
     assert "host timings" in md and "No phone was measured" in md and "Latency by thread count" in md
+    arm = r["arm_verification"]  # run where the emulator is installed, a how-to otherwise
+    if "skipped" in arm:
+        assert "apt-get install qemu-user-static debootstrap" in arm["skipped"] and "Not run" in md
+    else:
+        assert arm["top1_agreement_x86_arm"] >= 0.97 and abs(arm["arm_accuracy"] - arm["x86_accuracy"]) <= 0.02
+        assert "INT8 on ARM kernels" in md and "timing under emulation" in md
     import onnxruntime as ort  # the .ort file loads and runs in onnxruntime
 
     sess = ort.InferenceSession(str(d / r["mobile"]["model"]))
