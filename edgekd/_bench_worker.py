@@ -94,7 +94,7 @@ def _main_text(cfg, data, factory, rss_import, pinned, out_path) -> None:
     length after `seconds_per_length` once it has 100 runs, so a 40 ms teacher does not take minutes."""
     run = factory(cfg["model"], threads=cfg["threads"])
     by_seq, pcts = {}, None
-    budget = cfg.get("seconds_per_length", 10.0)
+    budget = cfg.get("seconds_per_length", 6.0)
     for s in cfg["seq_lens"]:
         ids = np.ascontiguousarray(data[f"lat_{s}"][:1])
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}

@@ -91,3 +91,19 @@ def attention_kl(s: dict, t: dict, mask, **_):
     kl = (a_t * ((a_t + eps).log() - (a_s + eps).log())).sum(-1)  # (B, H, S)
     q = mask.unsqueeze(1).to(kl.dtype)  # (B, 1, S): padded queries do not count
     return (kl * q).sum() / (q.sum() * kl.shape[1])
+
+
+@feature_losses.register("similarity_mse")
+def similarity_mse(s: dict, t: dict, mask, **_):
+    """Relational distillation of the batch's similarity structure (Tung & Mori 2019, "Similarity-
+    Preserving Knowledge Distillation"; the angle-wise idea of Park et al. 2019, RKD), on cosines:
+
+        G_s = norm(e_s) norm(e_s)^T,  G_t = norm(e_t) norm(e_t)^T        (B, B)
+        L = mean_{i,j} (G_s[i, j] - G_t[i, j])^2
+
+    It teaches which texts are near each other, what top-k neighbour search depends on, beyond
+    matching each embedding alone."""
+    import torch.nn.functional as F
+
+    es, et = F.normalize(s["embedding"], dim=-1), F.normalize(t["embedding"], dim=-1)  # (B, D)
+    return (es @ es.T - et @ et.T).pow(2).mean()

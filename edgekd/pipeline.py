@@ -424,7 +424,17 @@ def _export_all(d: Path, torch_models: dict, data, recipe: Recipe, target: Targe
     if target.format == "pte":
         deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
         meta["mobile"] = {"model": f"{deliverable}.pte", "delegation": meta["delegation"][f"{deliverable}.pte"]}
+    if meta.get("mobile"):
+        meta["mobile"]["device_estimates"] = _device_estimates(d / "student-fp32.onnx", target.precision)
     return meta
+
+
+def _device_estimates(fp32_onnx: Path, precision: str) -> dict:
+    """Named-phone-core latencies as estimates (MACs over published peak rates), never measurements."""
+    from .estimate import count_macs, estimate_latency
+
+    macs = count_macs(fp32_onnx)
+    return {"macs": macs, "estimates": estimate_latency(macs, precision=precision)}
 
 
 def _ov_runtime_precisions(xml: Path) -> dict[str, int]:
@@ -736,7 +746,8 @@ def _build_text(recipe: Recipe, target: Target, *, stages: "_Stages", device: st
 
     # 3. Baseline: the same student without the teacher's signal: hard labels (classification), or
     #    its starting weights (embedding: no labels exist; for a layer subset, the copied layers).
-    no_teacher = replace(ds, alpha=0.0, embedding_mse=0.0, embedding_cos=0.0, hidden_mse=0.0, attention_kl=0.0)
+    no_teacher = replace(ds, alpha=0.0, embedding_mse=0.0, embedding_cos=0.0, similarity_mse=0.0, hidden_mse=0.0,
+                         attention_kl=0.0)
     skey = _key(st_out.key, asdict(ss), asdict(ds), filtering)
     st_base = stages.run("baseline", _key(skey, "baseline"), lambda d, ck: train(
         d, ck, spec=no_teacher, epochs=ds.epochs if classify else 0, fname="baseline.pt", desc="baseline"))

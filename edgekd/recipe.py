@@ -122,6 +122,7 @@ class DistillSpec:
     # added to the logit KD loss (classification) or used alone (embedding).
     embedding_mse: float = 0.0
     embedding_cos: float = 0.0
+    similarity_mse: float = 0.0
     hidden_mse: float = 0.0
     attention_kl: float = 0.0
     # which teacher layer each student layer learns from, 1-based "1:2,2:4,3:6"; default: uniform
@@ -138,7 +139,7 @@ class DistillSpec:
         _check(self.lr > 0, "distill.lr", "> 0", self.lr)
         _check(self.batch_size > 0, "distill.batch_size", "> 0", self.batch_size)
         _check(self.views >= 1, "distill.views", ">= 1", self.views)
-        for k in ("embedding_mse", "embedding_cos", "hidden_mse", "attention_kl"):
+        for k in ("embedding_mse", "embedding_cos", "similarity_mse", "hidden_mse", "attention_kl"):
             _check(getattr(self, k) >= 0, f"distill.{k}", ">= 0", getattr(self, k))
         _check(0 <= self.min_teacher_confidence < 1, "distill.min_teacher_confidence", "in [0, 1)",
                self.min_teacher_confidence)
@@ -208,7 +209,7 @@ class Recipe:
                    "'layer-subset' or 'narrow' for a text task", self.student.arch)
             if self.task == "embedding":
                 d = self.distill
-                _check(d.embedding_mse + d.embedding_cos + d.hidden_mse + d.attention_kl > 0, "distill",
+                _check(d.embedding_mse + d.embedding_cos + d.similarity_mse + d.hidden_mse + d.attention_kl > 0, "distill",
                        "given at least one loss weight for task = 'embedding' (e.g. distill.embedding_cos = 1)",
                        "all zero")
         else:

@@ -104,6 +104,17 @@ def render_markdown(r: dict) -> str:
                   f"not delegated: {', '.join(k for k, v in cov['by_op'].items() if v['portable']) or 'none'}.",
                   "- **All timings in this report are host timings on this x86 machine**, through ExecuTorch's Python "
                   "runtime. They say nothing about a phone's speed. No phone was measured."]
+    est = (mob or {}).get("device_estimates")
+    if est:
+        e0 = est["estimates"][0]
+        lines += ["", "## Named-device latency: estimates, not measurements", "",
+                  f"{est['macs']:,} multiply-accumulates per input (counted on the FP32 graph). Method: "
+                  f"{e0['method']}", "",
+                  "| core | precision | peak GMAC/s | at peak (lower bound), ms | at the assumed utilisation, ms |",
+                  "|---|---|---:|---:|---:|"]
+        for e in est["estimates"]:
+            lines.append(f"| {e['device']} | {e['precision']} | {e['peak_gmacs']:.1f} | {e['estimate_ms_at_peak']:.4f} "
+                         f"| {e['estimate_ms_assumed']:.4f} ({100 * e['utilisation_assumed']:.0f}%) |")
     arm = r.get("arm_verification")
     if arm:
         lines += ["", "## INT8 on ARM kernels (emulated)", ""]

@@ -196,7 +196,7 @@ def distill_text(student, teacher, *, tokens: dict, target: np.ndarray, y: np.nd
             if classify:
                 loss = loss + kd_loss(fs["logits"], tgt, y_t[idx].to(device), temperature=spec.temperature, alpha=spec.alpha)
             for k, w in weights.items():
-                if k.startswith("embedding") and "embedding" not in ft:
+                if k in ("embedding_mse", "embedding_cos", "similarity_mse") and "embedding" not in ft:
                     continue
                 loss = loss + w * feature_losses.get(k)(fs, ft, mask, layer_map=layer_map, proj=proj)
             if not torch.isfinite(loss):

@@ -157,6 +157,10 @@ def test_mobile_targets_report_host_timings_threads_and_usability(tiny_build, ta
     assert r["memory_budget"]["fits"] is True
     md = (d / "report.md").read_text()
     assert "host timings" in md and "No phone was measured" in md and "Latency by thread count" in md
+    est = r["mobile"]["device_estimates"]  # a phone's latency only as an estimate, its method written down
+    assert est["macs"] > 10**6 and "estimates, not measurements" in md
+    assert all(e["estimate_ms_assumed"] > e["estimate_ms_at_peak"] > 0 and "not a measurement" in e["method"]
+               for e in est["estimates"])
     arm = r["arm_verification"]  # run where the emulator is installed, a how-to otherwise
     if "skipped" in arm:
         assert "apt-get install qemu-user-static debootstrap" in arm["skipped"] and "Not run" in md

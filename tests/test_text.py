@@ -34,6 +34,10 @@ def _known(name):
     if name == "embedding_cos":
         # orthogonal -> 1 - 0 = 1; identical -> 0 -> mean 0.5
         return _feats([[1, 0], [1, 1]]), _feats([[0, 1], [2, 2]]), mask, {}, 0.5
+    if name == "similarity_mse":
+        # student: two orthogonal texts (cos 0); teacher: the same direction (cos 1). G differs by 1
+        # in the 2 off-diagonal cells of 4 -> mean 0.5
+        return _feats([[1, 0], [0, 2]]), _feats([[1, 1], [2, 2]]), mask, {}, 0.5
     if name == "hidden_mse":
         hs = [torch.zeros(2, 2, 3), torch.ones(2, 2, 3)]
         ht = [torch.zeros(2, 2, 3), torch.zeros(2, 2, 3), torch.full((2, 2, 3), 3.0)]
