@@ -29,6 +29,11 @@ def _run(debug: bool, fn):
 def main():
     """Distill a small student from a teacher, quantize it to INT8 under the distillation loss,
     export it to ONNX / OpenVINO, and benchmark it against the teacher."""
+    # torchao (pulled in by transformers when installed) registers enums that torch then warns about on
+    # every import; that is library chatter, not something the user can act on
+    import logging
+
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
