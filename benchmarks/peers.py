@@ -103,7 +103,7 @@ def kernels(path: Path, runtime: str) -> dict[str, int]:
     import openvino as ov
 
     counts: dict[str, int] = {}
-    for op in ov.Core().compile_model(str(path), "CPU").get_runtime_model().get_ordered_ops():
+    for op in ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
         layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
         if layer in ("Convolution", "FullyConnected", "MatMul"):

@@ -441,7 +441,7 @@ def _ov_runtime_precisions(xml: Path) -> dict[str, int]:
     """How many executed layers run in each precision (OpenVINO may run FakeQuantize in f32)."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(xml), "CPU")
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # as runtimes.py runs it
     counts: dict[str, int] = {}
     for op in compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
