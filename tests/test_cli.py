@@ -166,7 +166,10 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "edgekd", "build", "--out", str(out), *TINY, "teacher.epochs=50"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+                            # a runner started in the background ignores SIGINT, and a child inherits that
+                            # (Python then never raises KeyboardInterrupt): give the build the default back
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not list(out.glob(".cache/.teacher-*.ckpt")):
         time.sleep(0.1)
