@@ -252,9 +252,11 @@ def targets():
     def go():
         from .targets import load_target, target_names
 
-        for name in target_names():
+        names = target_names()
+        width = max(map(len, names))
+        for name in names:
             t = load_target(name)
-            click.echo(f"{name:16s} {t.runtime:12s} {t.precision:5s} {t.threads} thread(s)  {t.description}")
+            click.echo(f"{name:{width}s} {t.runtime:12s} {t.precision:5s} {t.threads} thread(s)  {t.description}")
 
     _run(False, go)
 
