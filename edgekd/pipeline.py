@@ -25,7 +25,7 @@ from .recipe import Recipe
 from .targets import Target
 
 # Bump when a stage's code changes what it produces, so old cache entries are not reused.
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 MODEL_NAMES = ("teacher", "student-baseline", "student-fp32", "student-int8")
 
 
@@ -307,9 +307,10 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
             lambda d, _: _export_all(d, torch_models, data, recipe, target, reduce_range))
         stages.run(
             "benchmark", _key(st_export.key, asdict(target)),
-            lambda d, _: _bench_all(d, st_export, data, target))
-        report = _assemble(recipe, target, data, stages.done, data_seconds,
-                           {n: count_params(m) for n, m in torch_models.items()})
+            lambda d, _: _bench_all(d, st_export, target, {"x": data.x_test}))
+        report = _assemble(recipe, target, stages.done, data_seconds, {n: count_params(m) for n, m in torch_models.items()},
+                           score=_classification_scores(data.y_test), quality="accuracy",
+                           test_samples=int(len(data.y_test)))
         _check_budget(report, target)
         if target.format == "ort" and target.precision == "int8":
             report["arm_verification"] = _verify_on_arm(st_export.dir / _model_files(target)["student-int8"], data, log)
@@ -370,8 +371,8 @@ def _model_files(target: Target) -> dict[str, str]:
 def _export_all(d: Path, torch_models: dict, data, recipe: Recipe, target: Target, reduce_range: bool) -> dict:
     """ONNX for every model (INT8 QDQ for the quantized student), OpenVINO IR for openvino targets,
     each checked against its PyTorch model on held-out inputs."""
-    from .export import check_parity, export_onnx, mobile_usability, op_types, to_openvino, to_ort
-    from .quantize import INTEGER_OPS, optimized_op_types, quantize_onnx
+    from .export import check_parity, export_onnx
+    from .quantize import quantize_onnx
     from .runtimes import runtimes
     from .train import predict
 
@@ -384,22 +385,12 @@ def _export_all(d: Path, torch_models: dict, data, recipe: Recipe, target: Targe
             quantize_onnx(d / "student-int8.fp32.onnx", d / "student-int8.onnx",
                           data.x_train[: recipe.quantize.calibration], reduce_range=reduce_range)
             (d / "student-int8.fp32.onnx").unlink()
-            ops = optimized_op_types(d / "student-int8.onnx")
-            meta["int8_ops"] = ops
-            if not any(op in ops for op in INTEGER_OPS):
-                raise EdgeKDError(f"student-int8.onnx runs no integer kernels in onnxruntime (ops: {sorted(ops)}); "
-                                  "the INT8 graph would be emulated in float")
+            meta["int8_ops"] = _check_integer_kernels(d / "student-int8.onnx")
         else:
             export_onnx(model, d / f"{name}.onnx", data.input_shape, opset=es.opset)
         ref = predict(model, xp)
         int8 = name == "student-int8"
-        files = [(f"{name}.onnx", "onnxruntime")]
-        if target.runtime == "openvino":
-            to_openvino(d / f"{name}.onnx", d / f"{name}.xml")
-            files.append((f"{name}.xml", "openvino"))
-        if target.format == "ort":
-            to_ort(d / f"{name}.onnx", d / f"{name}.ort")
-            files.append((f"{name}.ort", "onnxruntime"))
+        files = _convert_for_target(d, name, target)
         if target.format == "pte":
             from .export_pte import export_pte
 
@@ -415,18 +406,52 @@ def _export_all(d: Path, torch_models: dict, data, recipe: Recipe, target: Targe
                              min_agreement=es.int8_min_agreement if int8 else es.fp32_min_agreement,
                              max_abs_diff=None if int8 else es.fp32_max_abs_diff)
             meta["parity"][fname] = p.to_dict()
-    if target.runtime == "openvino":
-        meta["openvino_int8_precisions"] = _ov_runtime_precisions(d / "student-int8.xml")
-    if target.format == "ort":
-        deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
-        meta["mobile"] = {"model": f"{deliverable}.ort", "usability_check": mobile_usability(d / f"{deliverable}.onnx"),
-                          "op_types": op_types(d / f"{deliverable}.onnx")}
+    _target_meta(d, target, meta)
     if target.format == "pte":
         deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
         meta["mobile"] = {"model": f"{deliverable}.pte", "delegation": meta["delegation"][f"{deliverable}.pte"]}
     if meta.get("mobile"):
         meta["mobile"]["device_estimates"] = _device_estimates(d / "student-fp32.onnx", target.precision)
     return meta
+
+
+def _check_integer_kernels(path: Path) -> dict[str, int]:
+    """The op types onnxruntime runs for an INT8 model; fails the build when none is an integer kernel."""
+    from .quantize import INTEGER_OPS, optimized_op_types
+
+    ops = optimized_op_types(path)
+    if not any(op in ops for op in INTEGER_OPS):
+        raise EdgeKDError(f"{path.name} runs no integer kernels in onnxruntime (ops: {sorted(ops)}); "
+                          "the INT8 graph would be emulated in float")
+    return ops
+
+
+def _convert_for_target(d: Path, name: str, target: Target) -> list[tuple[str, str]]:
+    """(file, runtime) pairs to check for one exported ONNX model: the ONNX itself, plus the OpenVINO
+    IR or the ARM .ort the target runs."""
+    from .export import to_openvino, to_ort
+
+    files = [(f"{name}.onnx", "onnxruntime")]
+    if target.runtime == "openvino":
+        to_openvino(d / f"{name}.onnx", d / f"{name}.xml")
+        files.append((f"{name}.xml", "openvino"))
+    if target.format == "ort":
+        to_ort(d / f"{name}.onnx", d / f"{name}.ort")
+        files.append((f"{name}.ort", "onnxruntime"))
+    return files
+
+
+def _target_meta(d: Path, target: Target, meta: dict) -> None:
+    """What the report says about the target's form: OpenVINO layer precisions, the .ort's mobile
+    usability check and op types."""
+    from .export import mobile_usability, op_types
+
+    if target.runtime == "openvino":
+        meta["openvino_int8_precisions"] = _ov_runtime_precisions(d / "student-int8.xml")
+    if target.format == "ort":
+        deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
+        meta["mobile"] = {"model": f"{deliverable}.ort", "usability_check": mobile_usability(d / f"{deliverable}.onnx"),
+                          "op_types": op_types(d / f"{deliverable}.onnx")}
 
 
 def _device_estimates(fp32_onnx: Path, precision: str) -> dict:
@@ -452,28 +477,32 @@ def _ov_runtime_precisions(xml: Path) -> dict[str, int]:
     return counts
 
 
-def _bench_all(d: Path, st_export: StageOut, data, target: Target) -> dict:
-    from .bench import benchmark
-
-    inputs = d / "inputs.npz"
-    np.savez(inputs, x=data.x_test)
-    results = {}
-    files = _model_files(target)
+def _bench_all(d: Path, st_export: StageOut, target: Target, inputs: dict[str, np.ndarray], *,
+               seq_lens: list[int] | None = None) -> dict:
+    """Every model in its own fresh process at each thread count (models interleaved within a count);
+    saves each model's outputs on the evaluation inputs as <name>.outputs.npy."""
     from tqdm import tqdm
 
+    from .bench import benchmark
+
+    path = d / "inputs.npz"
+    np.savez(path, **inputs)
+    results = {}
+    files = _model_files(target)
     counts = [target.threads] + [t for t in target.threads_sweep if t != target.threads]
     runs = [(t, n) for t in counts for n in MODEL_NAMES]  # models interleaved within each thread count
     for threads, name in tqdm(runs, desc="benchmark", leave=False, disable=None):
         primary = threads == target.threads
-        res, logits = benchmark(st_export.dir / files[name], runtime=target.runtime, inputs=inputs,
-                                threads=threads, warmup=target.warmup, iterations=target.iterations,
-                                batch_sizes=target.batch_sizes, pin=target.pin_cores,
-                                profile=primary and target.runtime == "onnxruntime" and name.startswith("student-"))
+        res, outs = benchmark(st_export.dir / files[name], runtime=target.runtime, inputs=path, threads=threads,
+                              warmup=target.warmup, iterations=target.iterations,
+                              batch_sizes=[1] if seq_lens else target.batch_sizes, pin=target.pin_cores,
+                              profile=primary and target.runtime == "onnxruntime" and name.startswith("student-"),
+                              seq_lens=seq_lens)
         if primary:
-            np.save(d / f"{name}.logits.npy", logits)
+            np.save(d / f"{name}.outputs.npy", outs)
             results[name] = res
         results[name].setdefault("latency_by_threads", {})[str(threads)] = res["latency_ms"]
-    inputs.unlink()
+    path.unlink()
     return results
 
 
@@ -506,21 +535,30 @@ def _environment(target: Target, seed: int) -> dict:
     return info
 
 
-def _assemble(recipe: Recipe, target: Target, data, done: list[StageOut], data_seconds: float, params: dict) -> dict:
+def _classification_scores(y_test: np.ndarray):
+    """Accuracy on the labels and top-1 agreement with the teacher, from runtime outputs (N, K)."""
+    def score(out: np.ndarray, teacher_out: np.ndarray) -> dict:
+        return {"accuracy": float((out.argmax(1) == y_test).mean()),
+                "agreement": float((out.argmax(1) == teacher_out.argmax(1)).mean())}
+    return score
+
+
+def _assemble(recipe: Recipe, target: Target, done: list[StageOut], data_seconds: float, params: dict, *, score,
+              quality: str, test_samples: int, extra: dict | None = None) -> dict:
+    """report.json from the stages' results. score(outputs, teacher_outputs) -> the model's quality
+    fields (computed from the runtime's outputs); `quality` names the headline one."""
     by = {s.name: s for s in done}
     bench = by["benchmark"].meta
     export = by["export"].meta
     files = _model_files(target)
-    teacher_logits = np.load(by["benchmark"].dir / "teacher.logits.npy")
+    outs = {n: np.load(by["benchmark"].dir / f"{n}.outputs.npy") for n in MODEL_NAMES}
     models = {}
     for name in MODEL_NAMES:
-        logits = np.load(by["benchmark"].dir / f"{name}.logits.npy")
         path = by["export"].dir / files[name]
         size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
         b = bench[name]
         models[name] = {
-            "accuracy": float((logits.argmax(1) == data.y_test).mean()),
-            "agreement": float((logits.argmax(1) == teacher_logits.argmax(1)).mean()),
+            **score(outs[name], outs["teacher"]),
             "latency_ms": b["latency_ms"],
             "throughput_per_s": b["throughput_per_s"],
             "latency_percentiles_ms": b.get("latency_percentiles_ms"),
@@ -533,12 +571,16 @@ def _assemble(recipe: Recipe, target: Target, data, done: list[StageOut], data_s
             "precision": "int8" if name == "student-int8" else "fp32",
             "file": files[name],
         }
-        if "op_profile" in b:
-            models[name]["op_profile"] = b["op_profile"]
+        for key in ("latency_by_seq", "op_profile"):
+            if key in b:
+                models[name][key] = b[key]
     teacher = models["teacher"]
     for m in models.values():
         m["speedup_vs_teacher"] = teacher["latency_ms"]["p50"] / m["latency_ms"]["p50"]
         m["size_ratio_vs_teacher"] = m["size_bytes"] / teacher["size_bytes"]
+        if "latency_by_seq" in m:
+            m["speedup_vs_teacher_by_seq"] = {s: teacher["latency_by_seq"][s]["p50"] / v["p50"]
+                                              for s, v in m["latency_by_seq"].items()}
     stage_times = {"data": {"seconds": data_seconds, "cached": False}}
     stage_times.update({s.name: {"seconds": s.seconds, "cached": s.cached, "cache": s.dir.name} for s in done})
     training = {n: {k: v for k, v in by[n].meta.items() if k != "history"} for n in ("teacher", "baseline", "distill", "qat")}
@@ -546,15 +588,18 @@ def _assemble(recipe: Recipe, target: Target, data, done: list[StageOut], data_s
         "target": target.name,
         "target_profile": asdict(target),
         "recipe": recipe.name,
+        "task": recipe.task,
+        "quality_metric": quality,
         "models": models,
         "training": training,
-        "distillation_gain_pts": 100 * (models["student-fp32"]["accuracy"] - models["student-baseline"]["accuracy"]),
+        "distillation_gain_pts": 100 * (models["student-fp32"][quality] - models["student-baseline"][quality]),
+        **(extra or {}),
         "parity": export["parity"],
         "int8": {"reduce_range": export["reduce_range"], "onnxruntime_ops": export.get("int8_ops", {}),
                  "openvino_precisions": export.get("openvino_int8_precisions")},
         "mobile": export.get("mobile"),
         "stages": stage_times,
-        "test_samples": int(len(data.y_test)),
+        "test_samples": test_samples,
         "environment": _environment(target, recipe.seed),
     }
 
@@ -796,9 +841,21 @@ def _build_text(recipe: Recipe, target: Target, *, stages: "_Stages", device: st
                        target.format),
         lambda d, _: _export_text(d, torch_models, tok, toks, calib_tok, recipe, target, reduce_range))
     stages.run("benchmark", _key(st_export.key, asdict(target), SEQ_LENS),
-               lambda d, _: _bench_text(d, st_export, toks["test"], data.test, tok, target))
-    report = _assemble_text(recipe, target, data, stages.done, data_seconds,
-                            {n: count_params(m) for n, m in torch_models.items()}, filtering)
+               lambda d, _: _bench_all(d, st_export, target, {**toks["test"], **_latency_inputs(tok, data.test)},
+                                       seq_lens=list(SEQ_LENS)))
+    if classify:
+        score, quality = _classification_scores(data.y_test), "accuracy"
+    else:
+        from .text import mean_cosine, neighbour_overlap
+
+        def score(out, teacher_out):  # fidelity as the app sees it: both models' runtime outputs
+            return {"fidelity_cosine": mean_cosine(out, teacher_out),
+                    "neighbour_overlap_at_10": neighbour_overlap(out, teacher_out, k=10)}
+        quality = "fidelity_cosine"
+    report = _assemble(recipe, target, stages.done, data_seconds, {n: count_params(m) for n, m in torch_models.items()},
+                       score=score, quality=quality, test_samples=int(len(data.test)),
+                       extra={"teacher_filtering": filtering, "data_origin": data.origin,
+                              "sequence_lengths": list(SEQ_LENS)})
     _check_budget(report, target)
     out_name = "logits" if classify else "embedding"
     width = target_out["test"].shape[1]
@@ -824,69 +881,54 @@ def _export_text(d: Path, torch_models: dict, tok, toks: dict, calib_tok: dict, 
                  reduce_range: bool) -> dict:
     """ONNX (dynamic batch and sequence) for every model, INT8 QDQ linears for the quantized student,
     OpenVINO IR / .ort where the target wants them; each checked against its PyTorch model."""
-    from .export import check_parity, export_text_onnx, mobile_usability, op_types, to_openvino, to_ort
-    from .quantize import INTEGER_OPS, optimized_op_types, quantize_onnx, strip_fake_quant
+    from .export import check_parity, export_text_onnx
+    from .quantize import quantize_onnx, strip_fake_quant
     from .runtimes import runtimes
     from .text_train import encode
 
     es = recipe.export
     classify = recipe.task == "classification"
     out_name = "logits" if classify else "embedding"
-    n = min(es.parity_samples, len(toks["val"]["input_ids"]))
-    xp = {k: v[:n] for k, v in toks["val"].items()}
+    xp = {k: v[: es.parity_samples] for k, v in toks["val"].items()}
+    parity_feeds = _row_feeds(xp)
     meta: dict = {"parity": {}, "reduce_range": reduce_range}
     tok.save_pretrained(str(d / "tokenizer"))
     for name, model in torch_models.items():
         int8 = name == "student-int8"
         if int8:
             export_text_onnx(strip_fake_quant(model), d / "student-int8.fp32.onnx", opset=es.opset, output=out_name)
-            feeds = [{"input_ids": calib_tok["input_ids"][i:i + 1, : max(1, int(calib_tok["attention_mask"][i].sum()))],
-                      "attention_mask": calib_tok["attention_mask"][i:i + 1, : max(1, int(calib_tok["attention_mask"][i].sum()))]}
-                     for i in range(len(calib_tok["input_ids"]))]
-            quantize_onnx(d / "student-int8.fp32.onnx", d / "student-int8.onnx", feeds, reduce_range=reduce_range,
-                          linear_only=True)
+            quantize_onnx(d / "student-int8.fp32.onnx", d / "student-int8.onnx", _row_feeds(calib_tok),
+                          reduce_range=reduce_range, linear_only=True)
             (d / "student-int8.fp32.onnx").unlink()
-            ops = optimized_op_types(d / "student-int8.onnx")
-            meta["int8_ops"] = ops
-            if not any(op in ops for op in INTEGER_OPS):
-                raise EdgeKDError(f"student-int8.onnx runs no integer kernels in onnxruntime (ops: {sorted(ops)}); "
-                                  "the INT8 graph would be emulated in float")
+            meta["int8_ops"] = _check_integer_kernels(d / "student-int8.onnx")
         else:
             export_text_onnx(model, d / f"{name}.onnx", opset=es.opset, output=out_name)
         ref = encode(model, xp)
-        files = [(f"{name}.onnx", "onnxruntime")]
-        if target.runtime == "openvino":
-            to_openvino(d / f"{name}.onnx", d / f"{name}.xml")
-            files.append((f"{name}.xml", "openvino"))
-        if target.format == "ort":
-            to_ort(d / f"{name}.onnx", d / f"{name}.ort")
-            files.append((f"{name}.ort", "onnxruntime"))
-        for fname, rt in files:
+        for fname, rt in _convert_for_target(d, name, target):
             run = runtimes.get(rt)(str(d / fname), threads=1)
-            out = np.concatenate([run({k: v[i:i + 1, : max(1, int(xp["attention_mask"][i].sum()))] for k, v in xp.items()})
-                                  for i in range(n)])
+            out = np.concatenate([run(feed) for feed in parity_feeds])
             if classify:
                 p = check_parity(fname, out, ref, min_agreement=es.int8_min_agreement if int8 else es.fp32_min_agreement,
                                  max_abs_diff=None if int8 else es.fp32_max_abs_diff).to_dict()
             else:
                 p = _embedding_parity(fname, out, ref, min_cosine=es.int8_min_agreement if int8 else es.fp32_min_agreement)
             meta["parity"][fname] = p
-    if target.runtime == "openvino":
-        meta["openvino_int8_precisions"] = _ov_runtime_precisions(d / "student-int8.xml")
-    if target.format == "ort":
-        deliverable = "student-int8" if target.precision == "int8" else "student-fp32"
-        meta["mobile"] = {"model": f"{deliverable}.ort", "usability_check": mobile_usability(d / f"{deliverable}.onnx"),
-                          "op_types": op_types(d / f"{deliverable}.onnx")}
+    _target_meta(d, target, meta)
     return meta
+
+
+def _row_feeds(tokens: dict) -> list[dict]:
+    """One batch-1 feed per text, cut to its own length (no padding), as an app would run it."""
+    lengths = np.maximum(tokens["attention_mask"].sum(1), 1)
+    return [{k: v[i:i + 1, : int(lengths[i])] for k, v in tokens.items()} for i in range(len(lengths))]
 
 
 def _embedding_parity(name: str, out: np.ndarray, ref: np.ndarray, *, min_cosine: float) -> dict:
     """Cosine of each exported embedding with its PyTorch embedding; the mean must reach min_cosine."""
     from .errors import ParityError
+    from .text import row_cosines
 
-    a = out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
-    b = ref / np.linalg.norm(ref, axis=1, keepdims=True).clip(1e-12)
-    cos = (a * b).sum(1)
+    cos = row_cosines(out, ref)
     p = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
          "max_abs_diff": float(np.abs(out - ref).max()), "samples": int(len(out))}
     if p["mean_cosine"] < min_cosine:
@@ -906,92 +948,3 @@ def _latency_inputs(tok, texts: list[str]) -> dict[str, np.ndarray]:
             raise EdgeKDError(f"the test texts hold fewer than {s} tokens; raise data.n_test")
         out[f"lat_{s}"] = enc
     return out
-
-
-def _bench_text(d: Path, st_export: StageOut, test_tok: dict, test_texts: list[str], tok, target: Target) -> dict:
-    from tqdm import tqdm
-
-    from .bench import benchmark
-
-    inputs = d / "inputs.npz"
-    np.savez(inputs, **test_tok, **_latency_inputs(tok, test_texts))
-    results = {}
-    files = _model_files(target)
-    counts = [target.threads] + [t for t in target.threads_sweep if t != target.threads]
-    runs = [(t, n) for t in counts for n in MODEL_NAMES]  # models interleaved within each thread count
-    for threads, name in tqdm(runs, desc="benchmark", leave=False, disable=None):
-        primary = threads == target.threads
-        res, outs = benchmark(st_export.dir / files[name], runtime=target.runtime, inputs=inputs, threads=threads,
-                              warmup=target.warmup, iterations=target.iterations, batch_sizes=[1], pin=target.pin_cores,
-                              profile=primary and target.runtime == "onnxruntime" and name.startswith("student-"),
-                              seq_lens=list(SEQ_LENS))
-        if primary:
-            np.save(d / f"{name}.outputs.npy", outs)
-            results[name] = res
-        results[name].setdefault("latency_by_threads", {})[str(threads)] = res["latency_ms"]
-    inputs.unlink()
-    return results
-
-
-def _assemble_text(recipe: Recipe, target: Target, data, done: list[StageOut], data_seconds: float, params: dict,
-                   filtering: dict | None) -> dict:
-    from .text import mean_cosine, neighbour_overlap
-
-    by = {s.name: s for s in done}
-    bench, export = by["benchmark"].meta, by["export"].meta
-    files = _model_files(target)
-    classify = recipe.task == "classification"
-    outs = {n: np.load(by["benchmark"].dir / f"{n}.outputs.npy") for n in MODEL_NAMES}
-    t_out = outs["teacher"]
-    models = {}
-    for name in MODEL_NAMES:
-        path = by["export"].dir / files[name]
-        size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
-        b = bench[name]
-        m = {
-            "latency_ms": b["latency_ms"], "latency_by_seq": b["latency_by_seq"],
-            "latency_percentiles_ms": b.get("latency_percentiles_ms"), "latency_by_threads": b.get("latency_by_threads"),
-            "throughput_per_s": b.get("throughput_per_s", {}), "size_bytes": size, "peak_rss_mb": b["peak_rss_mb"],
-            "rss_increase_mb": b["rss_increase_mb"], "params": params[name], "runtime": target.runtime,
-            "precision": "int8" if name == "student-int8" else "fp32", "file": files[name],
-        }
-        if classify:
-            m["accuracy"] = float((outs[name].argmax(1) == data.y_test).mean())
-            m["agreement"] = float((outs[name].argmax(1) == t_out.argmax(1)).mean())
-        else:
-            # fidelity to the teacher as the app would see it: both models' runtime outputs
-            m["fidelity_cosine"] = mean_cosine(outs[name], t_out)
-            m["neighbour_overlap_at_10"] = neighbour_overlap(outs[name], t_out, k=10)
-        if "op_profile" in b:
-            m["op_profile"] = b["op_profile"]
-        models[name] = m
-    teacher = models["teacher"]
-    for m in models.values():
-        m["speedup_vs_teacher"] = teacher["latency_ms"]["p50"] / m["latency_ms"]["p50"]
-        m["speedup_vs_teacher_by_seq"] = {s: teacher["latency_by_seq"][s]["p50"] / v["p50"]
-                                          for s, v in m["latency_by_seq"].items()}
-        m["size_ratio_vs_teacher"] = m["size_bytes"] / teacher["size_bytes"]
-    stage_times = {"data": {"seconds": data_seconds, "cached": False}}
-    stage_times.update({s.name: {"seconds": s.seconds, "cached": s.cached, "cache": s.dir.name} for s in done})
-    training = {n: {k: v for k, v in by[n].meta.items() if k != "history"} for n in ("teacher", "baseline", "distill", "qat")}
-    quality = "accuracy" if classify else "fidelity_cosine"
-    return {
-        "target": target.name,
-        "target_profile": asdict(target),
-        "recipe": recipe.name,
-        "task": recipe.task,
-        "quality_metric": quality,
-        "models": models,
-        "training": training,
-        "distillation_gain_pts": 100 * (models["student-fp32"][quality] - models["student-baseline"][quality]),
-        "teacher_filtering": filtering,
-        "data_origin": data.origin,
-        "sequence_lengths": list(SEQ_LENS),
-        "parity": export["parity"],
-        "int8": {"reduce_range": export["reduce_range"], "onnxruntime_ops": export.get("int8_ops", {}),
-                 "openvino_precisions": export.get("openvino_int8_precisions")},
-        "mobile": export.get("mobile"),
-        "stages": stage_times,
-        "test_samples": int(len(data.test)),
-        "environment": _environment(target, recipe.seed),
-    }

@@ -87,12 +87,7 @@ def render_markdown(r: dict) -> str:
         for n, v in by_threads.items():
             lines.append(f"| {LABELS.get(n, n)} | " + " | ".join(
                 f"{v[t]['p50']:.3f} / {v[t]['p99']:.3f}" if t in v else "-" for t in counts) + " |")
-    budget = r.get("memory_budget")
-    if budget:
-        lines += ["", f"Memory budget: {budget['model']}: {budget.get('measured', 'peak RSS')} "
-                      f"{budget.get('measured_mb', budget['peak_rss_mb']):.1f} MB in a fresh process (peak RSS "
-                      f"{budget['peak_rss_mb']:.1f} MB); the target allows {budget['budget_mb']:g} MB: "
-                      f"{'fits' if budget['fits'] else 'does NOT fit'}."]
+    lines += _budget_lines(r)
     mob = r.get("mobile")
     if mob and "delegation" in mob:
         cov = mob["delegation"]
@@ -151,21 +146,35 @@ def render_markdown(r: dict) -> str:
         lines.append("\nQuantization-aware fine-tuning did not beat its calibrated starting point on validation, "
                      "so the calibrated weights (epoch 0) were kept: at this model size post-training "
                      "calibration is already close to lossless.")
-    lines += ["", "## Stage times", "", "| stage | seconds | |", "|---|---:|---|"]
+    return "\n".join(lines + _stages_and_environment(r))
+
+
+def _budget_lines(r: dict) -> list[str]:
+    budget = r.get("memory_budget")
+    if not budget:
+        return []
+    return ["", f"Memory budget: {budget['model']}: {budget.get('measured', 'peak RSS')} "
+                f"{budget.get('measured_mb', budget['peak_rss_mb']):.1f} MB in a fresh process (peak RSS "
+                f"{budget['peak_rss_mb']:.1f} MB); the target allows {budget['budget_mb']:g} MB: "
+                f"{'fits' if budget['fits'] else 'does NOT fit'}."]
+
+
+def _stages_and_environment(r: dict) -> list[str]:
+    env = r["environment"]
+    lines = ["", "## Stage times", "", "| stage | seconds | |", "|---|---:|---|"]
     for n, s in r["stages"].items():
         lines.append(f"| {n} | {s['seconds']:.1f} | {'reused from cache (time of the run that made it)' if s['cached'] else ''} |")
     isa = ", ".join(k for k, v in (env.get("isa") or {}).items() if v) or "unknown"
     vers = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
-    lines += ["", "## Environment", "",
-              f"CPU {env.get('cpu', '?')} ({isa}); {env.get('logical_cpus')} logical CPUs, {env['threads']} used; "
-              f"{vers}; Python {env['python']}; edgekd {env['edgekd']}"
-              f"{', commit ' + env['git_commit'] if env.get('git_commit') else ''}; seed {env['seed']}.", ""]
-    return "\n".join(lines)
+    return lines + ["", "## Environment", "",
+                    f"CPU {env.get('cpu', '?')} ({isa}); {env.get('logical_cpus')} logical CPUs, {env['threads']} used; "
+                    f"{vers}; Python {env['python']}; edgekd {env['edgekd']}"
+                    f"{', commit ' + env['git_commit'] if env.get('git_commit') else ''}; seed {env['seed']}.", ""]
 
 
 def render_text_markdown(r: dict) -> str:
     """report.md of a text build (embedding or classification)."""
-    env, m, tp = r["environment"], r["models"], r["target_profile"]
+    m, tp = r["models"], r["target_profile"]
     emb = r["task"] == "embedding"
     seqs = [str(s) for s in r["sequence_lengths"]]
     lines = [
@@ -202,7 +211,7 @@ def render_text_markdown(r: dict) -> str:
     lines.append(f"- INT8 vs FP32 student: {fmt(s32[key])} -> {fmt(s8[key])}; "
                  + ", ".join(f"{s} tokens {s32['latency_by_seq'][s]['p50'] / s8['latency_by_seq'][s]['p50']:.2f}x"
                              for s in seqs) + " faster at p50.")
-    lines.append(f"- INT8 student vs teacher: " + ", ".join(
+    lines.append("- INT8 student vs teacher: " + ", ".join(
         f"{s} tokens {x_:.1f}x" for s, x_ in s8["speedup_vs_teacher_by_seq"].items())
         + f" faster at p50; {s8['params'] / m['teacher']['params']:.2f} of the parameters, "
         f"{1 / s8['size_ratio_vs_teacher']:.1f}x smaller file.")
@@ -225,10 +234,7 @@ def render_text_markdown(r: dict) -> str:
               f"- Ops onnxruntime runs after optimization: {', '.join(f'{k} x{v}' for k, v in sorted(ops.items()))}."]
     if i8.get("openvino_precisions"):
         lines.append(f"- OpenVINO runtime precision of matmul layers: {i8['openvino_precisions']}.")
-    budget = r.get("memory_budget")
-    if budget:
-        lines += ["", f"Memory budget: {budget['model']} peaks at {budget['peak_rss_mb']:.1f} MB RSS in a fresh "
-                      f"process; the target allows {budget['budget_mb']:g} MB: {'fits' if budget['fits'] else 'does NOT fit'}."]
+    lines += _budget_lines(r)
     lines += ["", "## Parity of every export against its PyTorch model (held-out texts)", ""]
     if emb:
         lines += ["| file | mean cosine | min cosine | max abs diff |", "|---|---:|---:|---:|"]
@@ -243,16 +249,7 @@ def render_text_markdown(r: dict) -> str:
         v = t_.get("val_score", t_.get("val_accuracy"))
         if v is not None:
             lines.append(f"| {n} | {v:.4f} | {t_.get('chosen_epoch', '-')} |")
-    lines += ["", "## Stage times", "", "| stage | seconds | |", "|---|---:|---|"]
-    for n, s_ in r["stages"].items():
-        lines.append(f"| {n} | {s_['seconds']:.1f} | {'reused from cache (time of the run that made it)' if s_['cached'] else ''} |")
-    isa = ", ".join(k for k, v in (env.get("isa") or {}).items() if v) or "unknown"
-    vers = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
-    lines += ["", "## Environment", "",
-              f"CPU {env.get('cpu', '?')} ({isa}); {env.get('logical_cpus')} logical CPUs, {env['threads']} used; "
-              f"{vers}; Python {env['python']}; edgekd {env['edgekd']}"
-              f"{', commit ' + env['git_commit'] if env.get('git_commit') else ''}; seed {env['seed']}.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _stages_and_environment(r))
 
 
 def _png(fig) -> str:
@@ -325,8 +322,6 @@ def plots(r: dict) -> dict[str, str]:
 
 def render_html(r: dict) -> str:
     """A self-contained page (figures embedded) with the tables of report.md."""
-    import html
-
     return markdown_to_html(render_markdown(r), plots(r), title=f"edgekd {r['target']}")
 
 

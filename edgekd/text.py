@@ -188,8 +188,13 @@ def neighbour_overlap(a: np.ndarray, b: np.ndarray, *, k: int = 10) -> float:
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb)]))
 
 
-def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean cosine similarity of matching rows of a and b, both (N, D)."""
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows of a and b, both (N, D) -> (N,)."""
     a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
     b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
-    return float((a * b).sum(1).mean())
+    return (a * b).sum(1)
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine similarity of matching rows of a and b, both (N, D)."""
+    return float(row_cosines(a, b).mean())

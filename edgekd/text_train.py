@@ -4,7 +4,6 @@ student (feature losses + logit KD) shared by the distill and quantization-aware
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,10 +128,10 @@ def distill_text(student, teacher, *, tokens: dict, target: np.ndarray, y: np.nd
     score are kept (epoch 0, the starting weights, included). `checkpoint` is rewritten every epoch and
     resumed from, as in edgekd.train.fit."""
     import torch
-    import torch.nn.functional as F
     from tqdm import tqdm
 
     from .losses import feature_losses, kd_loss
+    from .train import save_checkpoint
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -217,12 +216,10 @@ def distill_text(student, teacher, *, tokens: dict, target: np.ndarray, y: np.nd
         if val > best:
             best, chosen, best_state = val, epoch + 1, copy.deepcopy(student.state_dict())
         if checkpoint is not None:
-            tmp = checkpoint.with_name(checkpoint.name + ".tmp")
-            torch.save({"model": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "proj": proj.state_dict() if proj is not None else {}, "torch_rng": torch.get_rng_state(),
-                        "epoch": epoch + 1, "best": best, "chosen": chosen, "history": history,
-                        "best_state": best_state}, tmp)
-            os.replace(tmp, checkpoint)
+            save_checkpoint(checkpoint, {"model": student.state_dict(), "optimizer": opt.state_dict(),
+                                         "scheduler": sched.state_dict(), "proj": proj.state_dict() if proj else {},
+                                         "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "best": best,
+                                         "chosen": chosen, "history": history, "best_state": best_state})
     bar.close()
     student.load_state_dict(best_state)
     student.to("cpu")

@@ -179,16 +179,24 @@ def fit(model, *, x, y, x_val, y_val, epochs: int, lr: float, batch_size: int, s
         if acc > best:  # strictly better: ties keep the earlier, cheaper-to-reach weights
             best, chosen, best_state = acc, epoch + 1, copy.deepcopy(model.state_dict())
         if checkpoint is not None and rank == 0:
-            tmp = checkpoint.with_name(checkpoint.name + ".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": g.get_state(), "torch_rng": torch.get_rng_state(), "epoch": epoch + 1,
-                        "best": best, "chosen": chosen, "history": history, "best_state": best_state}, tmp)
-            os.replace(tmp, checkpoint)
+            save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                         "scheduler": sched.state_dict(), "generator": g.get_state(),
+                                         "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "best": best,
+                                         "chosen": chosen, "history": history, "best_state": best_state})
     bar.close()
     model.load_state_dict(best_state)
     model.to("cpu")
     eval_mode(model)
     return FitResult(val_accuracy=best, chosen_epoch=chosen, epochs=epochs, history=history)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a training checkpoint atomically (a killed write leaves the previous one intact)."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def predict_mode(model, x: np.ndarray, *, batch_size: int = 500, bf16: bool = False) -> np.ndarray:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.errors import EdgeKDError, InputError, RecipeError
+from edgekd.errors import InputError, RecipeError
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
