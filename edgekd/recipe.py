@@ -35,6 +35,8 @@ class DataSpec:
     text_field: str = "text"
     label_field: str = "label"
     max_length: int = 128  # tokens per text (longer texts are truncated)
+    # source = "stdlib-docstrings": also train on the comment blocks of the training modules
+    train_comments: bool = False
 
     def __post_init__(self):
         for k in ("n_train", "n_val", "n_test"):
@@ -42,6 +44,8 @@ class DataSpec:
         _check(8 <= self.max_length <= 4096, "data.max_length", "in [8, 4096]", self.max_length)
         if self.source in ("csv", "jsonl"):
             _check(bool(self.path), "data.path", f"a {self.source.upper()} file for data.source = '{self.source}'", self.path)
+        _check(not self.train_comments or self.source == "stdlib-docstrings", "data.train_comments",
+               "false unless data.source = 'stdlib-docstrings'", self.train_comments)
 
 
 @dataclass(frozen=True)

