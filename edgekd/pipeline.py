@@ -596,7 +596,8 @@ def _assemble(recipe: Recipe, target: Target, done: list[StageOut], data_seconds
         **(extra or {}),
         "parity": export["parity"],
         "int8": {"reduce_range": export["reduce_range"], "onnxruntime_ops": export.get("int8_ops", {}),
-                 "openvino_precisions": export.get("openvino_int8_precisions")},
+                 "openvino_precisions": export.get("openvino_int8_precisions"),
+                 "embedding_tables": export.get("int8_embeddings")},
         "mobile": export.get("mobile"),
         "stages": stage_times,
         "test_samples": test_samples,
@@ -900,6 +901,10 @@ def _export_text(d: Path, torch_models: dict, tok, toks: dict, calib_tok: dict, 
             quantize_onnx(d / "student-int8.fp32.onnx", d / "student-int8.onnx", _row_feeds(calib_tok),
                           reduce_range=reduce_range, linear_only=True)
             (d / "student-int8.fp32.onnx").unlink()
+            if es.int8_embeddings:
+                from .quantize import quantize_gather_tables
+
+                meta["int8_embeddings"] = quantize_gather_tables(d / "student-int8.onnx")
             meta["int8_ops"] = _check_integer_kernels(d / "student-int8.onnx")
         else:
             export_text_onnx(model, d / f"{name}.onnx", opset=es.opset, output=out_name)

@@ -286,6 +286,42 @@ def test_int8_linear_weights_are_the_fake_quantized_ones(minilm, tmp_path):
     assert all(v.min() >= -64 and v.max() <= 64 for v in int8)  # 7-bit under reduce_range
 
 
+def test_embedding_tables_become_int8_rows(minilm, tmp_path):
+    """quantize_gather_tables: the word and position tables become INT8 with a scale per row, the
+    outputs stay within the rounding error, small tables (token types) and the file's inputs stay."""
+    import shutil
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edgekd.export import export_text_onnx
+    from edgekd.hf import layer_subset_student
+    from edgekd.quantize import quantize_gather_tables
+    from edgekd.text import row_cosines
+
+    t, tok = minilm
+    export_text_onnx(layer_subset_student(t, [0]).eval(), tmp_path / "f.onnx", opset=17, output="embedding")
+    shutil.copy(tmp_path / "f.onnx", tmp_path / "q.onnx")
+    done = quantize_gather_tables(tmp_path / "q.onnx")
+    assert sorted(d["table"] for d in done) == ["bert.embeddings.position_embeddings.weight",
+                                                "bert.embeddings.word_embeddings.weight"]
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    word = t.bert.embeddings.word_embeddings.weight.detach().numpy()
+    scale = np.abs(word).max(1, keepdims=True) / 127
+    assert inits["bert.embeddings.word_embeddings.weight_int8"].dtype == np.int8
+    assert np.array_equal(inits["bert.embeddings.word_embeddings.weight_int8"], np.round(word / scale).astype(np.int8))
+    assert "bert.embeddings.token_type_embeddings.weight" in inits  # 2 rows: left FP32
+    saved = (tmp_path / "f.onnx").stat().st_size - (tmp_path / "q.onnx").stat().st_size
+    assert saved > 0.95 * 3 * (word.size + 512 * 384)  # 4 -> 1 byte per element
+    enc = tok(["An embedding table of INT8 rows.", "A second, longer sentence to look up more rows."],
+              return_tensors="np", padding=True)
+    feed = {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+    a, b = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+            for f in ("f.onnx", "q.onnx"))
+    assert a.shape == b.shape and not np.array_equal(a, b) and row_cosines(a, b).min() > 0.999
+
+
 # ---------------------------------------------------------------- tiny end-to-end builds on the real teacher
 
 @pytest.fixture(scope="module")
@@ -317,13 +353,16 @@ def test_tiny_embedding_build(text_build):
     assert t["128"]["p50"] > t["16"]["p50"]
     assert any(op in r["int8"]["onnxruntime_ops"] for op in ("MatMulIntegerToFloat", "MatMulInteger", "QLinearMatMul"))
     assert r["parity"]["student-int8.onnx"]["mean_cosine"] >= 0.9
+    assert [d["shape"] for d in r["int8"]["embedding_tables"]][0] == [30522, 384]  # the word table, INT8 rows
+    sizes = {n: (text_build / m["file"]).stat().st_size for n, m in r["models"].items()}
+    assert sizes["student-int8"] < 0.35 * sizes["student-fp32"]
     assert r["training"]["distill"]["layer_map"] == {"1": 1, "2": 4, "3": 6}  # the copied layers' outputs
     manifest = json.loads((text_build / "manifest.json").read_text())
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
     assert manifest["pooling"] == {"mode": "mean", "normalize": True, "in_graph": True}
     assert (text_build / "tokenizer" / "tokenizer.json").is_file()
     md = (text_build / "report.md").read_text()
-    assert "cosine fidelity" in md and "p50 ms @128" in md
+    assert "cosine fidelity" in md and "p50 ms @128" in md and "INT8 with a scale per row" in md
     assert "data:image/png;base64," in (text_build / "report.html").read_text()
 
 
