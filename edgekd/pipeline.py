@@ -823,14 +823,18 @@ def _build_text(recipe: Recipe, target: Target, *, stages: "_Stages", device: st
         set_observe(q, True)
         encode(q, calib_tok)  # one pass: activation ranges from data
         set_observe(q, False)
-        r = distill_text(q, teacher, tokens=train_tok, target=train_target, y=y_train, val_tokens=toks["val"],
+        sub = np.arange(len(train_target))
+        if 0 < qs.train_texts < len(sub):
+            sub = np.sort(np.random.default_rng(recipe.seed + 3).choice(len(sub), qs.train_texts, replace=False))
+        r = distill_text(q, teacher, tokens={k: v[sub] for k, v in train_tok.items()}, target=train_target[sub],
+                         y=None if y_train is None else y_train[sub], val_tokens=toks["val"],
                          val_target=target_out["val"], y_val=data.y_val, spec=ds,
                          epochs=qs.epochs if qs.method == "qat" else 0, lr=qs.lr, seed=recipe.seed + 2,
                          layer_map=layer_map, train_mode=qat_train_mode, eval_mode=qat_eval_mode, checkpoint=ckpt,
                          log=log, device=device, desc="qat")
         torch.save(q.state_dict(), d / "student_qat.pt")
-        return {"method": qs.method, "reduce_range": reduce_range, "val_score": r.val_score,
-                "chosen_epoch": r.chosen_epoch, "history": r.history}
+        return {"method": qs.method, "reduce_range": reduce_range, "train_texts": int(len(sub)),
+                "val_score": r.val_score, "chosen_epoch": r.chosen_epoch, "history": r.history}
 
     st_qat = stages.run("qat", _key(st_dist.key, asdict(qs), reduce_range), run_qat)
     qat = new_qat(st_qat.dir / "student_qat.pt")

@@ -178,6 +178,10 @@ def test_text_recipe_validation():
     with pytest.raises(RecipeError, match="layer_map"):
         DistillSpec(layer_map="1-2")
     assert parse_layer_map("1:2,2:4") == {1: 2, 2: 4}
+    from edgekd.recipe import QuantizeSpec
+
+    with pytest.raises(RecipeError, match="quantize.train_texts"):
+        QuantizeSpec(train_texts=-1)
 
 
 def test_missing_teacher_package_is_a_clean_error():
@@ -332,7 +336,8 @@ def text_build(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("text")
     res = CliRunner().invoke(main, ["build", f"recipe={RECIPE}", "target=cpu-int8", "--out", str(out), *TINY_TEXT,
-                                    "distill.hidden_mse=1", "distill.attention_kl=0.5"])
+                                    "distill.hidden_mse=1", "distill.attention_kl=0.5", "export.int8_embeddings=true",
+                                    "quantize.train_texts=24"])
     assert res.exit_code == 0, res.output
     return out / "cpu-int8"
 
@@ -357,6 +362,7 @@ def test_tiny_embedding_build(text_build):
     sizes = {n: (text_build / m["file"]).stat().st_size for n, m in r["models"].items()}
     assert sizes["student-int8"] < 0.35 * sizes["student-fp32"]
     assert r["training"]["distill"]["layer_map"] == {"1": 1, "2": 4, "3": 6}  # the copied layers' outputs
+    assert r["training"]["qat"]["train_texts"] == 24  # QAT on a subset of the 48 training texts
     manifest = json.loads((text_build / "manifest.json").read_text())
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
     assert manifest["pooling"] == {"mode": "mean", "normalize": True, "in_graph": True}
