@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from _goals import print_goals, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,19 +46,14 @@ def main() -> None:
         ("first build, end to end (s)", first, "<= 360", first <= 360),
         ("second build / first build", second / first, "<= 0.10", second / first <= 0.10),
     ]
-    print(f"edgekd build {args.target}: {r['environment'].get('cpu')}, {r['environment']['threads']} thread(s)")
-    print(f"{'measure':40s} {'value':>9s}  {'goal':8s} met")
-    for name, value, goal, ok in rows:
-        print(f"{name:40s} {value:9.3f}  {goal:8s} {'yes' if ok else 'NO'}")
+    print_goals(f"edgekd build {args.target}: {r['environment'].get('cpu')}, {r['environment']['threads']} thread(s)", rows)
     print("\nper model: accuracy, p50/p90/p99 ms, peak RSS MB, size kB")
     for name, x in m.items():
         lat = x["latency_ms"]
         print(f"  {name:18s} {100 * x['accuracy']:6.2f}%  {lat['p50']:.3f}/{lat['p90']:.3f}/{lat['p99']:.3f}  "
               f"{x['peak_rss_mb']:5.0f}  {x['size_bytes'] / 1e3:8.1f}")
-    out = ROOT / "benchmarks" / "results" / f"build_ratios-{args.target}.json"
-    out.write_text(json.dumps({"rows": [{"measure": n, "value": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows],
-                               "first_build_s": first, "second_build_s": second, "models": m,
-                               "stages": r["stages"], "environment": r["environment"]}, indent=2))
+    out = write_results(f"build_ratios-{args.target}", rows, first_build_s=first, second_build_s=second, models=m,
+                        stages=r["stages"], environment=r["environment"])
     print(f"\nwritten to {out.relative_to(ROOT)}")
 
 

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from _goals import print_goals, write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "examples" / "minilm-embed" / "edgekd.toml"
 
@@ -51,20 +53,15 @@ def main() -> None:
     if seconds is not None:
         rows.append(("build, end to end (s)", seconds, "<= 900", seconds <= 900))
     env = r["environment"]
-    print(f"edgekd build minilm-embed cpu-int8: {env.get('cpu')}, {env['threads']} thread(s)")
-    print(f"{'measure':44s} {'value':>9s}  {'goal':8s} met")
-    for name, value, goal, ok in rows:
-        print(f"{name:44s} {value:9.3f}  {goal:8s} {'yes' if ok else 'NO'}")
+    print_goals(f"edgekd build minilm-embed cpu-int8: {env.get('cpu')}, {env['threads']} thread(s)", rows)
     print("\nper model: cosine fidelity, neighbour overlap @10, p50 ms at 16/64/128 tokens, p99 @128, peak RSS MB, size MB")
     for name, x in m.items():
         by = x["latency_by_seq"]
         print(f"  {name:18s} {x['fidelity_cosine']:.4f}  {x['neighbour_overlap_at_10']:.3f}  "
               f"{by['16']['p50']:.2f}/{by['64']['p50']:.2f}/{by['128']['p50']:.2f}  {by['128']['p99']:.2f}  "
               f"{x['peak_rss_mb']:5.0f}  {x['size_bytes'] / 1e6:6.1f}")
-    out = ROOT / "benchmarks" / "results" / "minilm-embed.json"
-    out.write_text(json.dumps({"rows": [{"measure": n, "value": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows],
-                               "build_s": seconds, "models": m, "training": r["training"], "stages": r["stages"],
-                               "environment": env}, indent=2))
+    out = write_results("minilm-embed", rows, build_s=seconds, models=m, training=r["training"], stages=r["stages"],
+                        environment=env)
     print(f"\nwritten to {out.relative_to(ROOT)}")
 
 
