@@ -232,11 +232,11 @@ def render_text_markdown(r: dict) -> str:
               f"{' (7-bit, reduce_range: x86 CPU without VNNI)' if i8['reduce_range'] else ''}, inputs per-tensor "
               "UINT8; LayerNorm, Softmax, GELU and the attention products stay float.",
               f"- Ops onnxruntime runs after optimization: {', '.join(f'{k} x{v}' for k, v in sorted(ops.items()))}."]
-    tables = i8.get("embedding_tables")
-    lines.append("- Embedding tables: " + (
-        "; ".join(f"{t['table']} {t['shape'][0]}x{t['shape'][1]} INT8 with a scale per row (max abs error "
-                  f"{t['max_abs_error']:.2g})" for t in tables) + ", dequantized per looked-up row" if tables else
-        "FP32 (export.int8_embeddings = false)"))
+    tables = i8.get("embedding_tables") or []
+    described = [f"{t['table']} {t['shape'][0]}x{t['shape'][1]} INT8 with a scale per row (max abs error "
+                 f"{t['max_abs_error']:.2g})" for t in tables]
+    lines.append("- Embedding tables: " + ("; ".join(described) + ", dequantized per looked-up row" if tables
+                                            else "FP32 (export.int8_embeddings = false)"))
     if i8.get("openvino_precisions"):
         lines.append(f"- OpenVINO runtime precision of matmul layers: {i8['openvino_precisions']}.")
     lines += _budget_lines(r)

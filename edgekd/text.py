@@ -75,13 +75,26 @@ def _comment_blocks(src: str) -> list[str]:
     return blocks
 
 
+def _docstrings(src: str) -> list[str]:
+    """The docstrings of a module's source: module, classes, functions (parsed with `ast`)."""
+    import ast
+
+    try:
+        tree = ast.parse(src)
+    except SyntaxError:
+        return []
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    nodes = (n for n in ast.walk(tree) if isinstance(n, kinds))
+    return [d for d in map(ast.get_docstring, nodes) if d]
+
+
 def stdlib_documents(root: Path | None = None, *, kind: str = "docstrings") -> dict[str, list[str]]:
     """{module path: English paragraphs} for the standard library at `root` (this interpreter's):
     its docstrings (kind "docstrings", parsed with `ast`) or its comment blocks (kind "comments", read
     with `tokenize`). Sources are parsed, never imported or executed."""
-    import ast
     import sysconfig
 
+    extract = _comment_blocks if kind == "comments" else _docstrings
     root = Path(root or sysconfig.get_paths()["stdlib"])
     docs: dict[str, list[str]] = {}
     for path in sorted(root.rglob("*.py")):
@@ -92,20 +105,7 @@ def stdlib_documents(root: Path | None = None, *, kind: str = "docstrings") -> d
             src = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        paras: list[str] = []
-        if kind == "comments":
-            for block in _comment_blocks(src):
-                paras += _paragraphs(block)
-        else:
-            try:
-                tree = ast.parse(src)
-            except SyntaxError:
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        paras += _paragraphs(doc)
+        paras = [p for text in extract(src) for p in _paragraphs(text)]
         if paras:
             docs[str(rel.with_suffix("")).replace("/", ".")] = list(dict.fromkeys(paras))  # dedupe, keep order
     return docs
