@@ -169,12 +169,12 @@ def main() -> None:
     build = Path(args.build)
     report = json.loads((build / "report.json").read_text())
     recipe = load_recipe(build / "recipe.lock.toml")
-    data = load_data(recipe.data, seed=recipe.seed)
+    data = load_data(recipe.data, seed=recipe.seed, base=recipe.base_dir)
     calib = data.x_train[: recipe.quantize.calibration]
     # the distilled FP32 student before QAT: the distill stage's checkpoint, and its FP32 export
     cache = build.parent / ".cache" / report["stages"]["distill"]["cache"]
-    student = build_arch(recipe.student.arch)
-    student.load_state_dict(torch.load(cache / "student.pt", weights_only=True))
+    student = build_arch(recipe.student.model, in_channels=data.input_shape[0], num_classes=data.num_classes)
+    student.load_state_dict(torch.load(cache / "model.pt", weights_only=True))
     fp32 = build / "student-fp32.onnx"
     load_start = os.getloadavg()
     rows = []

@@ -35,7 +35,7 @@ def benchmark(model_path: Path, *, runtime: str, inputs: Path, threads: int, war
 def check_model_file(path: Path) -> str:
     """The runtime for an exported model file, after checking it is there and loads as a model."""
     from .errors import InputError
-    from .runtimes import runtime_for
+    from .artifacts import runtime_for
 
     if not path.is_file():
         raise InputError(f"model file '{path}' does not exist")
@@ -129,3 +129,34 @@ def compare(models: list[Path], *, threads: list[int], warmup: int, iterations: 
         ref = next(x for x in rows if x["model"] == str(base) and x["threads"] == r["threads"])
         r["speedup_vs_baseline"] = ref["latency_ms"]["p50"] / r["latency_ms"]["p50"]
     return rows
+
+
+def bench_models(d: Path, export_dir: Path, target, inputs: dict[str, np.ndarray], *,
+               seq_lens: list[int] | None = None) -> dict:
+    """Every model in its own fresh process at each thread count (models interleaved within a count);
+    saves each model's outputs on the evaluation inputs as <name>.outputs.npy."""
+    from tqdm import tqdm
+
+    from .artifacts import MODEL_NAMES, model_file
+
+    from .bench import benchmark
+
+    path = d / "inputs.npz"
+    np.savez(path, **inputs)
+    results = {}
+    files = {n: model_file(n, target) for n in MODEL_NAMES}
+    counts = [target.threads] + [t for t in target.threads_sweep if t != target.threads]
+    runs = [(t, n) for t in counts for n in MODEL_NAMES]  # models interleaved within each thread count
+    for threads, name in tqdm(runs, desc="benchmark", leave=False, disable=None):
+        primary = threads == target.threads
+        res, outs = benchmark(export_dir / files[name], runtime=target.runtime, inputs=path, threads=threads,
+                              warmup=target.warmup, iterations=target.iterations,
+                              batch_sizes=[1] if seq_lens else target.batch_sizes, pin=target.pin_cores,
+                              profile=primary and target.runtime == "onnxruntime" and name.startswith("student-"),
+                              seq_lens=seq_lens)
+        if primary:
+            np.save(d / f"{name}.outputs.npy", outs)
+            results[name] = res
+        results[name].setdefault("latency_by_threads", {})[str(threads)] = res["latency_ms"]
+    path.unlink()
+    return results

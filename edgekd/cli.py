@@ -24,15 +24,33 @@ def _run(debug: bool, fn):
         sys.exit(130)
 
 
+def quiet_libraries() -> None:
+    """The terminal shows edgekd's own progress and results: the libraries' notices (torchao's optional
+    kernels that do not load on this CPU, Hugging Face download and weight-loading bars, exporter
+    warnings) are nothing a user can act on. `--debug` keeps them."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("torchao", "torch.utils._pytree", "transformers", "optimum", "nncf", "onnxruntime", "datasets",
+                 "torch.onnx", "torch._dynamo", "torch.export", "sentence_transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
 @click.group()
 @click.version_option(package_name="edgekd")
 def main():
     """Distill a small student from a teacher, quantize it to INT8 under the distillation loss,
     export it to ONNX / OpenVINO, and benchmark it against the teacher."""
-    # torchao (pulled in by transformers when installed) registers enums that torch then warns about on
-    # every import; that is library chatter, not something the user can act on
     import logging
 
+    # torchao (pulled in by transformers when installed) registers enums that torch then warns about on
+    # every import; that is library chatter, not something the user can act on
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
@@ -47,6 +65,9 @@ def main():
 def build(settings, target_opt, recipe_opt, out, force, debug):
     """Build a target. SETTINGS are key=value: target=NAME, recipe=PATH, any recipe key
     (distill.temperature=2), or a target profile key (target.iterations=500)."""
+
+    if not debug:
+        quiet_libraries()
 
     def go():
         target, recipe_path, overrides, target_overrides = target_opt, recipe_opt, [], []
@@ -121,7 +142,7 @@ def _summary(report: dict) -> None:
     click.echo(f"\n[{report['target']}]", err=True)
     from .report import quality
 
-    head = "cosine" if report.get("task") == "embedding" else "acc"
+    head = "cosine" if report.get("quality_metric") == "fidelity_cosine" else "acc"
     click.echo(f"{'model':18s} {head:>7s} {'p50 ms':>8s} {'speedup':>8s} {'size':>10s} {'RSS MB':>7s}", err=True)
     for name, m in report["models"].items():
         click.echo(f"{name:18s} {quality(report, m)[0]:6.2f}% {m['latency_ms']['p50']:8.3f} "

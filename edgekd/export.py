@@ -130,3 +130,82 @@ def check_parity(name: str, runtime_logits: np.ndarray, torch_logits: np.ndarray
             f"top-1 agreement {agree:.4f} (needed {min_agreement:g}){bound}; "
             "for INT8 try quantize.reduce_range=true, or loosen export.* bounds knowingly")
     return p
+
+
+def embedding_parity(name: str, out: np.ndarray, ref: np.ndarray, *, min_cosine: float) -> dict:
+    """Cosine of each exported embedding with its PyTorch embedding; the mean must reach min_cosine."""
+    a = out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+    b = ref / np.linalg.norm(ref, axis=1, keepdims=True).clip(1e-12)
+    cos = (a * b).sum(1)
+    p = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()),
+         "max_abs_diff": float(np.abs(out - ref).max()), "samples": int(len(out))}
+    if p["mean_cosine"] < min_cosine:
+        raise ParityError(f"exported model '{name}' does not match its PyTorch model on {len(out)} held-out inputs: "
+                          f"mean cosine {p['mean_cosine']:.4f} (needed {min_cosine:g}); for INT8 try "
+                          "quantize.method=qat or quantize.reduce_range=true, or loosen export.* bounds knowingly")
+    return p
+
+
+def convert_for_target(d: Path, name: str, target) -> list[tuple[str, str]]:
+    """(file, runtime) pairs to check for one exported ONNX model `d/<name>.onnx`: the ONNX itself, plus
+    the OpenVINO IR or the ARM .ort the target runs."""
+    from .artifacts import target_format
+
+    files = [(f"{name}.onnx", "onnxruntime")]
+    fmt = target_format(target)
+    if fmt == "openvino-ir":
+        to_openvino(d / f"{name}.onnx", d / f"{name}.xml")
+        files.append((f"{name}.xml", "openvino"))
+    if fmt == "ort":
+        to_ort(d / f"{name}.onnx", d / f"{name}.ort")
+        files.append((f"{name}.ort", "onnxruntime"))
+    return files
+
+
+def check_integer_kernels(path: Path) -> dict[str, int]:
+    """The op types onnxruntime runs for an INT8 model; fails the build when none is an integer kernel."""
+    from .errors import EdgeKDError
+    from .quantize import INTEGER_OPS, optimized_op_types
+
+    ops = optimized_op_types(path)
+    if not any(op in ops for op in INTEGER_OPS):
+        raise EdgeKDError(f"{path.name} runs no integer kernels in onnxruntime (ops: {sorted(ops)}); "
+                          "the INT8 graph would be emulated in float")
+    return ops
+
+
+def target_meta(d: Path, target, meta: dict) -> None:
+    """What the report says about the target's form: OpenVINO layer precisions, the .ort's mobile
+    usability check and op types, named-device estimates for mobile targets."""
+    from .artifacts import deliverable, target_format
+
+    fmt = target_format(target)
+    if fmt == "openvino-ir":
+        meta["openvino_int8_precisions"] = ov_runtime_precisions(d / "student-int8.xml")
+    if fmt == "ort":
+        name = deliverable(target)
+        meta["mobile"] = {"model": f"{name}.ort", "usability_check": mobile_usability(d / f"{name}.onnx"),
+                          "op_types": op_types(d / f"{name}.onnx")}
+    if fmt == "pte":
+        name = deliverable(target)
+        meta["mobile"] = {"model": f"{name}.pte", "delegation": meta.get("delegation", {}).get(f"{name}.pte")}
+    if meta.get("mobile"):
+        from .estimate import count_macs, estimate_latency
+
+        macs = count_macs(d / "student-fp32.onnx")
+        meta["mobile"]["device_estimates"] = {"macs": macs, "estimates": estimate_latency(macs, precision=target.precision)}
+
+
+def ov_runtime_precisions(xml: Path) -> dict[str, int]:
+    """How many executed layers run in each precision (OpenVINO may run FakeQuantize in f32)."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # as runtimes.py runs it
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        prec = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
+        layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
+        if layer in ("Convolution", "FullyConnected", "MatMul"):
+            counts[prec] = counts.get(prec, 0) + 1
+    return counts

@@ -12,9 +12,9 @@ from .errors import RecipeError
 from .registry import closest
 
 OPTIMIZERS = ("sgd", "adamw")
-# image-classification: the MNIST pipeline; embedding / classification: a Hugging Face text encoder
-TASKS = ("image-classification", "embedding", "classification")
-TEXT_SOURCES = ("stdlib-docstrings", "csv", "jsonl")
+# Old task names stay accepted as aliases of the registered ones (edgekd.tasks).
+TASK_ALIASES = {"embedding": "text-embedding", "classification": "text-classification"}
+AUGMENT = ("auto", "digits", "natural", "none")
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "examples" / "mnist" / "edgekd.toml"
 
 
@@ -25,89 +25,143 @@ def _check(cond: bool, key: str, want: str, got) -> None:
 
 @dataclass(frozen=True)
 class DataSpec:
+    """Where the data comes from (`source`, a registered data source: edgekd.data.sources) and how a raw
+    input becomes the model's input. Splits: a source's own train/validation/test splits when it has
+    them, else a split seeded with `seed` (n_* when given, else the fractions)."""
     source: str = "mnist"
-    n_train: int = 3500
-    n_val: int = 500  # validation slice, used to choose the checkpoint (best vs last)
-    n_test: int = 1000
-    augment: bool = True
-    # text tasks
-    path: str = ""  # a CSV or JSONL file of (text, label) rows for source = "csv" / "jsonl"
+    path: str = ""  # file, folder, saved dataset or hub id, relative to the recipe's folder
+    labels_path: str = ""  # arrays: a .npy of labels beside an images .npy
+    n_train: int = 0  # 0 = every example the validation and test splits leave
+    n_val: int = 0  # 0 = val_fraction of the examples (when the source has no validation split)
+    n_test: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    # images (arrays, image folders, image datasets)
+    color: str = "auto"  # "auto" (as stored), "rgb", "grayscale"
+    resize: int = 0  # shorter side to this many pixels (0: keep the stored size)
+    crop: int = 0  # then a centered crop x crop square (0: none)
+    normalize: str = "auto"  # "auto": per-channel mean/std of the training split; "imagenet"; "none" (x/255);
+    # or explicit "m1,m2,m3/s1,s2,s3" on the 0-1 scale
+    augment: str = "auto"  # training-time policy: "auto" (digits for small grayscale, natural otherwise),
+    # "digits" (small affine jitter), "natural" (random resized crop + horizontal flip), "none"
+    image_field: str = "image"  # dataset column of the images
+    # text
     text_field: str = "text"
     label_field: str = "label"
     max_length: int = 128  # tokens per text (longer texts are truncated)
     # source = "stdlib-docstrings": also train on the comment blocks of the training modules
     train_comments: bool = False
+    # Hugging Face datasets: split names ("" = the usual names: validation/valid/val, test)
+    train_split: str = "train"
+    val_split: str = ""
+    test_split: str = ""
 
     def __post_init__(self):
         for k in ("n_train", "n_val", "n_test"):
-            _check(getattr(self, k) > 0, f"data.{k}", "> 0", getattr(self, k))
+            _check(getattr(self, k) >= 0, f"data.{k}", ">= 0 (0 = by fraction)", getattr(self, k))
+        for k in ("val_fraction", "test_fraction"):
+            _check(0 < getattr(self, k) < 1, f"data.{k}", "in (0, 1)", getattr(self, k))
+        _check(self.val_fraction + self.test_fraction < 1, "data.val_fraction + data.test_fraction", "< 1",
+               self.val_fraction + self.test_fraction)
         _check(8 <= self.max_length <= 4096, "data.max_length", "in [8, 4096]", self.max_length)
-        if self.source in ("csv", "jsonl"):
-            _check(bool(self.path), "data.path", f"a {self.source.upper()} file for data.source = '{self.source}'", self.path)
+        _check(self.color in ("auto", "rgb", "grayscale"), "data.color", "'auto', 'rgb' or 'grayscale'", self.color)
+        _check(self.resize >= 0 and self.crop >= 0, "data.resize / data.crop", ">= 0", (self.resize, self.crop))
+        if self.augment in ("true", "false"):  # the boolean of older recipes
+            object.__setattr__(self, "augment", "auto" if self.augment == "true" else "none")
+        _check(self.augment in AUGMENT, "data.augment", " or ".join(map(repr, AUGMENT)), self.augment)
+        if self.normalize not in ("auto", "imagenet", "none"):
+            parse_mean_std(self.normalize)
         _check(not self.train_comments or self.source == "stdlib-docstrings", "data.train_comments",
                "false unless data.source = 'stdlib-docstrings'", self.train_comments)
 
 
+def parse_mean_std(text: str) -> tuple[list[float], list[float]]:
+    """"0.5,0.5,0.5/0.25,0.25,0.25" -> ([mean...], [std...])."""
+    try:
+        m, s = text.split("/")
+        mean, std = [float(v) for v in m.split(",")], [float(v) for v in s.split(",")]
+    except ValueError:
+        raise RecipeError(f"data.normalize must be 'auto', 'imagenet', 'none' or 'MEAN,.../STD,...' "
+                          f"(e.g. '0.5,0.5,0.5/0.25,0.25,0.25'), got {text!r}") from None
+    if len(mean) != len(std) or min(std) <= 0:
+        raise RecipeError(f"data.normalize {text!r}: as many means as stds, every std > 0")
+    return mean, std
+
+
 @dataclass(frozen=True)
-class TeacherSpec:
-    arch: str = "mnist-teacher"
-    checkpoint: str = ""  # a state_dict for `arch`, loaded with weights_only=True
-    torchscript: str = ""  # a TorchScript file
-    factory: str = ""  # "package.module:function" returning an nn.Module
-    # A Hugging Face model folder, hub id, or "package:NAME/SUBDIR" (a model folder inside an installed
-    # Python package), loaded with from_pretrained; its code runs only with trust_remote_code = true.
-    hf: str = ""
-    trust_remote_code: bool = False
-    epochs: int = 8
+class ModelSpec:
+    """A teacher or a student. `model` is a registered architecture name, or SCHEME:REF with SCHEME a
+    registered model source (edgekd.models.sources): torchscript:FILE, factory:package.module:function,
+    hf:FOLDER|HUB_ID|package:NAME/SUBDIR, hf-config:MODEL_TYPE|config.json, torchvision:NAME, timm:NAME;
+    for a text student also layer-subset (the teacher's embeddings and `layers` of its layers) or
+    narrow (a fresh encoder of the teacher's family, `layers` x `hidden`). Every source is told the
+    data's input shape and class count."""
+    model: str = ""
+    weights: str = ""  # a state_dict file loaded into the built model (weights_only)
+    config: str = ""  # hf-config / narrow: JSON object of config overrides, e.g. '{"depths": [1, 1]}'
+    trust_remote_code: bool = False  # hf: run the model folder's own code (only if you trust it)
+    # Training before distillation (the teacher): "auto" trains a model that has no trained weights for
+    # this data (an architecture, a library model without weights, a pretrained encoder without a task
+    # head); "always" fine-tunes whatever was given; "never" uses it as it is; "probe" (text) trains a
+    # linear head on frozen embeddings.
+    fine_tune: str = "auto"
+    epochs: int = 0  # 0: the task's default (images 8; text 3 to fine-tune an encoder, 8 for a probe)
     optimizer: str = "adamw"
-    lr: float = 0.003
-    batch_size: int = 64
+    lr: float = 0.0  # 0: the task's default (images 3e-3; text 5e-5 to fine-tune an encoder, 1e-3 for a probe)
+    batch_size: int = 0  # 0: the task's default (images 64, text 32)
     label_smoothing: float = 0.0
-
-    def __post_init__(self):
-        _check(self.optimizer in OPTIMIZERS, "teacher.optimizer", " or ".join(map(repr, OPTIMIZERS)), self.optimizer)
-        _check(0 <= self.label_smoothing < 1, "teacher.label_smoothing", "in [0, 1)", self.label_smoothing)
-        given = [k for k in ("checkpoint", "torchscript", "factory", "hf") if getattr(self, k)]
-        _check(len(given) <= 1, "teacher", "given by at most one of checkpoint, torchscript, factory, hf", given)
-        if self.factory:
-            _check(":" in self.factory, "teacher.factory", "'package.module:function'", self.factory)
-        _check(self.epochs >= 0, "teacher.epochs", ">= 0", self.epochs)
-        _check(self.lr > 0, "teacher.lr", "> 0", self.lr)
-        _check(self.batch_size > 0, "teacher.batch_size", "> 0", self.batch_size)
-
-    @property
-    def source(self) -> str:
-        for k in ("checkpoint", "torchscript", "factory", "hf"):
-            if getattr(self, k):
-                return k
-        return "train"
-
-
-@dataclass(frozen=True)
-class StudentSpec:
-    """Image tasks: `arch` names a registered architecture. Text tasks: arch = "layer-subset" keeps
-    `layers` of the teacher's layers (embeddings and layers copied, the DistilBERT recipe), or
-    arch = "narrow" builds a fresh encoder of `layers` x `hidden` (heads, intermediate) whose output
-    is projected to the teacher's width."""
-    arch: str = "mnist-student"
+    # text students built from the teacher
     layers: int = 3
-    keep_layers: str = ""  # layer-subset: teacher layers to copy, 0-based ("0,2,4"); default every other
+    keep_layers: str = ""  # layer-subset: teacher layers to copy, 0-based ("0,2,4"); default evenly spread
     hidden: int = 256
     heads: int = 4
     intermediate: int = 1024
 
     def __post_init__(self):
-        _check(self.layers >= 1, "student.layers", ">= 1", self.layers)
-        _check(self.hidden >= 8 and self.heads >= 1 and self.hidden % self.heads == 0, "student.hidden",
-               "a multiple of student.heads (>= 8)", (self.hidden, self.heads))
-        _check(self.intermediate >= 8, "student.intermediate", ">= 8", self.intermediate)
+        _check(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(map(repr, OPTIMIZERS)), self.optimizer)
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)", self.label_smoothing)
+        _check(self.fine_tune in ("auto", "always", "never", "probe"), "fine_tune",
+               "'auto', 'always', 'never' or 'probe'", self.fine_tune)
+        _check(self.epochs >= 0, "epochs", ">= 0 (0: the task's default)", self.epochs)
+        _check(self.lr >= 0, "lr", ">= 0 (0: the task's default)", self.lr)
+        _check(self.batch_size >= 0, "batch_size", ">= 0 (0: the task's default)", self.batch_size)
+        _check(self.layers >= 1, "layers", ">= 1", self.layers)
+        _check(self.hidden >= 8 and self.heads >= 1 and self.hidden % self.heads == 0, "hidden",
+               "a multiple of heads (>= 8)", (self.hidden, self.heads))
+        _check(self.intermediate >= 8, "intermediate", ">= 8", self.intermediate)
         if self.keep_layers:
             try:
                 keep = [int(v) for v in self.keep_layers.split(",")]
             except ValueError:
                 keep = []
-            _check(len(keep) == self.layers and all(k >= 0 for k in keep), "student.keep_layers",
-                   f"{self.layers} comma-separated 0-based teacher layer indices (student.layers)", self.keep_layers)
+            _check(len(keep) == self.layers and all(k >= 0 for k in keep), "keep_layers",
+                   f"{self.layers} comma-separated 0-based teacher layer indices (layers)", self.keep_layers)
+        if self.config:
+            self.config_overrides()
+
+    @property
+    def scheme(self) -> str:
+        """The model source's registry name: the part before the first ':', or "arch"."""
+        return self.model.split(":", 1)[0] if ":" in self.model else "arch"
+
+    @property
+    def ref(self) -> str:
+        return self.model.split(":", 1)[1] if ":" in self.model else self.model
+
+    def config_overrides(self) -> dict:
+        import json
+
+        try:
+            value = json.loads(self.config)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise RecipeError(f"config must be a JSON object such as '{{\"depths\": [1, 1]}}', got {self.config!r}")
+        return value
+
+
+TEACHER = ModelSpec(model="mnist-teacher")
+STUDENT = ModelSpec(model="mnist-student")
 
 
 @dataclass(frozen=True)
@@ -197,12 +251,13 @@ class ExportSpec:
 @dataclass(frozen=True)
 class Recipe:
     name: str = "mnist"
-    task: str = "image-classification"  # or "embedding" / "classification" (text, Hugging Face teacher)
+    task: str = "image-classification"  # a registered task (edgekd.tasks): image-classification,
+    # text-classification, text-embedding
     seed: int = 0
     device: str = "auto"  # training device: "auto" (CUDA when present), "cpu", "cuda", "cuda:N"
     data: DataSpec = field(default_factory=DataSpec)
-    teacher: TeacherSpec = field(default_factory=TeacherSpec)
-    student: StudentSpec = field(default_factory=StudentSpec)
+    teacher: ModelSpec = field(default_factory=lambda: TEACHER)
+    student: ModelSpec = field(default_factory=lambda: STUDENT)
     distill: DistillSpec = field(default_factory=DistillSpec)
     quantize: QuantizeSpec = field(default_factory=QuantizeSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
@@ -210,28 +265,30 @@ class Recipe:
     base_dir: str = field(default=".", compare=False, metadata={"internal": True})
 
     def __post_init__(self):
-        _check(self.task in TASKS, "task", " or ".join(map(repr, TASKS)), self.task)
-        text = self.task != "image-classification"
-        if text:
-            _check(self.teacher.source == "hf", "teacher.hf", f"a Hugging Face model for task = '{self.task}'",
-                   self.teacher.hf)
-            _check(self.data.source in TEXT_SOURCES, "data.source", f"one of {', '.join(TEXT_SOURCES)} for a text task",
-                   self.data.source)
-            _check(self.student.arch in ("layer-subset", "narrow"), "student.arch",
-                   "'layer-subset' or 'narrow' for a text task", self.student.arch)
-            if self.task == "embedding":
-                d = self.distill
-                _check(d.embedding_mse + d.embedding_cos + d.similarity_mse + d.hidden_mse + d.attention_kl > 0, "distill",
-                       "given at least one loss weight for task = 'embedding' (e.g. distill.embedding_cos = 1)",
-                       "all zero")
-        else:
-            _check(self.teacher.source != "hf", "task", "'embedding' or 'classification' for a Hugging Face teacher",
-                   self.task)
+        from .tasks import get as get_task
+
+        object.__setattr__(self, "task", TASK_ALIASES.get(self.task, self.task))
+        get_task(self.task).check_recipe(self)  # each task says what it needs of the data and models
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
                "'auto', 'cpu', 'cuda' or 'cuda:N'", self.device)
 
     def to_dict(self) -> dict:
         return _to_dict(self)
+
+    def with_absolute_paths(self) -> "Recipe":
+        """The same recipe with every local path it names made absolute, so that a copy written
+        elsewhere (recipe.lock.toml in a build folder) reads the same files."""
+        def model(spec: ModelSpec) -> ModelSpec:
+            ref = spec.ref
+            if spec.scheme in ("hf", "hf-config", "torchscript") and not ref.startswith("package:") and self.path(ref).exists():
+                ref = str(self.path(ref).resolve())
+            m = f"{spec.scheme}:{ref}" if ":" in spec.model else ref
+            return replace(spec, model=m, weights=str(self.path(spec.weights).resolve()) if spec.weights else "")
+
+        d = self.data
+        data = replace(d, path=str(self.path(d.path).resolve()) if d.path and self.path(d.path).exists() else d.path,
+                       labels_path=str(self.path(d.labels_path).resolve()) if d.labels_path else "")
+        return replace(self, data=data, teacher=model(self.teacher), student=model(self.student))
 
     def path(self, value: str) -> Path:
         """A path from the recipe, relative to the recipe file's folder."""
@@ -312,7 +369,9 @@ def _build(cls, data: dict, prefix: str, *, from_text: bool = False, base=None):
         if is_dataclass(typ):
             if not isinstance(value, dict):
                 raise RecipeError(f"{full} must be a table ([{full}]), got {value!r}")
-            sub_base = getattr(base, key) if base is not None else None
+            # a section starts from the recipe's value, or from the section's own default (a teacher's
+            # default model differs from a student's though both are ModelSpecs)
+            sub_base = getattr(base, key) if base is not None else _section_default(cls, key)
             kwargs[key] = _build(typ, value, f"{full}.", from_text=from_text, base=sub_base)
         else:
             kwargs[key] = _coerce(full, typ, value, from_text=from_text)
@@ -320,8 +379,17 @@ def _build(cls, data: dict, prefix: str, *, from_text: bool = False, base=None):
         if base is not None:
             return replace(base, **kwargs)
         return cls(**kwargs)
+    except RecipeError as e:
+        if cls is ModelSpec:  # its checks name the field alone: say which model
+            raise RecipeError(f"{prefix}{e}") from None
+        raise
     except TypeError as e:  # defensive: a dataclass refusing its arguments is our bug, say so plainly
         raise RecipeError(f"{prefix or 'recipe'}: {e}") from None
+
+
+def _section_default(cls, key: str):
+    f = next(f for f in fields(cls) if f.name == key)
+    return f.default_factory() if callable(f.default_factory) else None
 
 
 def _all_keys(cls, prefix: str = "") -> list[str]:

@@ -11,11 +11,9 @@ TEXT_LABELS = {"teacher": "teacher", "student-baseline": "student, no distillati
 
 
 def quality(r: dict, x: dict) -> tuple[float, str]:
-    """The model's headline quality as (value in %, name): accuracy, or cosine fidelity to the teacher
-    for embedding builds."""
-    if r.get("task") == "embedding":
-        return 100 * x["fidelity_cosine"], "cosine fidelity to teacher"
-    return 100 * x["accuracy"], "test accuracy"
+    """The model's headline quality as (value in %, name), as report.json names it."""
+    key = r.get("quality_metric", "accuracy")
+    return 100 * x[key], r.get("quality_label", key)
 
 
 def _mb(b: float) -> str:
@@ -23,17 +21,18 @@ def _mb(b: float) -> str:
 
 
 def render_markdown(r: dict) -> str:
-    if r.get("task") in ("embedding", "classification"):
+    if r.get("sequence_lengths"):  # timed at several sequence lengths: a text model
         return render_text_markdown(r)
     env = r["environment"]
     m = r["models"]
     lines = [
         f"# edgekd build: {r['target']}",
         "",
+        *verdict_lines(r),
         f"Recipe `{r['recipe']}`, runtime **{r['target_profile']['runtime']}**, "
         f"{r['target_profile']['threads']} thread(s), batch 1, {r['target_profile']['iterations']} timed runs "
         f"after {r['target_profile']['warmup']} warm-up, each model in a fresh process. "
-        f"Accuracy on {r['test_samples']} held-out test images, computed from the runtime's outputs.",
+        f"Accuracy on {r['test_samples']} held-out test images ({r.get('data_origin', '')}), computed from the runtime's outputs.",
         "",
         "| model | params | accuracy | agreement w/ teacher | p50 ms | p90 ms | p99 ms | speedup vs teacher | size | size ratio | peak RSS |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -139,14 +138,39 @@ def render_markdown(r: dict) -> str:
         lines.append(f"| {f} | {100 * p['agreement']:.2f}% | {p['max_abs_diff']:.3g} |")
     lines += ["", "## Training", "", "| stage | val accuracy | chosen epoch (best on validation) |", "|---|---:|---:|"]
     for n, t_ in r["training"].items():
-        if "val_accuracy" in t_:
-            lines.append(f"| {n} | {100 * t_['val_accuracy']:.2f}% | {t_.get('chosen_epoch', '-')} |")
+        if t_.get("val_score") is not None:
+            lines.append(f"| {n} | {100 * t_['val_score']:.2f}% | {t_.get('chosen_epoch', '-')} |")
     qat = r["training"].get("qat", {})
     if qat.get("method") == "qat" and qat.get("chosen_epoch") == 0:
         lines.append("\nQuantization-aware fine-tuning did not beat its calibrated starting point on validation, "
                      "so the calibrated weights (epoch 0) were kept: at this model size post-training "
                      "calibration is already close to lossless.")
     return "\n".join(lines + _stages_and_environment(r))
+
+
+def verdict_lines(r: dict) -> list[str]:
+    """The first lines a reader needs: did distillation beat the hard-label baseline, does the teacher
+    beat the student, and a teacher that is worse than the baseline called out."""
+    m = r["models"]
+    q = lambda name: quality(r, m[name])[0]  # noqa: E731
+    label = quality(r, m["teacher"])[1]
+    gain = q("student-fp32") - q("student-baseline")
+    lines = []
+    if r["quality_metric"] != "fidelity_cosine":
+        word = "beat" if gain > 0 else "did NOT beat"
+        lines.append(f"- **Distillation {word} the hard-label baseline**: {q('student-fp32'):.2f}% vs "
+                     f"{q('student-baseline'):.2f}% {label} ({gain:+.2f} points, same student, data and epochs).")
+        gap = q("teacher") - q("student-fp32")
+        lines.append(f"- The teacher {'beats' if gap > 0 else 'does NOT beat'} the distilled student: "
+                     f"{q('teacher'):.2f}% vs {q('student-fp32'):.2f}% ({gap:+.2f} points).")
+        tc = r.get("teacher_check") or {}
+        if tc.get("below_baseline"):
+            lines.append(f"- **Warning: the teacher is worse than the student trained on hard labels alone** "
+                         f"(validation {100 * tc['val_score']:.2f}% vs {100 * tc['baseline_val_score']:.2f}%): it has "
+                         "little to teach; fine-tune it on this data (teacher.fine_tune = always) or choose a stronger one.")
+    else:
+        lines.append(f"- Distillation vs the student's starting weights: {gain:+.2f} points of {label}.")
+    return lines + [""]
 
 
 def _budget_lines(r: dict) -> list[str]:
@@ -175,11 +199,12 @@ def _stages_and_environment(r: dict) -> list[str]:
 def render_text_markdown(r: dict) -> str:
     """report.md of a text build (embedding or classification)."""
     m, tp = r["models"], r["target_profile"]
-    emb = r["task"] == "embedding"
+    emb = r["quality_metric"] == "fidelity_cosine"
     seqs = [str(s) for s in r["sequence_lengths"]]
     lines = [
         f"# edgekd build: {r['target']} ({r['task']})",
         "",
+        *verdict_lines(r),
         f"Recipe `{r['recipe']}`, runtime **{tp['runtime']}**, {tp['threads']} thread(s), batch 1, each model in a "
         f"fresh process. Quality on {r['test_samples']} held-out texts ({r['data_origin']}), computed from the "
         "runtime's outputs" + (" against the teacher's runtime outputs." if emb else "."),
@@ -251,7 +276,7 @@ def render_text_markdown(r: dict) -> str:
             lines.append(f"| {f} | {100 * p['agreement']:.2f}% | {p['max_abs_diff']:.3g} |")
     lines += ["", "## Training", "", "| stage | validation score | chosen epoch (best on validation) |", "|---|---:|---:|"]
     for n, t_ in r["training"].items():
-        v = t_.get("val_score", t_.get("val_accuracy"))
+        v = t_.get("val_score")
         if v is not None:
             lines.append(f"| {n} | {v:.4f} | {t_.get('chosen_epoch', '-')} |")
     return "\n".join(lines + _stages_and_environment(r))
@@ -438,3 +463,137 @@ def write_combined(out_dir, reports: dict[str, dict]) -> "Path":
         tmp.write_text(text)
         os.replace(tmp, d / name)
     return d / "report.md"
+
+
+# report.json ----------------------------------------------------------------------------------------
+
+def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
+    """report.json from the stages' results; every model's quality fields come from its runtime's
+    outputs on the test split (task.scores), the headline one named by task.quality."""
+    import numpy as np
+
+    from .artifacts import MODEL_NAMES, file_size, model_file
+
+    recipe, target = ctx.recipe, ctx.target
+    quality = task.quality
+    by = {s.name: s for s in done}
+    bench = by["benchmark"].meta
+    export = by["export"].meta
+    files = {n: model_file(n, target) for n in MODEL_NAMES}
+    outs = {n: np.load(by["benchmark"].dir / f"{n}.outputs.npy") for n in MODEL_NAMES}
+    models = {}
+    for name in MODEL_NAMES:
+        path = by["export"].dir / files[name]
+        size = file_size(path)
+        b = bench[name]
+        models[name] = {
+            **task.scores(ctx, outs[name], outs["teacher"]),
+            "latency_ms": b["latency_ms"],
+            "throughput_per_s": b["throughput_per_s"],
+            "latency_percentiles_ms": b.get("latency_percentiles_ms"),
+            "latency_by_threads": b.get("latency_by_threads"),
+            "size_bytes": size,
+            "peak_rss_mb": b["peak_rss_mb"],
+            "rss_increase_mb": b["rss_increase_mb"],
+            "params": params[name],
+            "runtime": target.runtime,
+            "precision": "int8" if name == "student-int8" else "fp32",
+            "file": files[name],
+        }
+        for key in ("latency_by_seq", "op_profile"):
+            if key in b:
+                models[name][key] = b[key]
+    teacher = models["teacher"]
+    for m in models.values():
+        m["speedup_vs_teacher"] = teacher["latency_ms"]["p50"] / m["latency_ms"]["p50"]
+        m["size_ratio_vs_teacher"] = m["size_bytes"] / teacher["size_bytes"]
+        if "latency_by_seq" in m:
+            m["speedup_vs_teacher_by_seq"] = {s: teacher["latency_by_seq"][s]["p50"] / v["p50"]
+                                              for s, v in m["latency_by_seq"].items()}
+    stage_times = {"data": {"seconds": data_seconds, "cached": False}}
+    stage_times.update({s.name: {"seconds": s.seconds, "cached": s.cached, "cache": s.dir.name} for s in done})
+    training = {n: {k: v for k, v in by[n].meta.items() if k != "history"} for n in ("teacher", "baseline", "distill", "qat")}
+    teacher_val = by["teacher"].meta.get("val_score")
+    baseline_val = by["baseline"].meta.get("val_score")
+    return {
+        "target": target.name,
+        "target_profile": asdict(target),
+        "recipe": recipe.name,
+        "task": recipe.task,
+        "kind": task.kind,
+        "quality_metric": quality,
+        "quality_label": task.quality_label,
+        "models": models,
+        "training": training,
+        "distillation_gain_pts": 100 * (models["student-fp32"][quality] - models["student-baseline"][quality]),
+        "teacher_check": {"val_score": teacher_val, "baseline_val_score": baseline_val,
+                          "below_baseline": teacher_val is not None and baseline_val is not None
+                          and teacher_val < baseline_val},
+        **task.report_extra(ctx),
+        "parity": export["parity"],
+        "exporters": export.get("exporters") or export.get("exporter"),
+        "int8": {"reduce_range": export["reduce_range"], "onnxruntime_ops": export.get("int8_ops", {}),
+                 "export": export.get("int8_export"),
+                 "openvino_precisions": export.get("openvino_int8_precisions"),
+                 "embedding_tables": export.get("int8_embeddings")},
+        "mobile": export.get("mobile"),
+        "stages": stage_times,
+        "test_samples": int(len(ctx.data.y_test) if ctx.data.y_test is not None else len(ctx.data.x_test)),
+        "environment": environment(target, recipe.seed),
+    }
+
+
+def environment(target, seed: int) -> dict:
+    import os
+    import platform
+    from pathlib import Path
+
+    from . import __version__
+    import subprocess
+    from importlib import metadata
+
+    info: dict = {"python": platform.python_version(), "machine": platform.machine(), "seed": seed,
+                  "edgekd": __version__, "threads": target.threads, "logical_cpus": os.cpu_count()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+        info["cpu"] = model
+        info["isa"] = {k: k in flags for k in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}
+    except OSError:
+        info["cpu"] = platform.processor()
+    info["versions"] = {}
+    for pkg in ("torch", "onnx", "onnxruntime", "openvino", "numpy", "transformers"):
+        try:
+            info["versions"][pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+def check_budget(report: dict, target) -> None:
+    """The deliverable's measured peak RSS (fresh process, VmHWM) against the target's budget."""
+    from .errors import BudgetError
+
+    if not target.memory_budget_mb:
+        return
+    from .artifacts import deliverable
+
+    name = deliverable(target)
+    m = report["models"][name]
+    # ExecuTorch's Python runtime imports torch and its exporter (~350 MB) where an app links the small
+    # C++ runtime: the model's own cost is the increase over that import, not the process's peak.
+    key, what = (("rss_increase_mb", "RSS increase over the imported runtime") if target.runtime == "executorch"
+                 else ("peak_rss_mb", "peak RSS"))
+    used = m[key]
+    report["memory_budget"] = {"budget_mb": target.memory_budget_mb, "model": m["file"], "peak_rss_mb": m["peak_rss_mb"],
+                               "measured": what, "measured_mb": used, "fits": used <= target.memory_budget_mb}
+    if used > target.memory_budget_mb:
+        raise BudgetError(f"{m['file']} does not fit target '{target.name}': {what} {used:.1f} MB "
+                          f"(measured in a fresh process) > memory_budget_mb {target.memory_budget_mb:g}; "
+                          "choose a smaller student or raise the budget (target.memory_budget_mb=...)")

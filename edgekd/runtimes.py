@@ -106,9 +106,3 @@ def executorch_runner(path: str, *, threads: int = 1, profile_prefix: str | None
 
     run.method = method
     return run
-
-
-def runtime_for(path: str) -> str:
-    if str(path).endswith(".pte"):
-        return "executorch"
-    return "openvino" if str(path).endswith(".xml") else "onnxruntime"

@@ -374,7 +374,7 @@ def verify_build(build_dir: Path, *, cpu: str = "cortex-a76", samples: int | Non
         raise InputError(f"'{build_dir}' has no recipe.lock.toml, needed to rebuild its test split")
     env = arm_environment(root, log=log)
     recipe = load_recipe(lock)
-    data = load_data(recipe.data, seed=recipe.seed)
+    data = load_data(recipe.data, seed=recipe.seed, base=recipe.base_dir)
     x, y = data.x_test[:samples], data.y_test[:samples]
     if log:
         log(f"[arm] {model.name}: {len(x)} test samples on host onnxruntime and emulated {cpu}")

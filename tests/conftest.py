@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 # Tiny mode: real data, real models and runtimes, a few steps each.
-TINY = ["teacher.epochs=2", "distill.epochs=2", "quantize.epochs=1", "distill.views=2",
+TINY = ["teacher.epochs=5", "distill.epochs=2", "quantize.epochs=1", "distill.views=2",
         "data.n_train=600", "data.n_val=200", "data.n_test=200", "export.int8_min_agreement=0.9"]
 TINY_TARGET = ["target.iterations=50", "target.warmup=10"]
 

@@ -38,7 +38,9 @@ def five_class_teacher():
     (["distill.alpha=1.5"], "distill.alpha must be in [0, 1]"),
     (["target=cpu-imt8"], "did you mean 'cpu-int8'"),
     (["recipe=/nonexistent/edgekd.toml"], "does not exist"),
-    (["teacher.checkpoint=/nonexistent/teacher.pt"], "does not exist"),
+    (["teacher.weights=/nonexistent/teacher.pt"], "does not exist"),
+    (["teacher.model=onnx:model.onnx"], "did you mean"),
+    (["teacher.fine_tune=sometimes"], "teacher.fine_tune must be"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, fragment):
     out = tmp_path / "out"
@@ -50,7 +52,7 @@ def test_corrupt_checkpoint(tmp_path):
     torch.save(torch.nn.Linear(2, 2).state_dict(), ck)
     ck.write_bytes(ck.read_bytes()[:100])  # truncated
     out = tmp_path / "out"
-    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.checkpoint={ck}", *TINY, *TINY_TARGET),
+    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.weights={ck}", *TINY, *TINY_TARGET),
                          "cannot be read", out)
 
 
@@ -64,19 +66,27 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     ck = tmp_path / "evil.pt"
     torch.save({"weight": Evil()}, ck)
     out = tmp_path / "out"
-    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.checkpoint={ck}", *TINY, *TINY_TARGET),
-                         "refused", out)
+    res = edgekd("build", "--out", str(out), f"teacher.weights={ck}", *TINY, *TINY_TARGET)
+    assert_clean_failure(res, "state_dict", out)
     assert not marker.exists()
+    # an edge toolkit never suggests running untrusted code
+    assert "weights_only=False" not in res.stderr and "likely succeed" not in res.stderr
 
 
 def test_checkpoint_of_another_architecture(tmp_path):
-    from edgekd.models import build_arch
+    from edgekd.models import architectures
 
     ck = tmp_path / "student.pt"
-    torch.save(build_arch("mnist-student").state_dict(), ck)
+    torch.save(architectures.get("mnist-student")(in_channels=1, num_classes=10).state_dict(), ck)
     out = tmp_path / "out"
-    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.checkpoint={ck}", *TINY, *TINY_TARGET),
-                         "does not fit architecture 'mnist-teacher'", out)
+    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.weights={ck}", *TINY, *TINY_TARGET),
+                         "mnist-teacher", out)
+
+
+def untrained_teacher(num_classes):
+    from edgekd.models import architectures
+
+    return architectures.get("mnist-teacher")(in_channels=1, num_classes=num_classes)
 
 
 def flat_input_teacher():
@@ -85,11 +95,12 @@ def flat_input_teacher():
 
 @pytest.mark.parametrize("factory, fragment", [
     ("five_class_teacher", "the data has 10 classes"),
-    ("flat_input_teacher", "does not accept inputs of shape (2, 1, 28, 28)"),
+    ("flat_input_teacher", "(2, 1, 28, 28)"),
+    ("untrained_teacher", "near chance"),
 ])
 def test_teacher_that_does_not_fit_the_data(tmp_path, factory, fragment):
     out = tmp_path / "out"
-    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.factory=test_cli:{factory}", *TINY, *TINY_TARGET),
+    assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.model=factory:test_cli:{factory}", *TINY, *TINY_TARGET),
                          fragment, out)
 
 
@@ -125,15 +136,16 @@ def test_targets_command_lists_every_target():
 
 
 def test_trained_teacher_checkpoint_loads_as_teacher(tiny_build, tmp_path):
-    """A state_dict written by a build is accepted as teacher.checkpoint (weights_only loading)."""
-    from edgekd.models import load_teacher
+    """A state_dict written by a build is accepted as teacher.weights (weights_only loading), and the
+    teacher is then ready: it is not trained again."""
+    from edgekd.models import ModelIO, load_model
     from edgekd.recipe import Recipe, apply_overrides
 
     d = tiny_build("cpu-int8")
     [tdir] = [p for p in (d.parent / ".cache").iterdir() if p.name.startswith("teacher-")]
-    r = apply_overrides(Recipe(), [f"teacher.checkpoint={tdir / 'teacher.pt'}"])
-    m = load_teacher(r.teacher, r)
-    assert sum(p.numel() for p in m.parameters()) > 5e5
+    r = apply_overrides(Recipe(), [f"teacher.weights={tdir / 'model.pt'}"])
+    built = load_model(r.teacher, ModelIO("image", (1, 28, 28), 10), base=tmp_path)
+    assert built.ready and sum(p.numel() for p in built.module.parameters()) > 5e5
 
 
 def test_recipe_that_is_not_toml(tmp_path):

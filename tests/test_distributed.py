@@ -6,7 +6,7 @@ import sys
 from conftest import TINY, TINY_TARGET
 
 # A small teacher and enough steps that accuracies mean something, in well under a minute per build.
-SETTINGS = [*TINY, "data.n_train=1500", "teacher.arch=mnist-student", "teacher.epochs=4", "distill.epochs=4",
+SETTINGS = [*TINY, "data.n_train=1500", "teacher.model=mnist-student", "teacher.epochs=4", "distill.epochs=4",
             *TINY_TARGET]
 
 

@@ -91,7 +91,7 @@ def test_exported_student_matches_module_count(tmp_path):
     from edgekd.export import export_onnx
     from edgekd.models import build_arch
 
-    model = build_arch("mnist-student-tiny").eval()
+    model = build_arch("mnist-student-tiny", in_channels=1, num_classes=10).eval()
     expected = []
 
     def hook(mod, inp, out):

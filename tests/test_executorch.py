@@ -42,9 +42,9 @@ def digits():
     from edgekd.models import build_arch
     from edgekd.recipe import DataSpec
 
-    s = load_data(DataSpec(n_train=1200, n_val=100, n_test=300), seed=0)
+    s = load_data(DataSpec(n_train=1200, n_val=100, n_test=300), seed=0, base=".")
     torch.manual_seed(0)
-    model = build_arch("mnist-student-tiny")
+    model = build_arch("mnist-student-tiny", in_channels=1, num_classes=10)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     x, y = torch.from_numpy(s.x_train), torch.from_numpy(s.y_train)
     model.train()

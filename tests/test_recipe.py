@@ -7,14 +7,26 @@ from edgekd.recipe import DEFAULT_RECIPE, Recipe, apply_overrides, load_recipe, 
 
 def test_embedded_example_is_the_default_recipe():
     r = load_recipe(None)
-    assert r == Recipe()
-    assert DEFAULT_RECIPE.is_file()
+    assert DEFAULT_RECIPE.is_file() and r == load_recipe(DEFAULT_RECIPE)
+    assert r.data.source == "mnist" and r.teacher.model == "mnist-teacher" and r.student.model == "mnist-student"
+
+
+def test_teacher_and_student_sections_keep_their_own_defaults(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text("[teacher]\nepochs = 3\n")
+    r = load_recipe(p)
+    assert r.teacher.model == "mnist-teacher" and r.teacher.epochs == 3 and r.student.model == "mnist-student"
+
+
+def test_old_task_names_are_aliases():
+    assert apply_overrides(Recipe(), ["task=embedding", "teacher.model=hf:x", "student.model=layer-subset",
+                                      "distill.embedding_cos=1"]).task == "text-embedding"
 
 
 def test_overrides_are_typed():
     r = apply_overrides(Recipe(), ["distill.temperature=2", "distill.epochs=3", "data.augment=false", "seed=7"])
     assert r.distill.temperature == 2.0 and isinstance(r.distill.temperature, float)
-    assert r.distill.epochs == 3 and r.data.augment is False and r.seed == 7
+    assert r.distill.epochs == 3 and r.data.augment == "none" and r.seed == 7
 
 
 @pytest.mark.parametrize("text, message", [
@@ -23,7 +35,10 @@ def test_overrides_are_typed():
     ("distill.alpha=1.5", "distill.alpha must be in [0, 1], got 1.5"),
     ("distill.temperature=0", "distill.temperature must be > 0"),
     ("teacher.epochs=-1", "teacher.epochs must be >= 0"),
-    ("data.augment=maybe", "data.augment must be true or false"),
+    ("data.augment=maybe", "data.augment must be 'auto' or 'digits'"),
+    ("task=segmentation", "task 'segmentation' is unknown"),
+    ("teacher.config=[1]", "teacher.config must be a JSON object"),
+    ("data.normalize=0.5/0", "data.normalize"),
     ("quantize.method=int4", "quantize.method must be 'qat' or 'ptq'"),
     ("nonsense", "is not a key=value override"),
 ])
@@ -50,7 +65,7 @@ def test_recipe_file_errors(tmp_path):
 
 
 def test_lock_round_trips(tmp_path):
-    r = apply_overrides(Recipe(), ["distill.temperature=3.5", "student.arch=mnist-student-tiny"])
+    r = apply_overrides(Recipe(), ["distill.temperature=3.5", "student.model=mnist-student-tiny"])
     p = tmp_path / "lock.toml"
     p.write_text(recipe_toml(r))
     assert load_recipe(p) == r

@@ -10,14 +10,20 @@ import torch.nn.functional as F
 from edgekd.errors import ParityError, RecipeError, TargetError
 from edgekd.export import check_parity, export_onnx
 from edgekd.losses import kd_loss
-from edgekd.models import architectures, build_arch, count_params
+from edgekd.models import architecture_names, build_arch as _build_arch, count_params
 from edgekd.quantize import fold_batchnorm, prepare_qat, quantize_onnx
 from edgekd.registry import Registry
 from edgekd.targets import load_target, override_target, target_names
 
 
+def build_arch(name):
+    return _build_arch(name, in_channels=1, num_classes=10)
+
+
 def test_import_is_light():
-    code = "import sys, edgekd, edgekd.runtimes, edgekd.recipe, edgekd.targets; print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
+    code = ("import sys, edgekd, edgekd.runtimes, edgekd.recipe, edgekd.targets, edgekd.tasks, edgekd.data, edgekd.models; "
+            "edgekd.tasks.get('image-classification'); edgekd.recipe.Recipe(); "
+            "print('torch' in sys.modules, 'onnxruntime' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
 
@@ -64,7 +70,7 @@ def test_kd_loss_known_values():
     assert (pt[0].numpy() == pytest.approx(a, rel=1e-6)) and (ps[0].numpy() == pytest.approx(b, rel=1e-6))
 
 
-@pytest.mark.parametrize("name", architectures.names())
+@pytest.mark.parametrize("name", architecture_names())
 def test_architectures_build_and_fold(name):
     m = build_arch(name).eval()
     x = torch.randn(4, 1, 28, 28)

@@ -1,0 +1,121 @@
+"""The stage engine: runs a stage or reuses its cached result.
+
+Each stage writes into a temporary folder under <out>/.cache and is renamed into place when it has
+finished, with the sha256 of every file it wrote; a stage is reused when the hash of its declared
+inputs matches and its files still match their recorded sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .artifacts import sha256_file
+
+# Bump when a stage's code changes what it produces, so old cache entries are not reused.
+STAGE_VERSION = 4
+
+
+def _key(*parts) -> str:
+    text = json.dumps([STAGE_VERSION, __version__, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class StageOut:
+    name: str
+    key: str
+    dir: Path
+    meta: dict
+    seconds: float
+    cached: bool
+
+
+class Stages:
+    """Runs or reuses stages. Under torch.distributed every rank runs a training stage (DDP needs
+    them all), rank 0 alone decides reuse and commits results; the others read rank 0's folder."""
+
+    def __init__(self, cache: Path, *, force: bool, log, fresh: set | None = None):
+        import torch.distributed as dist
+
+        self.cache, self.force, self.log, self.done = cache, force, log, []
+        # stage folders made in this invocation: reused even under --force (multi-target builds)
+        self.fresh = fresh if fresh is not None else set()
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.distributed else 0
+
+    def _agree(self, value: bool) -> bool:
+        if not self.distributed:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+
+    def _barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def run(self, name: str, fn, *, inputs, after: tuple[StageOut, ...] = ()) -> StageOut:
+        """fn(folder, checkpoint) writes the stage's files into `folder`; `checkpoint` is where a
+        training stage keeps its per-epoch state, so a killed build resumes there. The cache key is
+        derived from the stage's declared `inputs` (settings, file hashes) and the keys of the stages
+        it reads (`after`), never assembled by hand."""
+        key = _key(name, inputs, [s.key for s in after])
+        final = self.cache / f"{name}-{key}"
+        ckpt = self.cache / f".{name}-{key}.ckpt"
+        if self.force and final.name not in self.fresh:
+            ckpt.unlink(missing_ok=True)  # --force: start this stage over, not from an old checkpoint
+        t0 = time.perf_counter()
+        reusable = not self.force or final.name in self.fresh
+        if self._agree(reusable and self.rank == 0 and self._valid(final)):
+            rec = json.loads((final / "stage.json").read_text())
+            # seconds: what the stage cost when it ran; the reuse itself is near-instant
+            out = StageOut(name, key, final, rec["meta"], rec.get("seconds", 0.0), True)
+            self.log(f"[{name}] reused (cache {final.name})")
+        else:
+            self.log(f"[{name}] running")
+            tmp = self.cache / f".{name}-{key}.tmp{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                meta = fn(tmp, ckpt) or {}
+                seconds = time.perf_counter() - t0
+                if self.rank == 0:
+                    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+                    write_atomic(tmp / "stage.json", json.dumps({"meta": meta, "files": files, "seconds": seconds}, indent=1))
+                    shutil.rmtree(final, ignore_errors=True)
+                    os.replace(tmp, final)
+                    ckpt.unlink(missing_ok=True)
+                self.fresh.add(final.name)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self._barrier()
+            out = StageOut(name, key, final, meta, seconds, False)
+            self.log(f"[{name}] done in {seconds:.1f} s")
+        self.done.append(out)
+        return out
+
+    @staticmethod
+    def _valid(d: Path) -> bool:
+        try:
+            rec = json.loads((d / "stage.json").read_text())
+            return all(sha256_file(d / n) == h for n, h in rec["files"].items() if n != "stage.json")
+        except (OSError, ValueError, KeyError):
+            return False
+
+

@@ -1,0 +1,63 @@
+"""The build folder a user gets: build/<target>/ with every model file, manifest.json (what an app needs
+to run the deliverable), recipe.lock.toml, report.json/md/html. Written in a temporary folder and
+swapped into place, so a failed build never leaves half a folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from . import __version__
+from .artifacts import MODEL_NAMES, companion_files, deliverable, model_file, sha256_file, target_format
+
+# folders of the export stage that travel with the models (a text model's tokenizer and config)
+FOLDERS = ("hf",)
+
+
+def write_build(out_dir: Path, target, recipe, report: dict, st_export, manifest_io: dict) -> Path:
+    from .recipe import recipe_toml
+    from .report import write_reports
+
+    final = out_dir / target.name
+    tmp = out_dir / f".{target.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in MODEL_NAMES:
+            src = st_export.dir / model_file(name, target)
+            for f in (src, *companion_files(src)):
+                shutil.copy2(f, tmp / f.name)
+        for folder in FOLDERS:
+            if (st_export.dir / folder).is_dir():
+                shutil.copytree(st_export.dir / folder, tmp / folder)
+        main = model_file(deliverable(target), target)
+        manifest = {
+            "model": main,
+            "sha256": sha256_file(tmp / main),
+            "runtime": target.runtime,
+            "format": target_format(target),
+            "precision": target.precision,
+            "task": recipe.task,
+            **manifest_io,
+            "threads": target.threads,
+            "edgekd": __version__,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        lock = replace(recipe.with_absolute_paths(), quantize=replace(recipe.quantize,
+                                                reduce_range="true" if report["int8"]["reduce_range"] else "false"))
+        (tmp / "recipe.lock.toml").write_text(
+            f"# edgekd {__version__}: the resolved recipe of build '{target.name}'.\n"
+            f"# Reproduce: edgekd build recipe=recipe.lock.toml target={target.name}\n" + recipe_toml(lock))
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        write_reports(tmp, report)
+        old = out_dir / f".{target.name}.old{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,249 @@
+"""image-classification: images (N, C, H, W) -> class logits (N, K), any size, channel and class count.
+
+Students learn from the teacher's logits on `distill.views` augmented copies of every training image,
+computed once (consistent teaching, Beyer et al. 2022: the teacher labels the very view the student
+sees), so an epoch costs one student pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from . import Context, Task, tasks
+
+# Cached views are memory-mapped, but they are written to disk: cap them for large images.
+_VIEWS_BYTES = 2 << 30
+
+
+class ImageClassification(Task):
+    name = "image-classification"
+    kind = "image"
+    quality = "accuracy"
+    quality_label = "test accuracy"
+
+    def prepare(self, ctx: Context) -> None:
+        from ..models import ModelIO
+
+        d = ctx.data
+        if d.kind != "image":
+            raise InputError(f"task {self.name} needs images, but data.source '{ctx.recipe.data.source}' gives "
+                             f"{d.kind}; use an image source (mnist, arrays, image-folder, hf-dataset with images)")
+        if d.y_train is None or d.num_classes < 2:
+            raise InputError(f"task {self.name} needs at least two labelled classes; data.source "
+                             f"'{ctx.recipe.data.source}' gave {d.num_classes}")
+        ctx.io = ModelIO("image", d.input_shape, d.num_classes, list(d.labels))
+
+    # teacher ---------------------------------------------------------------------------------------
+    def load_teacher(self, ctx: Context):
+        from ..models import load_model
+        from ..models.checks import check_fits
+
+        built = load_model(ctx.recipe.teacher, ctx.io, base=ctx.base)
+        check_fits(built.module, ctx.io, what=f"teacher '{ctx.recipe.teacher.model}'")
+        return built
+
+    def train_teacher(self, ctx: Context, teacher, checkpoint: Path):
+        import torch.nn.functional as F
+
+        from ..train import FitSpec, fit, steps_for
+
+        spec, d = ctx.recipe.teacher, ctx.data
+        bs = spec.batch_size or 64
+        fs = FitSpec(epochs=spec.epochs or 8, lr=spec.lr or 3e-3, batch_size=bs, optimizer=spec.optimizer,
+                     steps_per_epoch=steps_for(len(d.x_train), bs), seed=ctx.recipe.seed, desc="teacher")
+        smoothing = spec.label_smoothing
+
+        def step(forward, batch):
+            x, y = batch
+            return F.cross_entropy(forward(x), y, label_smoothing=smoothing)
+
+        return fit(teacher, fs, batches=self._batches(ctx, d.x_train, d.y_train, bs, augment=True), step=step,
+                   validate=lambda m: self.validate(ctx, m), checkpoint=checkpoint, log=ctx.log, device=ctx.device)
+
+    def validate(self, ctx: Context, model) -> float:
+        from ..train import accuracy, predict
+
+        model.eval()
+        return accuracy(predict(model, ctx.data.x_val), ctx.data.y_val)
+
+    def _batches(self, ctx: Context, x, y, batch_size: int, *, augment: bool, soft=None):
+        """batches(epoch, generator) over x (N, C, H, W), or cached views (V, N, C, H, W) where epoch e
+        uses view e mod V together with the teacher's logits `soft` (V, N, K) for that view."""
+        import torch
+
+        from ..data.augment import augment as apply
+
+        policy = ctx.data.augment if augment else "none"
+        yt = torch.from_numpy(y)
+
+        def batches(epoch: int, g):
+            multi = x.ndim == 5
+            view = epoch % x.shape[0] if multi else None
+            xe = torch.from_numpy(np.array(x[view] if multi else x))  # a private copy: x may be memory-mapped
+            se = torch.from_numpy(np.array(soft[view])) if soft is not None else None
+            order = torch.randperm(len(xe), generator=g)
+            for i in range(0, len(xe), batch_size):
+                idx = order[i:i + batch_size]
+                xb = xe[idx]
+                if not multi and policy != "none":
+                    xb = apply(policy, xb, g)  # every rank draws the same numbers: generators stay in step
+                yield (xb, yt[idx]) if se is None else (xb, yt[idx], se[idx])
+
+        return batches
+
+    def teacher_targets(self, ctx: Context, teacher, folder: Path) -> dict:
+        """`views` augmented copies of the training images (view 0 clean) and the teacher's logits on
+        exactly those copies: views_x (V, N, C, H, W), views_logits (V, N, K). On CUDA the teacher runs
+        under bf16 autocast (logits stored in float32)."""
+        import torch
+
+        from ..data.augment import augment as apply
+        from ..train import accuracy, predict
+
+        d, ds = ctx.data, ctx.recipe.distill
+        views = max(1, min(ds.views, _VIEWS_BYTES // max(d.x_train.nbytes, 1)))
+        if views < ds.views:
+            ctx.log(f"[soft-labels] {views} views instead of {ds.views}: the cache of views is kept under 2 GB")
+        g = torch.Generator().manual_seed(ctx.recipe.seed + 1)
+        teacher.to(ctx.device).eval()
+        xs = np.lib.format.open_memmap(folder / "views_x.npy", "w+", np.float32, (views, *d.x_train.shape))
+        ts = None
+        try:
+            for v in range(views):
+                xv = torch.from_numpy(d.x_train)
+                if v > 0 and d.augment != "none":
+                    xv = torch.cat([apply(d.augment, xv[i:i + 512], g) for i in range(0, len(xv), 512)])
+                xs[v] = xv.numpy()
+                logits = predict(teacher, xs[v], bf16=ctx.device.startswith("cuda"))
+                if ts is None:
+                    ts = np.lib.format.open_memmap(folder / "views_logits.npy", "w+", np.float32, (views, *logits.shape))
+                ts[v] = logits
+        finally:
+            teacher.to("cpu")
+        xs.flush()
+        ts.flush()
+        return {"views": views, "teacher_train_accuracy_view0": accuracy(np.asarray(ts[0]), d.y_train)}
+
+    def load_targets(self, ctx: Context, folder: Path) -> None:
+        # memory-mapped: an epoch reads one view, so the cache can outgrow memory
+        ctx.extra["views_x"] = np.load(folder / "views_x.npy", mmap_mode="r")
+        ctx.extra["views_logits"] = np.load(folder / "views_logits.npy", mmap_mode="r")
+
+    # students --------------------------------------------------------------------------------------
+    def new_student(self, ctx: Context, teacher):
+        from ..models import load_model
+        from ..models.checks import check_fits
+
+        built = load_model(ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher)
+        check_fits(built.module, ctx.io, what=f"student '{ctx.recipe.student.model}'")
+        return built.module
+
+    def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False):
+        import torch.nn.functional as F
+
+        from ..losses import kd_loss
+        from ..quantize import qat_eval_mode, qat_train_mode
+        from ..train import FitSpec, fit, steps_for
+
+        ds, qs, d = ctx.recipe.distill, ctx.recipe.quantize, ctx.data
+        xs, ts = ctx.extra["views_x"], ctx.extra["views_logits"]
+        epochs = (qs.epochs if qs.method == "qat" else 0) if qat else ds.epochs
+        fs = FitSpec(epochs=epochs, lr=qs.lr if qat else ds.lr, batch_size=ds.batch_size,
+                     optimizer=ds.optimizer, weight_decay=0.0 if qat else None,
+                     steps_per_epoch=steps_for(xs.shape[1], ds.batch_size),
+                     seed=ctx.recipe.seed + (2 if qat else 0), desc="qat" if qat else ("distill" if distill else "baseline"))
+        T, alpha = ds.temperature, ds.alpha
+
+        def step(forward, batch):
+            if distill:
+                x, y, s = batch
+                return kd_loss(forward(x), s, y, temperature=T, alpha=alpha)
+            x, y = batch
+            return F.cross_entropy(forward(x), y)
+
+        return fit(student, fs, batches=self._batches(ctx, xs, d.y_train, ds.batch_size, augment=False,
+                                                      soft=ts if distill else None),
+                   step=step, validate=lambda m: self._val_mode(ctx, m), checkpoint=checkpoint, log=ctx.log,
+                   device=ctx.device, train_mode=qat_train_mode if qat else None,
+                   eval_mode=qat_eval_mode if qat else None)
+
+    def _val_mode(self, ctx: Context, model) -> float:
+        """Validation accuracy without touching the model's mode (the loop set eval or QAT-eval)."""
+        from ..train import accuracy, predict
+
+        return accuracy(predict(model, ctx.data.x_val), ctx.data.y_val)
+
+    def new_qat(self, ctx: Context, student):
+        from ..quantize import calibrate, prepare_qat
+
+        q = prepare_qat(student, input_shape=ctx.io.input_shape, reduce_range=ctx.extra["reduce_range"])
+        calibrate(q, ctx.data.x_train[: ctx.recipe.quantize.calibration])
+        return q
+
+    # deliverables ----------------------------------------------------------------------------------
+    def export(self, ctx: Context, models: dict, folder: Path) -> dict:
+        """ONNX for every model (INT8 QDQ for the quantized student, with the ranges QAT learned), the
+        target's form (OpenVINO IR, .ort, ExecuTorch .pte), each checked against its PyTorch model."""
+        from ..artifacts import target_format
+        from ..export import check_integer_kernels, check_parity, convert_for_target, export_onnx
+        from ..quantize import export_int8_onnx
+        from ..runtimes import runtimes
+        from ..train import predict
+
+        es, d, target = ctx.recipe.export, ctx.data, ctx.target
+        xp = np.ascontiguousarray(d.x_val[: es.parity_samples])
+        calib = d.x_train[: ctx.recipe.quantize.calibration]
+        meta: dict = {"parity": {}, "reduce_range": ctx.extra["reduce_range"], "exporter": "torch.onnx"}
+        for name, model in models.items():
+            int8 = name == "student-int8"
+            if int8:
+                meta["int8_export"] = export_int8_onnx(model, folder / "student-int8.onnx", input_shape=ctx.io.input_shape,
+                                                       opset=es.opset, calib_x=calib, reduce_range=ctx.extra["reduce_range"])
+                meta["int8_ops"] = check_integer_kernels(folder / "student-int8.onnx")
+            else:
+                export_onnx(model, folder / f"{name}.onnx", ctx.io.input_shape, opset=es.opset)
+            ref = predict(model, xp)
+            files = convert_for_target(folder, name, target)
+            if target_format(target) == "pte":
+                from ..export_pte import export_pte
+
+                # the QAT-tuned float weights, quantized by ExecuTorch's own XNNPACK quantizer (PT2E): its
+                # scheme (signed INT8 activations, 8-bit weights) is what the XNNPACK delegate runs
+                cov = export_pte(model.float_model() if int8 else model, folder / f"{name}.pte", ctx.io.input_shape,
+                                 int8=int8, calib_x=calib if int8 else None)
+                meta.setdefault("delegation", {})[f"{name}.pte"] = cov
+                files.append((f"{name}.pte", "executorch"))
+            for fname, rt in files:
+                out = runtimes.get(rt)(str(folder / fname), threads=1)(xp)
+                meta["parity"][fname] = check_parity(
+                    fname, out, ref, min_agreement=es.int8_min_agreement if int8 else es.fp32_min_agreement,
+                    max_abs_diff=None if int8 else es.fp32_max_abs_diff).to_dict()
+        return meta
+
+    def bench_inputs(self, ctx: Context):
+        return {"x": ctx.data.x_test}, None
+
+    def scores(self, ctx: Context, outputs, teacher_outputs) -> dict:
+        y = ctx.data.y_test
+        return {"accuracy": float((outputs.argmax(1) == y).mean()),
+                "agreement": float((outputs.argmax(1) == teacher_outputs.argmax(1)).mean())}
+
+    def manifest(self, ctx: Context, export_meta: dict) -> dict:
+        from ..artifacts import target_format
+
+        batch = 1 if target_format(ctx.target) == "pte" else "batch"  # ExecuTorch programs are batch-1
+        return {
+            "inputs": [{"name": "input", "shape": [batch, *ctx.io.input_shape], "dtype": "float32"}],
+            "output": {"name": "logits", "shape": [batch, ctx.io.num_classes], "dtype": "float32",
+                       "meaning": "unnormalized class scores; argmax is the predicted label"},
+            "preprocessing": ctx.data.preprocessing,
+            "labels": list(ctx.data.labels),
+        }
+
+    def report_extra(self, ctx: Context) -> dict:
+        return {"data_origin": ctx.data.origin, "augment": ctx.data.augment}
+
+
+tasks.register(ImageClassification.name)(ImageClassification())

@@ -1,0 +1,451 @@
+"""Text tasks on Hugging Face encoders: text-classification (texts -> class logits) and text-embedding
+(texts -> sentence embeddings; the teacher's embeddings of unlabeled text are the targets).
+
+A student learns from the teacher's outputs computed once per text, plus feature losses (edgekd.losses,
+each with its formula and paper) that read both models' hidden states and attention:
+
+    L = alpha * KD(s, t; T) + (1 - alpha) * CE(s, y)          (classification)
+      + sum_k w_k * L_k(features_s, features_t)                (k: distill.<loss name> > 0)
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeKDError, InputError, RecipeError
+from . import Context, Task, tasks
+
+SEQ_LENS = (16, 64, 128)
+FEATURE_ONLY = ("hidden_mse", "attention_kl")  # losses that need the teacher online
+
+
+class _TextTask(Task):
+    kind = "text"
+    classify = False
+
+    def check_recipe(self, recipe) -> None:
+        t = recipe.teacher
+        if t.scheme != "hf":
+            raise RecipeError(f"task {self.name} needs a Hugging Face teacher: teacher.model = 'hf:FOLDER_OR_HUB_ID' "
+                              f"(got {t.model!r})")
+        if recipe.student.scheme in ("arch",) and recipe.student.model.startswith("mnist"):
+            raise RecipeError(f"task {self.name} needs a text student: student.model = 'layer-subset', 'narrow', "
+                              f"or 'hf:...' (got {recipe.student.model!r})")
+
+    def prepare(self, ctx: Context) -> None:
+        from ..models import ModelIO
+        from ..models.hf import resolve_ref
+        from ..models.hf_text import load_tokenizer
+
+        d = ctx.data
+        if d.kind != "text":
+            raise InputError(f"task {self.name} needs text, but data.source '{ctx.recipe.data.source}' gives {d.kind}; "
+                             "use a text source (csv, jsonl, text-lines, hf-dataset with a text column)")
+        if self.classify and (d.y_train is None or d.num_classes < 2):
+            raise InputError(f"task {self.name} needs labelled texts in at least two classes; data.source "
+                             f"'{ctx.recipe.data.source}' gave no '{ctx.recipe.data.label_field}' labels "
+                             "(set data.label_field to the label column)")
+        if ctx.target.format == "pte":
+            raise InputError(f"target '{ctx.target.name}' (ExecuTorch .pte) is for image models; build a text model "
+                             "for cpu-int8, cpu-fp32, openvino-int8 or mobile-int8")
+        ctx.io = ModelIO("text", (), d.num_classes if self.classify else 0, list(d.labels) if self.classify else [])
+        spec = ctx.recipe.teacher
+        tok = load_tokenizer(resolve_ref(spec.ref, ctx.base), trust_remote_code=spec.trust_remote_code)
+        n = ctx.recipe.data.max_length
+        ctx.extra["tokenizer"] = tok
+        ctx.extra["tokens"] = {s: _tokenize(tok, getattr(d, f"x_{s}"), max_length=n) for s in ("train", "val", "test")}
+
+    def fingerprint(self, ctx: Context) -> dict:
+        return {"vocab": len(ctx.extra["tokenizer"]), "max_length": ctx.recipe.data.max_length}
+
+    # teacher ---------------------------------------------------------------------------------------
+    def load_teacher(self, ctx: Context):
+        from ..models import load_model
+
+        return load_model(ctx.recipe.teacher, ctx.io, base=ctx.base)
+
+    def train_teacher(self, ctx: Context, teacher, checkpoint: Path):
+        """Fine-tune the whole teacher on the labels (the usual schedule for an encoder: AdamW, 10%
+        warm-up, linear decay), or with teacher.fine_tune = "probe" only a linear head on its frozen
+        embeddings. Fine-tuning first, then distilling, is what practitioners find works best."""
+        import torch.nn.functional as F
+
+        from ..train import FitSpec, fit, steps_for
+
+        spec, toks, d = ctx.recipe.teacher, ctx.extra["tokens"], ctx.data
+        if not self.classify:
+            raise RecipeError(f"task {self.name} has no labels to fine-tune the teacher on; set teacher.fine_tune = 'never'")
+        probe = spec.fine_tune == "probe"
+        if probe:  # the encoder stays frozen; its head (and projection) learn
+            for p in teacher.base.parameters():
+                p.requires_grad_(False)
+        bs = spec.batch_size or 32
+        fs = FitSpec(epochs=spec.epochs or (8 if probe else 3), lr=spec.lr or (1e-3 if probe else 5e-5), batch_size=bs,
+                     optimizer="adamw", weight_decay=0.01, schedule="warmup-linear",
+                     steps_per_epoch=steps_for(len(d.y_train), bs), seed=ctx.recipe.seed, desc="teacher")
+        y = d.y_train
+        import torch
+
+        yt = torch.from_numpy(y)
+
+        def step(forward, batch):
+            ids, mask, idx = batch
+            return F.cross_entropy(forward(ids, mask), yt[idx.cpu()].to(ids.device),
+                                   label_smoothing=spec.label_smoothing)
+
+        try:
+            return fit(teacher, fs, batches=_length_batches(toks["train"], bs, ctx.recipe.seed),
+                       step=step, validate=lambda m: self.validate(ctx, m), checkpoint=checkpoint, log=ctx.log,
+                       device=ctx.device)
+        finally:
+            for p in teacher.parameters():
+                p.requires_grad_(True)
+
+    def validate(self, ctx: Context, model) -> float | None:
+        if not self.classify:
+            return None
+        out = encode(model, ctx.extra["tokens"]["val"], device=ctx.device)
+        return float((out.argmax(1) == ctx.data.y_val).mean())
+
+    def teacher_targets(self, ctx: Context, teacher, folder: Path) -> dict:
+        meta = {}
+        for split in ("train", "val", "test"):
+            np.save(folder / f"{split}.npy", encode(teacher, ctx.extra["tokens"][split], device=ctx.device))
+        if self.classify:
+            meta["teacher_train_accuracy"] = float((np.load(folder / "train.npy").argmax(1) == ctx.data.y_train).mean())
+        return meta
+
+    def load_targets(self, ctx: Context, folder: Path) -> None:
+        out = {s: np.load(folder / f"{s}.npy") for s in ("train", "val", "test")}
+        ctx.extra["targets"] = out
+        ds, d = ctx.recipe.distill, ctx.data
+        keep = np.arange(len(d.x_train))
+        ctx.extra["filtering"] = None
+        if self.classify and (ds.drop_teacher_wrong or ds.min_teacher_confidence > 0):
+            z = out["train"] - out["train"].max(1, keepdims=True)
+            p = np.exp(z) / np.exp(z).sum(1, keepdims=True)  # (N, K)
+            ok = p.max(1) >= ds.min_teacher_confidence
+            if ds.drop_teacher_wrong:
+                ok &= out["train"].argmax(1) == d.y_train
+            keep = np.flatnonzero(ok)
+            ctx.extra["filtering"] = {"kept": int(len(keep)), "dropped": int(len(d.x_train) - len(keep)),
+                                      "drop_teacher_wrong": ds.drop_teacher_wrong,
+                                      "min_teacher_confidence": ds.min_teacher_confidence}
+            ctx.log(f"[filter] kept {len(keep)} of {len(d.x_train)} training texts (teacher wrong or unsure: dropped)")
+            if len(keep) == 0:
+                raise EdgeKDError("teacher-output filtering dropped every training text; lower distill.min_teacher_confidence")
+        ctx.extra["keep"] = keep
+
+    # students --------------------------------------------------------------------------------------
+    def new_student(self, ctx: Context, teacher):
+        from ..models import load_model
+
+        return load_model(ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher).module
+
+    def _layer_map(self, ctx: Context, student, teacher) -> dict[int, int]:
+        from ..recipe import parse_layer_map
+
+        ds = ctx.recipe.distill
+        lt, ls = teacher.num_layers, student.num_layers
+        if ds.layer_map:
+            m = parse_layer_map(ds.layer_map)
+        elif getattr(student, "kept_layers", None):
+            m = {i + 1: k + 1 for i, k in enumerate(student.kept_layers)}  # each copied layer learns its origin
+        else:
+            m = {i: round(i * lt / ls) for i in range(1, ls + 1)}  # TinyBERT's uniform map
+        if max(m) > ls or max(m.values()) > lt:
+            raise RecipeError(f"distill.layer_map {ds.layer_map!r} names layers beyond the student's {ls} or the teacher's {lt}")
+        return m
+
+    def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False):
+        import torch
+
+        from ..losses import feature_losses, kd_loss
+        from ..quantize import qat_eval_mode, qat_train_mode
+        from ..train import FitSpec, fit, steps_for
+
+        ds, qs, d = ctx.recipe.distill, ctx.recipe.quantize, ctx.data
+        keep = ctx.extra["keep"]
+        if qat and 0 < qs.train_texts < len(keep):  # QAT starts from the distilled student: a subset suffices
+            keep = np.sort(np.random.default_rng(ctx.recipe.seed + 3).choice(keep, qs.train_texts, replace=False))
+        tokens = {k: v[keep] for k, v in ctx.extra["tokens"]["train"].items()}
+        target = torch.from_numpy(np.ascontiguousarray(ctx.extra["targets"]["train"][keep]))
+        y = torch.from_numpy(d.y_train[keep]) if self.classify else None
+        weights = {k: getattr(ds, k) for k in feature_losses.names() if getattr(ds, k) > 0} if distill else {}
+        alpha = ds.alpha if distill else 0.0
+        online = any(k in weights for k in FEATURE_ONLY)
+        attention = "attention_kl" in weights
+        layer_map = self._layer_map(ctx, student, teacher)
+        extra = {}
+        if "hidden_mse" in weights and student.hidden_size != teacher.hidden_size:
+            torch.manual_seed(ctx.recipe.seed)
+            extra["proj"] = torch.nn.Linear(student.hidden_size, teacher.hidden_size)  # TinyBERT's W_h
+        if online:
+            teacher.to(ctx.device).eval()
+        # word embeddings stay frozen: most of the parameters, and the vocabulary is the teacher's anyway
+        student.input_embeddings().weight.requires_grad_(False)
+        epochs = (qs.epochs if qs.method == "qat" else 0) if qat else (ds.epochs if (distill or self.classify) else 0)
+        fs = FitSpec(epochs=epochs, lr=qs.lr if qat else ds.lr, batch_size=ds.batch_size, optimizer="adamw",
+                     weight_decay=0.01, schedule="warmup-linear", steps_per_epoch=steps_for(len(keep), ds.batch_size),
+                     seed=ctx.recipe.seed + (2 if qat else 0),
+                     desc="qat" if qat else ("distill" if distill else "baseline"))
+
+        def step(forward, batch):
+            ids, mask, idx = batch
+            fs_ = student.features(ids, mask, attention=attention)
+            ft = {}
+            if online:
+                with torch.no_grad():
+                    ft = teacher.features(ids, mask, attention=attention)
+            tgt = target[idx.cpu()].to(ids.device)
+            ft["logits" if self.classify else "embedding"] = tgt
+            loss = fs_["embedding"].new_zeros(())
+            if self.classify:
+                loss = loss + kd_loss(fs_["logits"], tgt, y[idx.cpu()].to(ids.device), temperature=ds.temperature,
+                                      alpha=alpha)
+            for k, w in weights.items():
+                if k in ("embedding_mse", "embedding_cos", "similarity_mse") and "embedding" not in ft:
+                    continue
+                loss = loss + w * feature_losses.get(k)(fs_, ft, mask, layer_map=layer_map, proj=extra.get("proj"))
+            return loss
+
+        val_tokens, val_target = ctx.extra["tokens"]["val"], ctx.extra["targets"]["val"]
+
+        def validate(model) -> float:
+            out = encode(model, val_tokens, device=ctx.device)
+            if self.classify:
+                return float((out.argmax(1) == d.y_val).mean())
+            return mean_cosine(out, val_target)
+
+        try:
+            return fit(student, fs, batches=_length_batches(tokens, ds.batch_size, ctx.recipe.seed), step=step,
+                       validate=validate, extra=extra, checkpoint=checkpoint, log=ctx.log, device=ctx.device,
+                       train_mode=qat_train_mode if qat else None, eval_mode=qat_eval_mode if qat else None)
+        finally:
+            teacher.to("cpu")
+
+    def new_qat(self, ctx: Context, student):
+        from ..quantize import fake_quant_linears, set_observe
+
+        q = fake_quant_linears(copy.deepcopy(student), reduce_range=ctx.extra["reduce_range"])
+        q.eval()
+        set_observe(q, True)
+        n = ctx.recipe.quantize.calibration
+        encode(q, {k: v[:n] for k, v in ctx.extra["tokens"]["train"].items()})  # one pass: ranges from data
+        set_observe(q, False)
+        return q
+
+    # deliverables ----------------------------------------------------------------------------------
+    def export(self, ctx: Context, models: dict, folder: Path) -> dict:
+        """optimum's ONNX export of every model (dynamic batch and sequence), INT8 QDQ linears with the
+        ranges QAT learned for the quantized student, the target's form; each checked against PyTorch
+        on held-out texts fed one at a time at their own length, as an app runs them."""
+        import shutil
+
+        from ..export import check_integer_kernels, check_parity, convert_for_target, embedding_parity
+        from ..export_hf import export_text
+        from ..quantize import quantize_onnx, strip_fake_quant
+        from ..runtimes import runtimes
+
+        es, tok = ctx.recipe.export, ctx.extra["tokenizer"]
+        xp = {k: v[: es.parity_samples] for k, v in ctx.extra["tokens"]["val"].items()}
+        feeds = _row_feeds(xp)
+        calib = _row_feeds({k: v[: ctx.recipe.quantize.calibration] for k, v in ctx.extra["tokens"]["train"].items()})
+        meta: dict = {"parity": {}, "reduce_range": ctx.extra["reduce_range"], "exporters": {}}
+        for name, model in models.items():
+            int8 = name == "student-int8"
+            sub = folder / f".{name}"
+            info = export_text(strip_fake_quant(model) if int8 else model, sub, opset=es.opset, tokenizer=tok)
+            meta["exporters"][name] = info
+            if int8:
+                quantize_onnx(sub / "model.onnx", folder / "student-int8.onnx", calib,
+                              reduce_range=ctx.extra["reduce_range"], linear_only=True, qat_model=model)
+                if es.int8_embeddings:
+                    from ..quantize import quantize_gather_tables
+
+                    meta["int8_embeddings"] = quantize_gather_tables(folder / "student-int8.onnx")
+                meta["int8_ops"] = check_integer_kernels(folder / "student-int8.onnx")
+            else:
+                shutil.move(str(sub / "model.onnx"), folder / f"{name}.onnx")
+            if name == "student-fp32":  # the deliverable's config and tokenizer files
+                shutil.rmtree(folder / "hf", ignore_errors=True)
+                (sub / "model.onnx").unlink(missing_ok=True)
+                shutil.copytree(sub, folder / "hf")
+            shutil.rmtree(sub, ignore_errors=True)
+            ref = encode(model, xp)
+            for fname, rt in convert_for_target(folder, name, ctx.target):
+                run = runtimes.get(rt)(str(folder / fname), threads=1)
+                out = np.concatenate([run(f) for f in feeds])
+                lo = es.int8_min_agreement if int8 else es.fp32_min_agreement
+                if self.classify:
+                    meta["parity"][fname] = check_parity(fname, out, ref, min_agreement=lo,
+                                                         max_abs_diff=None if int8 else es.fp32_max_abs_diff).to_dict()
+                else:
+                    meta["parity"][fname] = embedding_parity(fname, out, ref, min_cosine=lo)
+        return meta
+
+    def bench_inputs(self, ctx: Context):
+        tok, texts = ctx.extra["tokenizer"], ctx.data.x_test
+        joined = " ".join(texts)
+        lat = {}
+        for s in SEQ_LENS:  # one row of exactly S real tokens: test texts joined until they fill S
+            enc = tok([joined], truncation=True, max_length=s, return_tensors="np")["input_ids"].astype(np.int64)
+            if enc.shape[1] < s:
+                raise InputError(f"the test texts hold fewer than {s} tokens; raise data.n_test")
+            lat[f"lat_{s}"] = enc
+        return {**ctx.extra["tokens"]["test"], **lat}, list(SEQ_LENS)
+
+    def manifest(self, ctx: Context, export_meta: dict) -> dict:
+        info = export_meta["exporters"]["student-fp32"]
+        width = ctx.extra["targets"]["test"].shape[1]
+        pool = info.get("pooling", {})
+        return {
+            "inputs": [{"name": n, "shape": ["batch", "sequence"], "dtype": "int64"} for n in info["inputs"]],
+            "output": {"name": info["output"], "shape": ["batch", width], "dtype": "float32",
+                       "meaning": "unnormalized class scores; argmax is the predicted label" if self.classify else
+                       "sentence embedding, pooled inside the graph; compare with cosine"},
+            "preprocessing": {**ctx.data.preprocessing, "steps": [{
+                "op": "tokenize", "folder": "hf", "max_length": ctx.recipe.data.max_length, "padding": "longest",
+                "truncation": True, "feeds": info["inputs"]}]},
+            "pooling": pool,
+            "labels": list(ctx.io.labels),
+        }
+
+    def report_extra(self, ctx: Context) -> dict:
+        return {"teacher_filtering": ctx.extra.get("filtering"), "data_origin": ctx.data.origin,
+                "sequence_lengths": list(SEQ_LENS)}
+
+
+class TextClassification(_TextTask):
+    name = "text-classification"
+    quality = "accuracy"
+    quality_label = "test accuracy"
+    classify = True
+
+    def scores(self, ctx: Context, outputs, teacher_outputs) -> dict:
+        y = ctx.data.y_test
+        return {"accuracy": float((outputs.argmax(1) == y).mean()),
+                "agreement": float((outputs.argmax(1) == teacher_outputs.argmax(1)).mean())}
+
+
+class TextEmbedding(_TextTask):
+    name = "text-embedding"
+    quality = "fidelity_cosine"
+    quality_label = "cosine fidelity to teacher"
+
+    def check_recipe(self, recipe) -> None:
+        super().check_recipe(recipe)
+        d = recipe.distill
+        if d.embedding_mse + d.embedding_cos + d.similarity_mse + d.hidden_mse + d.attention_kl <= 0:
+            raise RecipeError("distill must give at least one loss weight for task = 'text-embedding', got all zero "
+                              "(e.g. distill.embedding_cos = 1)")
+        if recipe.teacher.fine_tune in ("always", "probe"):
+            raise RecipeError("teacher.fine_tune must be 'auto' or 'never' for task = 'text-embedding' (no labels to "
+                              f"fine-tune on), got {recipe.teacher.fine_tune!r}")
+
+    def scores(self, ctx: Context, outputs, teacher_outputs) -> dict:
+        # fidelity as the app sees it: both models' runtime outputs
+        return {"fidelity_cosine": mean_cosine(outputs, teacher_outputs),
+                "neighbour_overlap_at_10": neighbour_overlap(outputs, teacher_outputs, k=10)}
+
+
+tasks.register(TextClassification.name)(TextClassification())
+tasks.register(TextEmbedding.name)(TextEmbedding())
+
+
+# helpers -------------------------------------------------------------------------------------------
+
+def _tokenize(tokenizer, texts: list[str], *, max_length: int) -> dict[str, np.ndarray]:
+    """input_ids / attention_mask (N, max_length) int64, padded; batches are trimmed to their longest
+    text at use, so padding costs nothing in training."""
+    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
+    return {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
+
+
+def _order(mask: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+    """Index batches of texts of similar length (shuffled in chunks of 50 batches, then sorted by length
+    inside each chunk), so trimming a batch to its longest text wastes little on padding.
+    rng None: in length order (evaluation)."""
+    n, lengths = len(mask), mask.sum(1)
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    order, out, chunk = rng.permutation(n), [], batch_size * 50
+    for c in range(0, n, chunk):
+        part = order[c:c + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        out += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def _feed(tokens: dict, idx):
+    import torch
+
+    mask = tokens["attention_mask"][idx]
+    s = max(1, int(mask.sum(1).max()))  # trim padding to the longest text of the batch
+    return (torch.from_numpy(np.ascontiguousarray(tokens["input_ids"][idx, :s])),
+            torch.from_numpy(np.ascontiguousarray(mask[:, :s])))
+
+
+def _length_batches(tokens: dict, batch_size: int, seed: int):
+    """batches(epoch, generator) -> (input_ids, attention_mask, row indices): the epoch's order comes from
+    (seed, epoch), so a resumed run sees the same batches."""
+    import torch
+
+    def batches(epoch: int, g):
+        for idx in _order(tokens["attention_mask"], batch_size, np.random.default_rng([seed, epoch])):
+            ids, mask = _feed(tokens, idx)
+            yield ids, mask, torch.from_numpy(idx)
+
+    return batches
+
+
+def encode(model, tokens: dict, *, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+    """The model's output (embedding or logits) for every text, float32, in input order; leaves the
+    model's train/eval flags as they are."""
+    import torch
+
+    model.to(device)
+    out = None
+    with torch.no_grad():
+        for idx in _order(tokens["attention_mask"], batch_size, None):
+            ids, mask = _feed(tokens, idx)
+            y = model(ids.to(device), mask.to(device)).float().cpu().numpy()
+            if out is None:
+                out = np.zeros((len(tokens["input_ids"]), y.shape[1]), np.float32)
+            out[idx] = y
+    model.to("cpu")
+    return out
+
+
+def _row_feeds(tokens: dict) -> list[dict]:
+    """One batch-1 feed per text, cut to its own length (no padding), as an app would run it."""
+    lengths = np.maximum(tokens["attention_mask"].sum(1), 1)
+    return [{k: v[i:i + 1, : int(lengths[i])] for k, v in tokens.items()} for i in range(len(lengths))]
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows of a and b, both (N, D) -> (N,)."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+    return (a * b).sum(1)
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(row_cosines(a, b).mean())
+
+
+def neighbour_overlap(a: np.ndarray, b: np.ndarray, *, k: int = 10) -> float:
+    """Mean overlap of the k nearest neighbours (cosine, self excluded) of each row under embeddings
+    a (N, D) and b (N, D'): |kNN_a(i) & kNN_b(i)| / k, averaged over i."""
+    def knn(e):
+        e = e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
+        sim = e @ e.T  # (N, N)
+        np.fill_diagonal(sim, -np.inf)
+        return np.argpartition(-sim, k, axis=1)[:, :k]
+
+    na, nb = knn(a.astype(np.float64)), knn(b.astype(np.float64))
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb)]))
