@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,42 @@ def benchmark(model_path: Path, *, runtime: str, inputs: Path, threads: int, war
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise EdgeKDError(f"benchmarking '{model_path.name}' on {runtime} failed: {tail}")
         return json.loads(res_path.read_text()), np.load(cfg["outputs"])
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """`edgekd bench` settings (key=value); empty or negative values take the target profile's."""
+    target: str = "cpu-int8"
+    threads: list[int] = field(default_factory=list)
+    iterations: int = 0
+    warmup: int = -1
+    batch_sizes: list[int] = field(default_factory=list)
+    seq_lens: list[int] = field(default_factory=lambda: [16, 64, 128])  # text models
+
+    def __post_init__(self):
+        from .errors import RecipeError
+
+        for k in ("threads", "batch_sizes", "seq_lens"):
+            if any(v < 1 for v in getattr(self, k)):
+                raise RecipeError(f"{k} must be positive, got {getattr(self, k)}")
+
+
+def bench_settings(texts: list[str]) -> BenchSettings:
+    import typing
+    from dataclasses import fields
+
+    from .errors import RecipeError
+    from .overrides import coerce, parse_override
+    from .registry import closest
+
+    hints, known = typing.get_type_hints(BenchSettings), [f.name for f in fields(BenchSettings)]
+    kwargs = {}
+    for text in texts:
+        key, value = parse_override(text)
+        if key not in known:
+            raise RecipeError(f"unknown bench setting '{key}'{closest(key, known)} ({', '.join(known)})")
+        kwargs[key] = coerce(key, hints[key], value, from_text=True)
+    return BenchSettings(**kwargs)
 
 
 def check_model_file(path: Path) -> str:

@@ -70,15 +70,17 @@ def build(settings, target_opt, recipe_opt, out, force, debug):
         quiet_libraries()
 
     def go():
+        from .overrides import parse_override
+
         target, recipe_path, overrides, target_overrides = target_opt, recipe_opt, [], []
         for s in settings:
             if s.startswith("--"):
                 raise RecipeError(f"unknown option '{s}'; see edgekd build --help")
-            key = s.split("=", 1)[0].strip()
+            key, value = parse_override(s)
             if key == "target":
-                target = s.split("=", 1)[1]
+                target = value
             elif key == "recipe":
-                recipe_path = s.split("=", 1)[1]
+                recipe_path = value
             elif key.startswith("target."):
                 target_overrides.append(s)
             else:
@@ -165,33 +167,16 @@ def bench(args, baseline, json_out, debug):
         from .bench import compare
         from .targets import load_target
 
-        models, opts = [], {}
-        for a in args:
-            if "=" in a and not Path(a).exists():
-                k, v = a.split("=", 1)
-                if k not in ("target", "threads", "iterations", "warmup", "batch_sizes", "seq_lens"):
-                    raise RecipeError(f"unknown bench setting '{k}'; use target, threads, iterations, warmup, "
-                                      "batch_sizes or seq_lens")
-                opts[k] = v
-            else:
-                models.append(Path(a))
+        from .bench import bench_settings
+
+        models = [Path(a) for a in args if "=" not in a or Path(a).exists()]
         if not models:
             raise RecipeError("give at least one model file: edgekd bench MODEL.onnx [MODEL2 ...] target=cpu-int8")
-        t = load_target(opts.get("target", "cpu-int8"))
-
-        def ints(key, default):
-            try:
-                vals = [int(v) for v in opts[key].split(",")] if key in opts else default
-            except ValueError:
-                raise RecipeError(f"{key} must be integers separated by commas, got {opts[key]!r}") from None
-            if not vals or min(vals) < (0 if key == "warmup" else 1):
-                raise RecipeError(f"{key} must be positive, got {opts[key]!r}")
-            return vals
-
-        rows = compare(models, threads=ints("threads", [t.threads]), warmup=ints("warmup", [t.warmup])[0],
-                       iterations=max(10, ints("iterations", [t.iterations])[0]),
-                       batch_sizes=ints("batch_sizes", t.batch_sizes), baseline=Path(baseline) if baseline else None,
-                       seq_lens=ints("seq_lens", [16, 64, 128]))
+        s = bench_settings([a for a in args if "=" in a and not Path(a).exists()])
+        t = load_target(s.target)
+        rows = compare(models, threads=s.threads or [t.threads], warmup=t.warmup if s.warmup < 0 else s.warmup,
+                       iterations=max(10, s.iterations or t.iterations), batch_sizes=s.batch_sizes or t.batch_sizes,
+                       baseline=Path(baseline) if baseline else None, seq_lens=s.seq_lens)
         click.echo(f"{'model':40s} {'thr':>3s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'std':>7s} "
                    f"{'speedup':>8s} {'RSS MB':>7s} {'+RSS':>6s} {'size kB':>9s}")
         for r in rows:

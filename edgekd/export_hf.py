@@ -21,12 +21,13 @@ BATCH, SEQ = "batch_size", "sequence_length"  # optimum's names of the dynamic a
 def export_text(model, folder: Path, *, opset: int, tokenizer) -> dict:
     """Write `folder`/model.onnx (weights inline; int64 inputs among input_ids, attention_mask,
     token_type_ids; one float output, "logits" for a classifier, else "sentence_embedding"; batch and
-    sequence axes dynamic), config.json (id2label for classifiers) and the tokenizer's files."""
+    sequence axes dynamic), config.json (id2label for classifiers) and the tokenizer's files. The model
+    is exported on the CPU (moved there, in eval mode)."""
     import onnx
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    model = model.eval().cpu()
     output = "logits" if model.num_labels else "sentence_embedding"
     task = "text-classification" if model.hf_head else "feature-extraction"
     t0 = time.perf_counter()

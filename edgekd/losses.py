@@ -26,7 +26,7 @@ def kd_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha
 
 # Feature losses for text encoders. Each is selected by the recipe field of the same name
 # (distill.embedding_cos = 1.0, ...) and takes the student's and the teacher's features (dicts made by
-# edgekd.hf.TextEncoder.features) plus the attention mask.
+# edgekd.models.hf_text.TextEncoder.features) plus the attention mask.
 
 from .registry import Registry  # noqa: E402
 

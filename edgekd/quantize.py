@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import EdgeKDError
+from .errors import EdgeKDError, RecipeError
 
 # ---------------------------------------------------------------------------------------------------
 # hardware
@@ -73,6 +73,13 @@ def _weight_range(reduce_range: bool) -> tuple[int, int]:
 
 # ---------------------------------------------------------------------------------------------------
 # fake-quant modules
+
+
+def _act_qparams(lo, hi):
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    scale = torch.clamp((hi - lo) / 255.0, min=1e-8)
+    zero = torch.clamp(torch.round(-lo / scale), 0, 255).to(torch.int32)
+    return scale, zero
 
 
 class ActFakeQuant(nn.Module):
@@ -106,10 +113,7 @@ class ActFakeQuant(nn.Module):
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
 
     def _qparams(self):
-        lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)
-        scale = torch.clamp((hi - lo) / 255.0, min=1e-8)
-        zero = torch.clamp(torch.round(-lo / scale), 0, 255).to(torch.int32)
-        return scale, zero
+        return _act_qparams(self.lo, self.hi)
 
     def qparams(self) -> tuple[float, int]:
         """(scale, zero point) of the UINT8 grid, exactly as forward uses them."""
@@ -137,6 +141,15 @@ class WeightFakeQuant(nn.Module):
         scale = self.scale(w)
         zero = torch.zeros_like(scale, dtype=torch.int32)
         return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, self.qmin, self.qmax)
+
+
+def bias_fake_quant(b, w, lo, hi, seen, weight_span: int):
+    """The INT32 bias QLinearConv/QGemm add to their accumulator: b on the grid scale_x * scale_w[c]
+    (C_out,), straight-through. lo/hi/seen: the input quantizer's range; weight_span: qmax - qmin."""
+    if not bool(seen):
+        return b
+    grid = _act_qparams(lo, hi)[0] * (w.detach().abs().flatten(1).amax(1).clamp(min=1e-8) * 2 / weight_span)
+    return b + (torch.round(b / grid) * grid - b).detach()
 
 
 class QuantLinear(nn.Module):
@@ -334,13 +347,25 @@ def _fold_batchnorm_graph(gm) -> int:
     return folded
 
 
-def _place_fake_quant(gm, reduce_range: bool) -> None:
+def _place_fake_quant(gm, reduce_range: bool, runtime: str) -> None:
     """In place: ActFakeQuant on every tensor onnxruntime's QDQ fusions need quantized (one per tensor,
-    shared by all its users, as one QDQ pair is in ONNX), WeightFakeQuant on every Conv/Linear weight."""
+    shared by all its users, as one QDQ pair is in ONNX), WeightFakeQuant on every Conv/Linear weight,
+    bias_fake_quant on their biases. runtime "openvino": no quantizer between a convolution and the
+    residual Add OpenVINO fuses into it."""
     g = gm.graph
 
     def is_fq(n) -> bool:
         return n.op == "call_module" and isinstance(gm.get_submodule(n.target), ActFakeQuant)
+
+    def merged_conv(add):
+        """The convolution OpenVINO's CPU plugin merges a residual Add into (a "sum" post-op): the
+        first operand when it is a convolution used only there, else the second."""
+        if add.op != "call_function" or add.target not in (aten.add.Tensor, aten.add_.Tensor):
+            return None
+        for p in add.args[:2]:
+            if isinstance(p, torch.fx.Node) and p.op == "call_function" and p.target in _CONV and len(p.users) == 1:
+                return p
+        return None
 
     def quantize(n):
         if is_fq(n):
@@ -382,21 +407,33 @@ def _place_fake_quant(gm, reduce_range: bool) -> None:
             quantize(a)
         if t in _WEIGHTED and n.args[1].op == "get_attr":
             name = f"wq_{n.name}"
-            gm.add_submodule(name, WeightFakeQuant(reduce_range))
+            wfq = WeightFakeQuant(reduce_range)
+            gm.add_submodule(name, wfq)
+            w, b, x = n.args[1], n.args[2] if len(n.args) > 2 else None, n.args[0]
             with g.inserting_before(n):
-                wq = g.call_module(name, (n.args[1],))
-            n.replace_input_with(n.args[1], wq)
+                wq = g.call_module(name, (w,))
+                if isinstance(b, torch.fx.Node) and b.op == "get_attr" and is_fq(x):
+                    lo, hi, seen = (g.get_attr(f"{x.target}.{k}") for k in ("lo", "hi", "seen"))
+                    bq = g.call_function(bias_fake_quant, (b, w, lo, hi, seen, wfq.qmax - wfq.qmin))
+                    n.replace_input_with(b, bq)
+            n.replace_input_with(w, wq)
         users = list(n.users)
-        quantize(users[0] if len(users) == 1 and _is_relu_like(users[0]) else n)
+        out = users[0] if len(users) == 1 and _is_relu_like(users[0]) else n
+        if t == aten.linear.default and any(u.op == "output" for u in out.users):
+            continue  # logits: onnxruntime's QGemm writes float output itself; no UINT8 ties between classes
+        if runtime == "openvino" and t in _CONV and out is n and len(users) == 1 and merged_conv(users[0]) is n:
+            continue  # OpenVINO folds this Add into the convolution and skips the convolution's own rounding
+        quantize(out)
     gm.recompile()
 
 
 class QATModel(nn.Module):
     """A captured, BN-folded student with fake-quant on exactly the tensors the INT8 graph quantizes."""
 
-    def __init__(self, body: torch.fx.GraphModule):
+    def __init__(self, body: torch.fx.GraphModule, *, reduce_range: bool):
         super().__init__()
         self.body = body
+        self.reduce_range = reduce_range
 
     def forward(self, x):
         return self.body(x)
@@ -408,23 +445,40 @@ class QATModel(nn.Module):
         """The BN-folded float model with the fine-tuned weights (fake-quant removed)."""
         body = copy.deepcopy(self.body)
         for n in list(body.graph.nodes):
-            if n.op == "call_module" and isinstance(body.get_submodule(n.target), (ActFakeQuant, WeightFakeQuant)):
+            if _is_quantizer(body, n):
                 n.replace_all_uses_with(n.args[0])
                 body.graph.erase_node(n)
+        _erase_unused_attrs(body)
         body.delete_all_unused_submodules()
         body.recompile()
         return body.eval()
 
 
-def prepare_qat(student, *, input_shape, reduce_range: bool) -> QATModel:
+def _is_quantizer(gm, n) -> bool:
+    if n.op == "call_module":
+        return isinstance(gm.get_submodule(n.target), (ActFakeQuant, WeightFakeQuant))
+    return n.op == "call_function" and n.target is bias_fake_quant
+
+
+def _erase_unused_attrs(gm) -> None:
+    for n in list(gm.graph.nodes):
+        if n.op == "get_attr" and not n.users:
+            gm.graph.erase_node(n)
+
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def prepare_qat(student, *, input_shape, reduce_range: bool, runtime: str = "onnxruntime") -> QATModel:
     """A fake-quant copy of `student` (BN folded) ready for quantization-aware distillation; the same
-    student always gives the same module names, so a saved state_dict loads into a fresh one."""
+    student always gives the same module names, so a saved state_dict loads into a fresh one.
+    runtime: whose INT8 kernels the fake-quant graph reproduces exactly (see _place_fake_quant)."""
+    if runtime not in RUNTIMES:
+        raise RecipeError(f"INT8 runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
     gm = _capture(student, tuple(input_shape))
     _fold_batchnorm_graph(gm)
-    _place_fake_quant(gm, reduce_range)
-    q = QATModel(gm)
-    q.reduce_range = reduce_range
-    return q.eval()
+    _place_fake_quant(gm, reduce_range, runtime)
+    return QATModel(gm, reduce_range=reduce_range).eval()
 
 
 def fold_batchnorm(model, *, input_shape):
@@ -459,7 +513,7 @@ def export_int8_onnx(q: QATModel, path: Path, *, input_shape, opset: int, calib_
     range to a quantizer that never saw data. Returns what the report shows."""
     from .export import export_onnx
 
-    if getattr(q, "reduce_range", reduce_range) != reduce_range:
+    if q.reduce_range != reduce_range:
         raise EdgeKDError(f"INT8 export with reduce_range={reduce_range} of a student trained with "
                           f"reduce_range={q.reduce_range}; prepare and export with the same setting")
     fqs = {name: m for name, m in q.body.named_modules() if isinstance(m, ActFakeQuant)}
@@ -470,6 +524,15 @@ def export_int8_onnx(q: QATModel, path: Path, *, input_shape, opset: int, calib_
     for m in body.modules():
         if isinstance(m, ActFakeQuant):
             m.frozen = m.qparams()
+    for n in list(body.graph.nodes):  # biases first: their grid is read from the weights before rounding
+        if n.op == "call_function" and n.target is bias_fake_quant:
+            b = _get_attr(body, n.args[0].target)
+            with torch.no_grad():
+                b.copy_(bias_fake_quant(b, *(_get_attr(body, a.target) for a in n.args[1:5]), n.args[5]))
+            n.replace_all_uses_with(n.args[0])
+            body.graph.erase_node(n)
+    _erase_unused_attrs(body)
+    body.recompile()
     n_weights = 0
     for n in body.graph.nodes:
         if n.op == "call_module" and isinstance(body.get_submodule(n.target), WeightFakeQuant):
@@ -633,7 +696,7 @@ def _qat_overrides(model_path: Path, qat_model, nodes: list[str]) -> tuple[dict,
             unmatched.append(n.name)
             continue
         scale, zero = act.qparams()
-        entry = [{"scale": np.float32(scale), "zero_point": np.uint8(zero)}]
+        entry = [{"scale": np.array(scale, dtype=np.float32), "zero_point": np.array(zero, dtype=np.uint8)}]
         if n.input[0] in overrides and overrides[n.input[0]][0]["scale"] != entry[0]["scale"]:
             conflicts += 1  # one ONNX tensor feeding Linears whose ranges differ: the first one's is kept
             continue

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from .errors import RecipeError
+from .overrides import coerce, parse_override
 from .registry import closest
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -324,38 +325,6 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def _coerce(key: str, typ, value, *, from_text: bool):
-    """Check (TOML) or parse (`key=value` text) one value against the field's type."""
-    if from_text:
-        text = value.strip()
-        if typ is bool:
-            low = text.lower()
-            if low in ("true", "1", "yes", "on"):
-                return True
-            if low in ("false", "0", "no", "off"):
-                return False
-            raise RecipeError(f"{key} must be true or false, got {text!r}")
-        if typ is int:
-            try:
-                return int(text)
-            except ValueError:
-                raise RecipeError(f"{key} must be an integer, got {text!r}") from None
-        if typ is float:
-            try:
-                return float(text)
-            except ValueError:
-                raise RecipeError(f"{key} must be a number, got {text!r}") from None
-        return text
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is str and isinstance(value, bool):  # reduce_range = true in TOML means "true"
-        return "true" if value else "false"
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        want = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[typ]
-        raise RecipeError(f"{key} must be {want}, got {value!r}")
-    return value
-
-
 def _build(cls, data: dict, prefix: str, *, from_text: bool = False, base=None):
     """Build dataclass `cls` from a (possibly partial) dict, refusing unknown keys."""
     hints = _hints(cls)
@@ -374,7 +343,7 @@ def _build(cls, data: dict, prefix: str, *, from_text: bool = False, base=None):
             sub_base = getattr(base, key) if base is not None else _section_default(cls, key)
             kwargs[key] = _build(typ, value, f"{full}.", from_text=from_text, base=sub_base)
         else:
-            kwargs[key] = _coerce(full, typ, value, from_text=from_text)
+            kwargs[key] = coerce(full, typ, value, from_text=from_text)
     try:
         if base is not None:
             return replace(base, **kwargs)
@@ -425,16 +394,6 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         raise RecipeError(f"recipe '{p}' cannot be read ({e.strerror})") from None
     recipe = _build(Recipe, data, "")
     return replace(recipe, base_dir=str(p.resolve().parent))
-
-
-def parse_override(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise RecipeError(f"'{text}' is not a key=value override (e.g. distill.temperature=2)")
-    key, value = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise RecipeError(f"'{text}' has no key before '='")
-    return key, value
 
 
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:

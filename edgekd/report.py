@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 LABELS = {"teacher": "teacher", "student-baseline": "student, hard labels (baseline)",
           "student-fp32": "student, distilled FP32", "student-int8": "student, distilled + QAT INT8"}
 

@@ -17,6 +17,14 @@ runtimes: Registry = Registry("runtime", error=InputError)
 Runner = Callable[[np.ndarray | dict], np.ndarray]
 
 
+def complete_feed(feed: dict, names: list[str]) -> dict:
+    """A text feed for a model's inputs: BERT-family exports also take token_type_ids, which are all zero
+    for one segment of text (what edgekd's models are trained on), so a feed without them gets zeros."""
+    if "token_type_ids" in names and "token_type_ids" not in feed and "input_ids" in feed:
+        feed = {**feed, "token_type_ids": np.zeros_like(feed["input_ids"])}
+    return {k: v for k, v in feed.items() if k in names}
+
+
 @runtimes.register("onnxruntime")
 def onnxruntime_runner(path: str, *, threads: int = 1, profile_prefix: str | None = None) -> Runner:
     import onnxruntime as ort
@@ -35,8 +43,8 @@ def onnxruntime_runner(path: str, *, threads: int = 1, profile_prefix: str | Non
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors for bad files
         raise InputError(f"onnxruntime cannot load '{path}': {str(e).splitlines()[0][:200]}; "
                          "is it a complete, valid ONNX model?") from None
-    name = sess.get_inputs()[0].name
-    run = lambda x: sess.run(None, x if isinstance(x, dict) else {name: x})[0]  # noqa: E731
+    names = [i.name for i in sess.get_inputs()]
+    run = lambda x: sess.run(None, complete_feed(x, names) if isinstance(x, dict) else {names[0]: x})[0]  # noqa: E731
     run.session = sess  # for end_profiling()
     return run
 
@@ -54,7 +62,9 @@ def openvino_runner(path: str, *, threads: int = 1, profile_prefix: str | None =
     except Exception as e:  # noqa: BLE001
         raise InputError(f"OpenVINO cannot load '{path}': {str(e).splitlines()[0][:200]}") from None
     req = compiled.create_infer_request()
-    run = lambda x: np.array(req.infer(x if isinstance(x, dict) else {0: x})[0])  # noqa: E731 - copy: the request reuses its buffer
+    names = [n for i in compiled.inputs for n in i.get_names()]
+    # np.array: a copy, since the request reuses its output buffer
+    run = lambda x: np.array(req.infer(complete_feed(x, names) if isinstance(x, dict) else {0: x})[0])  # noqa: E731
     run.compiled = compiled
     return run
 

@@ -92,25 +92,17 @@ def load_target(name: str) -> Target:
 def override_target(target: Target, overrides: list[str]) -> Target:
     """Apply `target.KEY=VALUE` settings (e.g. target.iterations=200), typed like the profile's field."""
     import dataclasses
+    import typing
 
+    from .overrides import coerce, parse_override
+
+    hints = typing.get_type_hints(Target)
     kwargs = {}
     for text in overrides:
-        key, _, value = text.partition("=")
-        key = key.strip().removeprefix("target.")
-        known = {f.name: f for f in fields(Target)}
-        if key not in known or key == "name":
-            raise TargetError(f"unknown target key 'target.{key}'{closest(key, [k for k in known if k != 'name'])}")
-        try:
-            if key in ("batch_sizes", "threads_sweep"):
-                kwargs[key] = [int(v) for v in value.split(",") if v.strip()]
-            elif key in ("threads", "warmup", "iterations"):
-                kwargs[key] = int(value)
-            elif key == "memory_budget_mb":
-                kwargs[key] = float(value)
-            elif key == "pin_cores":
-                kwargs[key] = value.strip().lower() in ("1", "true", "yes", "on")
-            else:
-                kwargs[key] = value
-        except ValueError:
-            raise TargetError(f"target.{key} must be a number (or a comma list for batch_sizes/threads_sweep), got {value!r}") from None
+        key, value = parse_override(text)
+        key = key.removeprefix("target.")
+        known = [f.name for f in fields(Target) if f.name != "name"]
+        if key not in known:
+            raise TargetError(f"unknown target key 'target.{key}'{closest(key, known)}")
+        kwargs[key] = coerce(f"target.{key}", hints[key], value, from_text=True, error=TargetError)
     return dataclasses.replace(target, **kwargs) if kwargs else target

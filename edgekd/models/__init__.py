@@ -33,10 +33,18 @@ class Built:
     note: str = ""  # one line for the report: what was built and from where
 
 
-def load_model(spec, io: ModelIO, *, base: Path, teacher=None) -> Built:
-    """Build `spec.model` for `io`, then load `spec.weights` into it when given."""
+def load_model(spec, io: ModelIO, *, base: Path, teacher=None, seed: int = 0) -> Built:
+    """Build `spec.model` for `io` (random initialisation seeded with `seed`), then load `spec.weights`
+    into it when given. A bare name is a registered architecture, or a source that needs no reference
+    (a text student: layer-subset, narrow)."""
+    import torch
+
     _register_builtin()
-    built = sources.get(spec.scheme)(spec, io, base=Path(base), teacher=teacher)
+    scheme = spec.scheme
+    if scheme == "arch" and spec.model in sources and spec.model not in architectures:
+        scheme = spec.model
+    torch.manual_seed(seed)
+    built = sources.get(scheme)(spec, io, base=Path(base), teacher=teacher)
     if spec.weights:
         from .weights import load_weights
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 from ..errors import InputError, RecipeError
 from ..registry import closest
 from . import Built, ModelIO, sources
+from .hf import resolve_ref
 
 
 class TextEncoder(nn.Module):
@@ -135,31 +136,6 @@ class TextEncoder(nn.Module):
 
 # ---------------------------------------------------------------------- references and files
 
-def resolve(ref: str, base: Path) -> str:
-    """A local folder (relative to the recipe), "package:NAME/SUBDIR" (a model folder shipped inside an
-    installed Python package), or a hub id passed through to from_pretrained."""
-    if ref.startswith("package:"):
-        import importlib.resources
-        import importlib.util
-
-        pkg, _, sub = ref.removeprefix("package:").partition("/")
-        if importlib.util.find_spec(pkg) is None:
-            raise InputError(f"hf:{ref}: Python package '{pkg}' is not installed (pip install {pkg.replace('_', '-')})")
-        path = Path(str(importlib.resources.files(pkg))) / sub
-        if not (path / "config.json").is_file():
-            raise InputError(f"hf:{ref}: no model folder (config.json) at {sub or '.'} inside '{pkg}'")
-        return str(path)
-    p = Path(ref).expanduser()
-    p = p if p.is_absolute() else Path(base) / p
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise InputError(f"hf:{ref}: '{p}' has no config.json; point it at a Hugging Face model folder")
-        return str(p)
-    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
-        raise InputError(f"hf:{ref}: folder '{p}' does not exist")
-    return ref  # a hub id: from_pretrained downloads it (needs internet)
-
-
 def _read_json(ref: str, name: str):
     """A JSON file of a model folder or hub repository, or None when it has none."""
     p = Path(ref) / name
@@ -231,8 +207,9 @@ def find_layers(model) -> tuple[str, nn.ModuleList]:
 
 def _load_error(ref: str, e: Exception) -> InputError:
     msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-    hint = " (it ships its own code: set trust_remote_code = true if you trust it)" if "trust_remote_code" in str(e) else ""
-    return InputError(f"cannot load hf:{ref}: {msg}{hint}")
+    hint = (" (it ships its own code: set trust_remote_code = true if you trust it)"
+            if "trust_remote_code" in str(e) else "")
+    return InputError(f"model 'hf:{ref}' cannot be loaded: {msg}{hint}")
 
 
 def _prepare(model):
@@ -288,7 +265,7 @@ def from_pretrained(spec, io: ModelIO, *, base: Path) -> Built:
     for io.num_classes classes (not ready); an embedding model (io.num_classes == 0) is ready."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    ref = resolve(spec.ref, base)
+    ref = resolve_ref(spec.ref, base)
     trc = spec.trust_remote_code
     try:
         config = AutoConfig.from_pretrained(ref, trust_remote_code=trc)
@@ -301,23 +278,27 @@ def from_pretrained(spec, io: ModelIO, *, base: Path) -> Built:
     kw = {"trust_remote_code": trc, "attn_implementation": "eager"}  # eager: attention probabilities exist
     common = {"pooling": sent["pooling"], "normalize": sent["normalize"], "source": ref, "trust_remote_code": trc}
     archs = config.architectures or []
+    named = any(a.endswith("ForSequenceClassification") for a in archs)
     why = ""
-    if k and any(a.endswith("ForSequenceClassification") for a in archs):
+    # a classifier by its config, or perhaps one (a config without architectures): its weights tell
+    if k and (named or not archs):
         theirs = [config.id2label[i] for i in range(config.num_labels)]
         perm = _same_labels(io.labels, theirs)
         if perm is not None:
             try:
-                clf = AutoModelForSequenceClassification.from_pretrained(ref, **kw)
+                clf, info = AutoModelForSequenceClassification.from_pretrained(ref, output_loading_info=True, **kw)
             except (OSError, ValueError) as e:
-                raise _load_error(spec.ref, e) from None
-            if _reorder_head(clf, perm, list(io.labels)):
+                if named:
+                    raise _load_error(spec.ref, e) from None
+                clf, info = None, {"missing_keys": ["(no sequence classifier for this model type)"]}
+            if not info["missing_keys"] and _reorder_head(clf, perm, list(io.labels)):
                 model = TextEncoder(_prepare(clf), hf_head=True, labels=io.labels, **common)
                 order = "" if perm == list(range(k)) else ", logits reordered to the data's label order"
                 return Built(model, ready=True, note=f"hf: {type(clf).__name__} from {spec.ref} with its own "
                              f"{k}-class head{order} ({model.num_layers} layers x {model.hidden_size}){extra}")
-            why = f"; its head was not found, a new {k}-class head"
-        else:
-            why = (f"; its head's labels ({', '.join(map(str, theirs))}) are not this data's: a new {k}-class head")
+            why = f"; no trained {k}-class head in its weights: a new one"
+        elif named:
+            why = f"; its head's labels ({', '.join(map(str, theirs))}) are not this data's: a new {k}-class head"
     try:
         enc = AutoModel.from_pretrained(ref, **kw)
     except (OSError, ValueError) as e:
@@ -345,7 +326,7 @@ def from_config(spec, io: ModelIO, *, base: Path) -> Built:
     from transformers import AutoConfig, AutoModel
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    ref, what = spec.ref, f"hf-config:{spec.ref}"
+    ref, what = spec.ref, f"model 'hf-config:{spec.ref}'"
     p = Path(ref).expanduser()
     p = p if p.is_absolute() else Path(base) / p
     source = ""
@@ -437,7 +418,8 @@ def layer_subset(spec, io: ModelIO, *, base: Path, teacher=None) -> Built:
         setattr(holder, leaf, layers)
     s.hf.config.num_hidden_layers = len(keep)
     s.kept_layers = keep
-    return Built(s.eval(), ready=False, note=f"layer-subset: teacher layers {keep} of 0..{n - 1}, width {s.hidden_size}")
+    return Built(s.eval(), ready=False,
+                 note=f"layer-subset: teacher layers {keep} of 0..{n - 1}, width {s.hidden_size}")
 
 
 _INTERMEDIATE = ("intermediate_size", "hidden_dim", "ffn_dim", "d_ff")  # the names families give the MLP width

@@ -40,7 +40,7 @@ class ImageClassification(Task):
         from ..models import load_model
         from ..models.checks import check_fits
 
-        built = load_model(ctx.recipe.teacher, ctx.io, base=ctx.base)
+        built = load_model(ctx.recipe.teacher, ctx.io, base=ctx.base, seed=ctx.recipe.seed)
         check_fits(built.module, ctx.io, what=f"teacher '{ctx.recipe.teacher.model}'")
         return built
 
@@ -136,7 +136,7 @@ class ImageClassification(Task):
         from ..models import load_model
         from ..models.checks import check_fits
 
-        built = load_model(ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher)
+        built = load_model(ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher, seed=ctx.recipe.seed)
         check_fits(built.module, ctx.io, what=f"student '{ctx.recipe.student.model}'")
         return built.module
 

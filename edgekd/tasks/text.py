@@ -65,7 +65,7 @@ class _TextTask(Task):
     def load_teacher(self, ctx: Context):
         from ..models import load_model
 
-        return load_model(ctx.recipe.teacher, ctx.io, base=ctx.base)
+        return load_model(ctx.recipe.teacher, ctx.io, base=ctx.base, seed=ctx.recipe.seed)
 
     def train_teacher(self, ctx: Context, teacher, checkpoint: Path):
         """Fine-tune the whole teacher on the labels (the usual schedule for an encoder: AdamW, 10%
@@ -143,7 +143,7 @@ class _TextTask(Task):
     def new_student(self, ctx: Context, teacher):
         from ..models import load_model
 
-        return load_model(ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher).module
+        return load_model(ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher, seed=ctx.recipe.seed).module
 
     def _layer_map(self, ctx: Context, student, teacher) -> dict[int, int]:
         from ..recipe import parse_layer_map
@@ -261,7 +261,10 @@ class _TextTask(Task):
             info = export_text(strip_fake_quant(model) if int8 else model, sub, opset=es.opset, tokenizer=tok)
             meta["exporters"][name] = info
             if int8:
-                quantize_onnx(sub / "model.onnx", folder / "student-int8.onnx", calib,
+                from ..runtimes import complete_feed
+
+                quantize_onnx(sub / "model.onnx", folder / "student-int8.onnx",
+                              [complete_feed(f, info["inputs"]) for f in calib],
                               reduce_range=ctx.extra["reduce_range"], linear_only=True, qat_model=model)
                 if es.int8_embeddings:
                     from ..quantize import quantize_gather_tables
