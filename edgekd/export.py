@@ -31,18 +31,20 @@ def export_onnx(model, path: Path, input_shape, *, opset: int) -> None:
 
 
 def export_text_onnx(model, path: Path, *, opset: int, output: str) -> None:
-    """FP32 ONNX of a TextEncoder: inputs input_ids, attention_mask (int64, batch x sequence, both axes
-    dynamic), output `output` ("embedding" or "logits"), weights inline. The TorchScript exporter,
-    as for the CNNs: the encoder is plain layers and an additive mask, which it traces exactly."""
+    """FP32 ONNX of a text model called as model(input_ids, attention_mask): both int64, batch x
+    sequence, both axes dynamic; output `output`; weights inline. The TorchScript exporter, where
+    optimum has no configuration for an architecture (edgekd.export_hf)."""
     import warnings
 
     import torch
 
     model.eval()
     ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102], [101, 2023, 102, 0, 0, 0, 0]])
+    if hasattr(model, "input_embeddings"):  # a small vocabulary: keep the example ids inside it
+        ids = ids.clamp(max=model.input_embeddings().num_embeddings - 1)
     mask = (ids != 0).long()
     axes = {"batch": 0, "sequence": 1}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (ids, mask), str(path), dynamo=False, opset_version=opset,

@@ -42,7 +42,9 @@ def export_text(model, folder: Path, *, opset: int, tokenizer) -> dict:
                 _append_pooling(proto.graph, model, output=output)
             exporter = "optimum"
         else:
-            _export_torch(model, path, opset=opset, output=output)
+            from .export import export_text_onnx
+
+            export_text_onnx(model, path, opset=opset, output=output)
             proto = onnx.load(str(path))
             exporter = "torch.onnx"
         onnx.checker.check_model(proto)
@@ -90,23 +92,6 @@ def _export_optimum(hf, path: Path, *, task: str, opset: int) -> None:
     finally:
         for k, v in saved.items():
             setattr(hf.config, k, v)
-
-
-def _export_torch(model, path: Path, *, opset: int, output: str) -> None:
-    """The wrapper itself through the TorchScript exporter: inputs input_ids, attention_mask."""
-    import warnings
-
-    import torch
-
-    ids = torch.tensor([[101, 7592, 2088, 2003, 1037, 3231, 102], [101, 2023, 102, 0, 0, 0, 0]])
-    ids = ids.clamp(max=model.input_embeddings().num_embeddings - 1)
-    mask = (ids != 0).long()
-    axes = {0: BATCH, 1: SEQ}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (ids, mask), str(path), dynamo=False, opset_version=opset,
-                          input_names=["input_ids", "attention_mask"], output_names=[output],
-                          dynamic_axes={"input_ids": axes, "attention_mask": axes, output: {0: BATCH}})
 
 
 def _config_for(model):

@@ -59,6 +59,9 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         ctx = Context(recipe, target, device, log, data=load_data(recipe.data, seed=recipe.seed, base=recipe.base_dir))
         task.prepare(ctx)
         reduce_range = ctx.extra["reduce_range"] = resolve_reduce_range(recipe.quantize.reduce_range)
+        # OpenVINO fuses a residual Add into the convolution before it and skips that rounding: QAT
+        # trains the placement the target's runtime executes
+        qat_for = ctx.extra["qat_runtime"] = "openvino" if target.runtime == "openvino" else "onnxruntime"
         data_seconds = time.perf_counter() - t0
         # the device is part of every training key: CUDA and CPU kernels round differently
         data_in = {"task": task.name, "data": asdict(recipe.data), "files": _files(recipe, recipe.data.path),
@@ -69,7 +72,6 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         st_teacher = stages.run("teacher", lambda d, ck: _teacher(task, ctx, d, ck, models), inputs={
             **data_in, "teacher": asdict(recipe.teacher), "teacher_files": _model_files(recipe, recipe.teacher)})
         teacher = models.get("teacher") or _reload_teacher(task, ctx, st_teacher)
-        _check_teacher(ctx, st_teacher.meta)
 
         # 2. The teacher's targets, computed once.
         st_targets = stages.run("soft-labels", lambda d, _: task.teacher_targets(ctx, teacher, d),
@@ -86,7 +88,8 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
 
         # 5. Quantization-aware distillation: the fake-quant INT8 student, the same teacher and losses.
         st_qat = stages.run("qat", lambda d, ck: _qat(task, ctx, student, teacher, d, ck),
-                            inputs={"quantize": asdict(recipe.quantize), "reduce_range": reduce_range}, after=(st_dist,))
+                            inputs={"quantize": asdict(recipe.quantize), "reduce_range": reduce_range, "for": qat_for},
+                            after=(st_dist,))
         qat = _load(task.new_qat(ctx, student), st_qat.dir / "model.pt")
         qat_eval_mode(qat)
 
@@ -135,6 +138,7 @@ def _teacher(task, ctx, d: Path, ckpt: Path, keep: dict) -> dict:
         meta.update(task.train_teacher(ctx, built.module, ckpt).meta())
         torch.save(built.module.state_dict(), d / "model.pt")
     meta["val_score"] = task.validate(ctx, built.module)
+    _check_teacher(ctx, meta)  # inside the stage: a teacher that fails it is never cached
     keep["teacher"] = built.module.eval()
     return meta
 

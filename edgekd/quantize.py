@@ -1,36 +1,48 @@
-"""INT8: quantization-aware distillation in PyTorch whose fake-quant points ARE the exported QDQ graph.
+"""INT8: quantization-aware distillation whose fake-quant graph IS the exported QDQ graph.
 
 Image students (any graph: residual adds, depthwise/grouped convolutions, concatenation, pooling,
-squeeze-excitation) are captured with `torch.export` (batch axis dynamic), BatchNorm is folded into
-the convolutions, and a fake-quant module is placed on every tensor where onnxruntime's QDQ fusions
-need a QuantizeLinear/DequantizeLinear pair to run an integer kernel: inputs and outputs of Conv,
-Linear, Add, Mul, Concat, Sigmoid and pooling, a ReLU/ReLU6 right after such an op taking the
-output's place (onnxruntime drops it into the quantizer). Grid-preserving ops (max pooling, reshape,
-flatten, padding, slicing) reuse their input's quantizer, so onnxruntime runs them on UINT8 directly.
-Export writes that same graph with each fake-quant as a QDQ pair holding the scale and zero point QAT
-used, weights as INT8 initializers (the fake-quantized values, exactly) and biases as INT32 at
-scale_x * scale_w: nothing is re-calibrated, and INT8 runtime vs fake-quant PyTorch agreement holds by
-construction (what remains is integer-kernel rounding and the INT32 bias rounding).
-Transformer students keep nn.Linear fake-quant only (`fake_quant_linears`), and
-`quantize_onnx(..., qat_model=)` hands each MatMul input the range its fake-quant learned
-(TensorQuantOverrides, matched by weight values) instead of a MinMax calibration.
+squeeze-excitation) are captured with `torch.export` (batch axis dynamic) and BatchNorm is folded into
+the convolutions. A fake-quant module then sits on every tensor where onnxruntime's QDQ fusions need a
+QuantizeLinear/DequantizeLinear pair to run an integer kernel: inputs and outputs of Conv, Linear, Add,
+Mul, Concat, Sigmoid and average pooling, with a ReLU/ReLU6 right after such an op taking the output's
+place (onnxruntime removes it into the quantizer); grid-preserving ops (max pooling, reshape, flatten,
+padding, slicing, dropout) reuse their input's quantizer, so onnxruntime runs them on UINT8 as they are.
+Biases are fake-quantized too, to the INT32 grid scale_x * scale_w that QLinearConv/QGemm add to their
+accumulator; logits stay float (QGemm writes float output). Export writes that same graph: each
+fake-quant becomes a QDQ pair with the scale and zero point QAT used, weights INT8 initializers (exactly
+the fake-quantized integers), biases INT32. Nothing is re-calibrated, so onnxruntime's integer kernels
+and the fake-quant PyTorch model differ only by float rounding inside the kernels.
+`prepare_qat(runtime="openvino")` leaves out the quantizer between a convolution and the residual Add
+that OpenVINO's CPU plugin merges into it (OpenVINO skips that rounding).
+Transformer students keep nn.Linear fake-quant only (`fake_quant_linears`, onnxruntime's
+MatMulIntegerToFloat route), and `quantize_onnx(..., qat_model=)` gives each MatMul input the range its
+fake-quant learned (TensorQuantOverrides, matched by weight values) instead of a MinMax calibration.
 
-Scheme (both kinds): weights symmetric per-channel INT8 (7-bit with reduce_range on x86 without
-VNNI, where u8s8 kernels can saturate), activations asymmetric per-tensor UINT8 whose range is an EMA
-of batch min/max (always including 0, so that 0 and ReLU are exact).
+Scheme: weights symmetric per-channel INT8 (7-bit with reduce_range on x86 without VNNI, where u8s8
+kernels can saturate), activations asymmetric per-tensor UINT8 whose range is an EMA of batch min/max
+(always including 0, so that 0, padding and ReLU are exact).
 
-Why this route (torch 2.13, measured on this project's machines):
-- torch.ao.quantization eager/FX QAT is deprecated, and its fused observer op exports to neither
-  ONNX exporter nor OpenVINO.
-- torchao's PT2E QAT trains well, but its converted graph needs the dynamo exporter and OpenVINO
-  cannot convert it directly; `convert_pt2e` alone takes ~17 s; its X86InductorQuantizer places
-  quantizers for Inductor's fusions, not onnxruntime's.
-- NNCF's torch QAT works but compiles a C++ extension on first use (~55 s) and exports an
-  OpenVINO-only FakeQuantize op by default.
-- The previous route here (fake-quant on Conv/Linear inputs only, then onnxruntime's
-  `quantize_static` re-calibrating every activation with MinMax and quantizing Add/pool/output
-  tensors QAT never saw) agreed with its own fake-quant model only 0.96 top-1 on a user's model.
-  The measured comparison with this route is in tests/test_quantize.py's docstring.
+Why this route. Earlier trials (torch 2.13, an MNIST student): torch.ao.quantization eager/FX QAT is
+deprecated and its fused observer op exports to neither ONNX exporter nor OpenVINO; NNCF's torch QAT
+compiles a C++ extension on first use (~55 s) and exports an OpenVINO-only FakeQuantize op by default;
+torchao PT2E QAT needs the dynamo exporter and `convert_pt2e` took ~17 s.
+Measured for this route (tests/test_quantize.py's students, 300 held-out MNIST digits, top-1
+agreement of onnxruntime ORT_ENABLE_ALL with the student's own fake-quant model, one AVX-512 VNNI
+x86 host, reduce_range on):
+- the previous route (fake-quant on Conv/Linear inputs only, BN folded by torch.fx, then
+  onnxruntime's `quantize_static` re-calibrating every activation with MinMax and quantizing Add, pool
+  and output tensors QAT never saw): residual 0.993, inverted residual 0.957, grouped 0.997, concat
+  0.997, squeeze-excitation 0.997; transformers' ResNet and MobileNetV2 cannot be prepared at all
+  (torch.fx symbolic tracing fails on their shape checks);
+- this route: 1.000 on all seven (max |logit diff| ~1e-7 on the small ones); before biases were
+  fake-quantized, MobileNetV2 reached only 0.96 (the INT32 bias rounding, up to half a step of
+  scale_x * scale_w, flips roundings downstream);
+- torchao PT2E QAT (X86InductorQuantizer, convert_pt2e, dynamo ONNX export): 0.967 (inverted
+  residual) and 0.977 (ResNet) against the prepared model, `convert_pt2e` 12 s, and onnxruntime ran
+  only 1 of 6 and 4 of 6 convolutions as QLinearConv (Inductor's placement leaves conv outputs
+  unquantized);
+- OpenVINO on the onnxruntime-placed file: 0.94-1.0 (Conv+Add fusion); with runtime="openvino": 1.0.
+prepare_qat takes 0.2-2 s (torch.export), export_int8_onnx 0.05-1.2 s.
 """
 
 from __future__ import annotations
@@ -248,7 +260,7 @@ def _capture(model, input_shape) -> torch.fx.GraphModule:
     trainable GraphModule (the exported module forbids .train()/.eval())."""
     from torch.export import Dim, export
 
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).cpu().eval()
     x = torch.zeros((2, *input_shape))  # batch 2: an example batch of 1 would fix the batch axis
     try:
         ep = export(model, (x,), dynamic_shapes=({0: Dim.AUTO},))
@@ -367,6 +379,10 @@ def _place_fake_quant(gm, reduce_range: bool, runtime: str) -> None:
                 return p
         return None
 
+    def reaches_output(n) -> bool:
+        """n is the graph's output, or becomes it through grid-preserving ops only."""
+        return any(u.op == "output" or (_grid_preserving(gm, u) and reaches_output(u)) for u in n.users)
+
     def quantize(n):
         if is_fq(n):
             return
@@ -404,7 +420,8 @@ def _place_fake_quant(gm, reduce_range: bool, runtime: str) -> None:
         if not all(_is_float_tensor(a) for a in acts):
             continue  # a constant operand (a learned scale, a bias): the op stays float
         for a in acts:
-            quantize(a)
+            if not (runtime == "openvino" and a is merged_conv(n)):
+                quantize(a)
         if t in _WEIGHTED and n.args[1].op == "get_attr":
             name = f"wq_{n.name}"
             wfq = WeightFakeQuant(reduce_range)
@@ -419,8 +436,8 @@ def _place_fake_quant(gm, reduce_range: bool, runtime: str) -> None:
             n.replace_input_with(w, wq)
         users = list(n.users)
         out = users[0] if len(users) == 1 and _is_relu_like(users[0]) else n
-        if t == aten.linear.default and any(u.op == "output" for u in out.users):
-            continue  # logits: onnxruntime's QGemm writes float output itself; no UINT8 ties between classes
+        if reaches_output(out):
+            continue  # logits stay float (QGemm writes float output itself): no UINT8 ties between classes
         if runtime == "openvino" and t in _CONV and out is n and len(users) == 1 and merged_conv(users[0]) is n:
             continue  # OpenVINO folds this Add into the convolution and skips the convolution's own rounding
         quantize(out)
@@ -519,6 +536,9 @@ def export_int8_onnx(q: QATModel, path: Path, *, input_shape, opset: int, calib_
     fqs = {name: m for name, m in q.body.named_modules() if isinstance(m, ActFakeQuant)}
     unseen = sorted(name for name, m in fqs.items() if not bool(m.seen))
     if unseen:
+        if calib_x is None or len(calib_x) == 0:
+            raise EdgeKDError(f"INT8 export: {len(unseen)} activation quantizers never saw data and no "
+                              "calibration inputs were given; run calibrate() or pass calib_x")
         calibrate(q, calib_x, only_unseen=True)
     body = copy.deepcopy(q.body).eval()
     for m in body.modules():
@@ -553,8 +573,9 @@ def export_int8_onnx(q: QATModel, path: Path, *, input_shape, opset: int, calib_
             "float_compute_ops": {k: v for k, v in ops.items() if k in _FLOAT_COMPUTE}}
 
 
+# arithmetic left in float in onnxruntime's optimized graph (MaxPool, Reshape, Slice run on UINT8 as they are)
 _FLOAT_COMPUTE = ("Conv", "Gemm", "MatMul", "Add", "Mul", "Sigmoid", "GlobalAveragePool", "AveragePool",
-                  "Concat", "MaxPool", "FusedConv", "FusedGemm", "ReduceMean", "HardSigmoid", "HardSwish")
+                  "Concat", "FusedConv", "FusedGemm", "ReduceMean", "HardSigmoid", "HardSwish")
 
 
 def _integer_initializers(path: Path) -> None:
@@ -579,14 +600,14 @@ def _integer_initializers(path: Path) -> None:
     def per_axis(v, x, axis):  # broadcast a per-channel vector along `axis` of x
         return v.reshape([-1 if d == axis % x.ndim else 1 for d in range(x.ndim)]) if v.ndim else v
 
-    for n in list(g.node):
+    for k, n in enumerate(list(g.node)):
         if n.op_type != "QuantizeLinear" or n.input[0] not in consts:
             continue
         w, scale, zero = consts[n.input[0]], consts[n.input[1]], consts[n.input[2]]
         axis = axis_of(n)
         ints = np.round(w / per_axis(scale, w, axis)) + per_axis(zero.astype(np.int64), w, axis)
         info = np.iinfo(zero.dtype)
-        qname = f"{n.input[0]}_int8"
+        qname = f"{n.input[0]}_int8_{k}"
         new_inits.append(numpy_helper.from_array(np.clip(ints, info.min, info.max).astype(zero.dtype), qname))
         for m in g.node:  # the DequantizeLinear(s) reading this Q's output read the integers directly
             m.input[:] = [qname if i == n.output[0] else i for i in m.input]

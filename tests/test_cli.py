@@ -39,7 +39,7 @@ def five_class_teacher():
     (["target=cpu-imt8"], "did you mean 'cpu-int8'"),
     (["recipe=/nonexistent/edgekd.toml"], "does not exist"),
     (["teacher.weights=/nonexistent/teacher.pt"], "does not exist"),
-    (["teacher.model=onnx:model.onnx"], "did you mean"),
+    (["teacher.model=hf-confg:resnet"], "did you mean 'hf-config'"),
     (["teacher.fine_tune=sometimes"], "teacher.fine_tune must be"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, fragment):
@@ -74,19 +74,19 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 
 def test_checkpoint_of_another_architecture(tmp_path):
-    from edgekd.models import architectures
+    from edgekd.models import build_arch
 
     ck = tmp_path / "student.pt"
-    torch.save(architectures.get("mnist-student")(in_channels=1, num_classes=10).state_dict(), ck)
+    torch.save(build_arch("mnist-student", in_channels=1, num_classes=10).state_dict(), ck)
     out = tmp_path / "out"
     assert_clean_failure(edgekd("build", "--out", str(out), f"teacher.weights={ck}", *TINY, *TINY_TARGET),
                          "mnist-teacher", out)
 
 
 def untrained_teacher(num_classes):
-    from edgekd.models import architectures
+    from edgekd.models import build_arch
 
-    return architectures.get("mnist-teacher")(in_channels=1, num_classes=num_classes)
+    return build_arch("mnist-teacher", in_channels=1, num_classes=num_classes)
 
 
 def flat_input_teacher():

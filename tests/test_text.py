@@ -151,10 +151,13 @@ def test_int8_linear_weights_are_the_fake_quantized_ones(minilm, tmp_path):
 
     _, one, tok = minilm
     q = fake_quant_linears(copy.deepcopy(one), reduce_range=True)
-    export_text(strip_fake_quant(q), tmp_path / "f", opset=17, tokenizer=tok)
+    from edgekd.runtimes import complete_feed
+
+    info = export_text(strip_fake_quant(q), tmp_path / "f", opset=17, tokenizer=tok)
     enc = tok(["calibration text one", "two"], return_tensors="np", padding=True)
-    feeds = [{"input_ids": enc["input_ids"][i:i + 1].astype(np.int64),
-              "attention_mask": enc["attention_mask"][i:i + 1].astype(np.int64)} for i in range(2)]
+    feeds = [complete_feed({"input_ids": enc["input_ids"][i:i + 1].astype(np.int64),
+                            "attention_mask": enc["attention_mask"][i:i + 1].astype(np.int64)}, info["inputs"])
+             for i in range(2)]
     quantize_onnx(tmp_path / "f" / "model.onnx", tmp_path / "q.onnx", feeds, reduce_range=True, linear_only=True)
     g = onnx.load(str(tmp_path / "q.onnx")).graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}

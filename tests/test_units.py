@@ -11,7 +11,7 @@ from edgekd.errors import ParityError, RecipeError, TargetError
 from edgekd.export import check_parity, export_onnx
 from edgekd.losses import kd_loss
 from edgekd.models import architecture_names, build_arch as _build_arch, count_params
-from edgekd.quantize import fold_batchnorm, prepare_qat, quantize_onnx
+from edgekd.quantize import fold_batchnorm
 from edgekd.registry import Registry
 from edgekd.targets import load_target, override_target, target_names
 
@@ -90,33 +90,6 @@ def test_student_is_10_to_50x_smaller_than_teacher():
     ratio = count_params(build_arch("mnist-teacher")) / count_params(build_arch("mnist-student"))
     assert 10 <= ratio <= 50
     assert 0.5e6 <= count_params(build_arch("mnist-teacher")) <= 2e6
-
-
-@pytest.mark.parametrize("reduce_range", [True, False])
-def test_qat_weight_grid_is_the_exported_int8_grid(tmp_path, reduce_range):
-    """The INT8 weights onnxruntime writes are exactly the fake-quantized weights QAT trained with."""
-    import onnx
-    from onnx import numpy_helper
-
-    torch.manual_seed(0)
-    q = prepare_qat(build_arch("mnist-student-tiny"), reduce_range=reduce_range)
-    x = np.random.default_rng(0).standard_normal((16, 1, 28, 28)).astype(np.float32)
-    from edgekd.quantize import calibrate
-    calibrate(q, x)
-    fp = tmp_path / "f.onnx"
-    export_onnx(q.float_model(), fp, (1, 28, 28), opset=17)
-    quantize_onnx(fp, tmp_path / "q.onnx", x, reduce_range=reduce_range)
-    g = onnx.load(str(tmp_path / "q.onnx")).graph
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    conv_w = [v for k, v in inits.items() if v.dtype == np.int8 and v.ndim == 4]
-    assert conv_w, "no INT8 conv weights in the QDQ graph"
-    first_conv = next(m for m in q.modules() if type(m).__name__ == "QuantWrap")
-    w = first_conv.inner.weight.detach()
-    scale = w.abs().flatten(1).amax(1) * 2 / (first_conv.qmax - first_conv.qmin)
-    ints = torch.round(w / scale[:, None, None, None]).numpy().astype(np.int8)
-    assert any(c.shape == ints.shape and np.array_equal(c, ints) for c in conv_w)
-    lo, hi = (-64, 64) if reduce_range else (-127, 127)
-    assert all(c.min() >= lo and c.max() <= hi for c in conv_w)
 
 
 def test_parity_check_fails_on_a_perturbed_model(tmp_path):

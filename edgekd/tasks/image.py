@@ -178,7 +178,8 @@ class ImageClassification(Task):
     def new_qat(self, ctx: Context, student):
         from ..quantize import calibrate, prepare_qat
 
-        q = prepare_qat(student, input_shape=ctx.io.input_shape, reduce_range=ctx.extra["reduce_range"])
+        q = prepare_qat(student, input_shape=ctx.io.input_shape, reduce_range=ctx.extra["reduce_range"],
+                        runtime=ctx.extra["qat_runtime"])
         calibrate(q, ctx.data.x_train[: ctx.recipe.quantize.calibration])
         return q
 
