@@ -94,7 +94,7 @@ def is_text_model(path: Path) -> bool:
     """A text model takes input_ids (and attention_mask) instead of one float tensor."""
     manifest = path.parent / "manifest.json"
     if manifest.is_file():
-        return "inputs" in json.loads(manifest.read_text())
+        return any(i["name"] == "input_ids" for i in json.loads(manifest.read_text()).get("inputs", []))
     if path.suffix == ".xml":
         import openvino as ov
 
@@ -112,9 +112,9 @@ def input_spec(path: Path) -> tuple[list[int], str]:
 
     manifest = path.parent / "manifest.json"
     if manifest.is_file():
-        m = json.loads(manifest.read_text())
-        shape = [1 if not isinstance(d, int) else d for d in m["input"]["shape"]]
-        return shape, m["input"].get("dtype", "float32")
+        first = json.loads(manifest.read_text())["inputs"][0]
+        shape = [1 if not isinstance(d, int) else d for d in first["shape"]]
+        return shape, first.get("dtype", "float32")
     if path.suffix == ".pte":
         raise InputError(f"'{path}' has no manifest.json beside it; edgekd bench reads a .pte's input shape from the "
                          "manifest its build wrote")

@@ -66,12 +66,12 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         # the device is part of every training key: CUDA and CPU kernels round differently
         data_in = {"task": task.name, "data": asdict(recipe.data), "files": _files(recipe, recipe.data.path),
                    "seed": recipe.seed, "device": device.split(":")[0], **task.fingerprint(ctx)}
-        models: dict = {}
+        loaded: dict = {}  # the teacher the stage built, when it ran in this process
 
         # 1. Teacher: loaded; trained or fine-tuned when it is not ready for this data; then measured.
-        st_teacher = stages.run("teacher", lambda d, ck: _teacher(task, ctx, d, ck, models), inputs={
+        st_teacher = stages.run("teacher", lambda d, ck: _teacher(task, ctx, d, ck, loaded), inputs={
             **data_in, "teacher": asdict(recipe.teacher), "teacher_files": _model_files(recipe, recipe.teacher)})
-        teacher = models.get("teacher") or _reload_teacher(task, ctx, st_teacher)
+        teacher = loaded.get("teacher") or _reload_teacher(task, ctx, st_teacher)
 
         # 2. The teacher's targets, computed once.
         st_targets = stages.run("soft-labels", lambda d, _: task.teacher_targets(ctx, teacher, d),
@@ -103,8 +103,8 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         from .bench import bench_models
 
         inputs, seq_lens = task.bench_inputs(ctx)
-        st_bench = stages.run("benchmark", lambda d, _: bench_models(d, st_export.dir, target, inputs, seq_lens=seq_lens),
-                              inputs={"target": asdict(target), "seq_lens": seq_lens}, after=(st_export,))
+        stages.run("benchmark", lambda d, _: bench_models(d, st_export.dir, target, inputs, seq_lens=seq_lens),
+                   inputs={"target": asdict(target), "seq_lens": seq_lens}, after=(st_export,))
         from .models import count_params
         from .report import assemble, check_budget
 
@@ -115,7 +115,6 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         from .builddir import write_build
 
         build_dir = write_build(out_dir, target, recipe, report, st_export, task.manifest(ctx, st_export.meta))
-        del st_bench
     except BaseException:
         if created_out and out_dir.exists() and not any(p for p in out_dir.rglob("*") if p.is_file()):
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -154,8 +153,8 @@ def _check_teacher(ctx, meta: dict) -> None:
     import numpy as np
 
     val, y = meta.get("val_score"), ctx.data.y_val
-    if val is None or y is None or ctx.io.num_classes < 2:
-        return
+    if val is None or y is None or ctx.io.num_classes < 2 or len(np.unique(y)) < 2:
+        return  # nothing to compare with (a validation split of one class says nothing about chance)
     chance = max(1 / ctx.io.num_classes, float(np.bincount(y).max() / len(y)))
     if val < chance + 0.1 * (1 - chance):
         raise EdgeKDError(

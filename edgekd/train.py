@@ -38,9 +38,10 @@ class FitResult:
     chosen_epoch: int  # 1-based epoch whose weights were kept (0: the starting weights)
     epochs: int
     history: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)  # what the task adds for the report (a layer map, a subset size)
 
     def meta(self) -> dict:
-        return {"val_score": self.val_score, "chosen_epoch": self.chosen_epoch, "history": self.history}
+        return {"val_score": self.val_score, "chosen_epoch": self.chosen_epoch, "history": self.history, **self.info}
 
 
 Batch = tuple

@@ -95,9 +95,9 @@ def test_tampered_cache_is_rebuilt(tiny_build, build_root):
 
     from edgekd.cli import main
 
-    tiny_build("cpu-int8")
-    [qat_dir] = [p for p in (build_root / ".cache").iterdir() if p.name.startswith("qat-")]
-    (qat_dir / "student_qat.pt").write_bytes(b"tampered")
+    d = tiny_build("cpu-int8")
+    qat_dir = build_root / ".cache" / read_report(d)["stages"]["qat"]["cache"]
+    (qat_dir / "model.pt").write_bytes(b"tampered")
     res = CliRunner().invoke(main, ["build", "target=cpu-int8", "--out", str(build_root), *TINY, *TINY_TARGET])
     assert res.exit_code == 0, res.output
     r = read_report(build_root / "cpu-int8")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from edgekd.errors import EdgeKDError, InputError
-from edgekd.runtimes import runtime_for, runtimes
+from edgekd.artifacts import runtime_for
+from edgekd.runtimes import runtimes
 from edgekd.targets import load_target
 
 needs_executorch = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,

@@ -31,8 +31,8 @@ def _rgb_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     x, y = mnist_data()
-    keep = np.flatnonzero(y < 5)[:n]
     rng = np.random.default_rng(seed)
+    keep = rng.permutation(np.flatnonzero(y < 5))[:n]  # the digits are stored sorted by class
     out = np.zeros((len(keep), H, W, 3), np.uint8)
     for i, k in enumerate(keep):
         im = Image.fromarray(x[k].reshape(28, 28).astype(np.uint8)).resize((W, H), Image.BILINEAR)
@@ -56,8 +56,12 @@ def user_data(tmp_path_factory) -> dict[str, Path]:
     np.savez(root / "digits.npz", x=x, y=np.array(CLASSES)[y], label_names=np.array(CLASSES))
     import datasets
 
-    feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
-    datasets.Dataset.from_dict({"img": [Image.fromarray(a) for a in x], "label": y.tolist()}, features=feats) \
+    # the class names in the same (sorted) order the folder and the arrays give, so one teacher's
+    # weights fit all three
+    names = sorted(CLASSES)
+    feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    datasets.Dataset.from_dict({"img": [Image.fromarray(a) for a in x],
+                                "label": [names.index(CLASSES[v]) for v in y]}, features=feats) \
         .save_to_disk(str(root / "hf-images"))
     return {"image-folder": folder, "arrays": root / "digits.npz", "hf-dataset": root / "hf-images"}
 
@@ -82,14 +86,16 @@ def teacher_weights(user_data, tmp_path_factory):
 
     from edgekd.models import build_arch
 
-    x, y = _rgb_digits(500)
-    xt = torch.from_numpy((x.transpose(0, 3, 1, 2) / 255.0 - 0.2).astype(np.float32) / 0.3)
-    yt = torch.from_numpy(y)
+    from edgekd.data import load_data
+    from edgekd.recipe import DataSpec
+
+    d = load_data(DataSpec(source="arrays", path=str(user_data["arrays"])), seed=0, base=Path("."))
+    xt, yt = torch.from_numpy(d.x_train), torch.from_numpy(d.y_train)
     torch.manual_seed(0)
     m = build_arch("mnist-student", in_channels=3, num_classes=5)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     for _ in range(4):
-        for i in range(0, 500, 32):
+        for i in range(0, len(xt), 32):
             loss = F.cross_entropy(m(xt[i:i + 32]), yt[i:i + 32])
             opt.zero_grad()
             loss.backward()
@@ -105,7 +111,8 @@ def _build(tmp_path, args, target="cpu-int8") -> dict:
 
     from edgekd.cli import main
 
-    res = CliRunner().invoke(main, ["build", f"target={target}", "--out", str(tmp_path), *args, *FAST])
+    sizes = ["data.n_train=0", "data.n_val=0", "data.n_test=0"]  # every example the source has
+    res = CliRunner().invoke(main, ["build", f"target={target}", "--out", str(tmp_path), *sizes, *args, *FAST])
     assert res.exit_code == 0, res.output
     d = tmp_path / target
     r = json.loads((d / "report.json").read_text())
@@ -135,12 +142,11 @@ def test_image_build_on_user_data(source, user_data, teacher_weights, tmp_path):
     teacher, student = IMAGE_CASES[source]
     teacher = [f"teacher.weights={teacher_weights}" if a == "WEIGHTS" else a for a in teacher]
     extra = ["data.image_field=img"] if source == "hf-dataset" else []
-    r = _build(tmp_path, [f"data.source={source}", f"data.path={user_data[source]}", "data.n_train=0",
-                          "data.augment=natural", *extra, *teacher, *student])
+    r = _build(tmp_path, [f"data.source={source}", f"data.path={user_data[source]}", "data.augment=natural", *extra, *teacher, *student])
     m = r["models"]
     assert r["task"] == "image-classification" and r["test_samples"] >= 60
     assert r["_manifest"]["inputs"][0]["shape"] == ["batch", 3, H, W]
-    assert r["_manifest"]["labels"] == sorted(CLASSES) if source != "hf-dataset" else CLASSES
+    assert r["_manifest"]["labels"] == sorted(CLASSES)
     steps = [s["op"] for s in r["_manifest"]["preprocessing"]["steps"]]
     assert "normalize" in steps and r["_manifest"]["preprocessing"]["color"] == "rgb"
     assert m["teacher"]["accuracy"] > 0.4  # well above chance (0.2): the teacher was trained or given trained
@@ -179,7 +185,7 @@ TOPICS = {"cooking": ["oven", "flour", "recipe", "boil", "spice", "bake"],
 FILLER = ("the a of and to in is it that for on with as was at by this from they we say her she or an will my one "
           "all would there their what so up out if about who get which go me when make can like time no just him "
           "know take people into year your good some could them see other than then now look only come its over").split()
-TEXT_FAST = ["data.max_length=32", "distill.batch_size=16", "quantize.calibration=32", "export.parity_samples=32"]
+TEXT_FAST = ["data.augment=auto", "data.max_length=32", "distill.batch_size=16", "quantize.calibration=32", "export.parity_samples=32"]
 
 
 def _texts(n: int, seed: int) -> list[dict]:

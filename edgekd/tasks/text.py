@@ -221,11 +221,13 @@ class _TextTask(Task):
             return mean_cosine(out, val_target)
 
         try:
-            return fit(student, fs, batches=_length_batches(tokens, ds.batch_size, ctx.recipe.seed), step=step,
-                       validate=validate, extra=extra, checkpoint=checkpoint, log=ctx.log, device=ctx.device,
-                       train_mode=qat_train_mode if qat else None, eval_mode=qat_eval_mode if qat else None)
+            r = fit(student, fs, batches=_length_batches(tokens, ds.batch_size, ctx.recipe.seed), step=step,
+                    validate=validate, extra=extra, checkpoint=checkpoint, log=ctx.log, device=ctx.device,
+                    train_mode=qat_train_mode if qat else None, eval_mode=qat_eval_mode if qat else None)
         finally:
             teacher.to("cpu")
+        r.info = {"layer_map": layer_map, "keep_layers": getattr(student, "kept_layers", None), "train_texts": len(keep)}
+        return r
 
     def new_qat(self, ctx: Context, student):
         from ..quantize import fake_quant_linears, set_observe
