@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "image-folder"
-PER_SPLIT = (30, 10, 10)
+PER_SPLIT = (300, 60, 20)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_example_builds_in_tiny_mode(folder, tmp_path):
     from edgekd.cli import main
 
     args = ["build", f"recipe={EXAMPLE / 'edgekd.toml'}", "target=cpu-int8", "--out", str(tmp_path),
-            f"data.path={folder}", "teacher.epochs=2", "distill.epochs=1", "distill.views=2", "quantize.epochs=1",
+            f"data.path={folder}", "teacher.epochs=4", "distill.epochs=1", "distill.views=2", "quantize.epochs=1",
             "quantize.calibration=16", "export.int8_min_agreement=0", "target.iterations=20", "target.warmup=3"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output

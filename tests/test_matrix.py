@@ -53,12 +53,12 @@ def user_data(tmp_path_factory) -> dict[str, Path]:
             d = folder / split / CLASSES[y[i]]
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(x[i]).save(d / f"{i}.png")
-    np.savez(root / "digits.npz", x=x, y=np.array(CLASSES)[y], label_names=np.array(CLASSES))
+    # the class names in the (sorted) order an image folder gives them, so one teacher's weights fit
+    # all three sources
+    names = sorted(CLASSES)
+    np.savez(root / "digits.npz", x=x, y=np.array(CLASSES)[y], label_names=np.array(names))
     import datasets
 
-    # the class names in the same (sorted) order the folder and the arrays give, so one teacher's
-    # weights fit all three
-    names = sorted(CLASSES)
     feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     datasets.Dataset.from_dict({"img": [Image.fromarray(a) for a in x],
                                 "label": [names.index(CLASSES[v]) for v in y]}, features=feats) \

@@ -190,6 +190,36 @@ def load_tokenizer(ref_or_model, *, trust_remote_code: bool = False):
         raise InputError(f"cannot load the tokenizer of '{ref}': {str(e).splitlines()[0][:200]}") from None
 
 
+# model types whose position ids start after the padding index (fairseq style), so that
+# max_position_embeddings - (pad_token_id + 1) positions are usable
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "mpnet", "ibert",
+                     "xmod", "roberta-prelayernorm")
+
+
+def token_limit(ref: str, tokenizer=None, *, trust_remote_code: bool = False) -> int | None:
+    """The most tokens one text may have for this model (folder or hub id): its learned positions, its
+    tokenizer's model_max_length and a sentence-transformers max_seq_length, whichever is least;
+    None when none of them says."""
+    limits = []
+    if tokenizer is not None and 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limits.append(int(tokenizer.model_max_length))
+    st = _read_json(ref, "sentence_bert_config.json") or {}
+    if st.get("max_seq_length"):
+        limits.append(int(st["max_seq_length"]))
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        cfg = None
+    positions = getattr(cfg, "max_position_embeddings", None)
+    if positions:
+        if cfg.model_type in _OFFSET_POSITIONS:
+            positions -= (getattr(cfg, "pad_token_id", None) or 0) + 1
+        limits.append(int(positions))
+    return min(limits) if limits else None
+
+
 def find_layers(model) -> tuple[str, nn.ModuleList]:
     """(name, list) of the encoder's transformer blocks: the module list of same-class blocks with
     config.num_hidden_layers entries, else the longest (the shallowest on ties)."""

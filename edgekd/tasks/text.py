@@ -38,7 +38,7 @@ class _TextTask(Task):
     def prepare(self, ctx: Context) -> None:
         from ..models import ModelIO
         from ..models.hf import resolve_ref
-        from ..models.hf_text import load_tokenizer
+        from ..models.hf_text import load_tokenizer, token_limit
 
         d = ctx.data
         if d.kind != "text":
@@ -53,13 +53,19 @@ class _TextTask(Task):
                              "for cpu-int8, cpu-fp32, openvino-int8 or mobile-int8")
         ctx.io = ModelIO("text", (), d.num_classes if self.classify else 0, list(d.labels) if self.classify else [])
         spec = ctx.recipe.teacher
-        tok = load_tokenizer(resolve_ref(spec.ref, ctx.base), trust_remote_code=spec.trust_remote_code)
+        ref = resolve_ref(spec.ref, ctx.base)
+        tok = load_tokenizer(ref, trust_remote_code=spec.trust_remote_code)
         n = ctx.recipe.data.max_length
+        limit = token_limit(ref, tok, trust_remote_code=spec.trust_remote_code)
+        if limit and limit < n:  # longer inputs would index past the model's positions
+            ctx.log(f"[data] texts cut to {limit} tokens (data.max_length {n}): the teacher takes at most {limit}")
+            n = limit
+        ctx.extra["max_length"] = n
         ctx.extra["tokenizer"] = tok
         ctx.extra["tokens"] = {s: _tokenize(tok, getattr(d, f"x_{s}"), max_length=n) for s in ("train", "val", "test")}
 
     def fingerprint(self, ctx: Context) -> dict:
-        return {"vocab": len(ctx.extra["tokenizer"]), "max_length": ctx.recipe.data.max_length}
+        return {"vocab": len(ctx.extra["tokenizer"]), "max_length": ctx.extra["max_length"]}
 
     # teacher ---------------------------------------------------------------------------------------
     def load_teacher(self, ctx: Context):
@@ -296,12 +302,15 @@ class _TextTask(Task):
         tok, texts = ctx.extra["tokenizer"], ctx.data.x_test
         joined = " ".join(texts)
         lat = {}
-        for s in SEQ_LENS:  # one row of exactly S real tokens: test texts joined until they fill S
+        n = ctx.extra["max_length"]  # lengths a deployed model never sees are not measured
+        lengths = [s for s in SEQ_LENS if s < n] + [n] if n <= max(SEQ_LENS) else list(SEQ_LENS)
+        for s in lengths:  # one row of exactly S real tokens: test texts joined until they fill S
             enc = tok([joined], truncation=True, max_length=s, return_tensors="np")["input_ids"].astype(np.int64)
             if enc.shape[1] < s:
                 raise InputError(f"the test texts hold fewer than {s} tokens; raise data.n_test")
             lat[f"lat_{s}"] = enc
-        return {**ctx.extra["tokens"]["test"], **lat}, list(SEQ_LENS)
+        ctx.extra["sequence_lengths"] = lengths
+        return {**ctx.extra["tokens"]["test"], **lat}, lengths
 
     def manifest(self, ctx: Context, export_meta: dict) -> dict:
         info = export_meta["exporters"]["student-fp32"]
@@ -313,7 +322,7 @@ class _TextTask(Task):
                        "meaning": "unnormalized class scores; argmax is the predicted label" if self.classify else
                        "sentence embedding, pooled inside the graph; compare with cosine"},
             "preprocessing": {**ctx.data.preprocessing, "steps": [{
-                "op": "tokenize", "folder": "hf", "max_length": ctx.recipe.data.max_length, "padding": "longest",
+                "op": "tokenize", "folder": "hf", "max_length": ctx.extra["max_length"], "padding": "longest",
                 "truncation": True, "feeds": info["inputs"]}]},
             "pooling": pool,
             "labels": list(ctx.io.labels),
@@ -321,7 +330,7 @@ class _TextTask(Task):
 
     def report_extra(self, ctx: Context) -> dict:
         return {"teacher_filtering": ctx.extra.get("filtering"), "data_origin": ctx.data.origin,
-                "sequence_lengths": list(SEQ_LENS)}
+                "sequence_lengths": ctx.extra.get("sequence_lengths", list(SEQ_LENS))}
 
 
 class TextClassification(_TextTask):
