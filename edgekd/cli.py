@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .errors import EdgeKDError, RecipeError
+from .errors import EdgeKDError, InputError, RecipeError
 
 
 def _run(debug: bool, fn):
@@ -22,6 +22,16 @@ def _run(debug: bool, fn):
             raise
         click.echo("edgekd: interrupted; run the same command again to resume (finished stages are reused)", err=True)
         sys.exit(130)
+
+
+def need_training_stack(command: str) -> None:
+    """On an install without the `train` extra (the runtime alone): say what to install, not a traceback."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "onnx", "tqdm", "tomli_w", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"edgekd {command} needs the training stack, which is not installed ({', '.join(missing)}): "
+                         "pip install 'edgekd[train]'")
 
 
 def quiet_libraries() -> None:
@@ -70,6 +80,7 @@ def build(settings, target_opt, recipe_opt, out, force, debug):
         quiet_libraries()
 
     def go():
+        need_training_stack("build")
         from .overrides import parse_override
 
         target, recipe_path, overrides, target_overrides = target_opt, recipe_opt, [], []
@@ -162,6 +173,7 @@ def bench(args, baseline, json_out, debug):
     iterations=N, warmup=N, batch_sizes=1,32, seq_lens=16,64,128 (text models)."""
 
     def go():
+        need_training_stack("bench")
         from pathlib import Path
 
         from .bench import compare
@@ -205,8 +217,9 @@ def report(build_dir, debug):
         import json
         from pathlib import Path
 
-        from .errors import InputError
         from .report import write_reports
+
+        need_training_stack("report")
 
         src = Path(build_dir) / "report.json"
         try:
@@ -247,6 +260,36 @@ def verify_arm(build_dir, cpu, samples, debug):
             click.echo(f"  {k:17s} {v}")
         click.echo(f"  ({r['note']})")
         click.echo(str(Path(build_dir) / "arm_verification.json"))
+
+    _run(debug, go)
+
+
+@main.command()
+@click.argument("build_dir", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes, each with its own copy of the model.")
+@click.option("--threads", default=None, type=click.IntRange(1, 256), help="Threads per model call (default: the build's).")
+@click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 4096),
+              help="Inputs per model call: concurrent requests are merged up to this.")
+@click.option("--max-wait-ms", default=1.0, show_default=True, type=click.FloatRange(0, 1000),
+              help="How long a free model waits for requests still being read, to batch them.")
+@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="Inputs waiting for the model; past this, 503.")
+@click.option("--max-items", default=64, show_default=True, type=click.IntRange(1, 1 << 16), help="Inputs per request.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def serve(build_dir, host, port, workers, threads, max_batch, max_wait_ms, max_queue, max_items, debug):
+    """Serve BUILD_DIR's model over HTTP: POST /predict {"inputs": [...]}, GET /health, GET /metadata."""
+
+    def go():
+        from pathlib import Path
+
+        from .serve import ServeSpec, serve as run
+
+        spec = ServeSpec(build=str(Path(build_dir).resolve()), threads=threads, max_batch=max_batch,
+                         max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items)
+        run(spec, host=host, port=port, workers=workers, log=lambda m: click.echo(m, err=True))
 
     _run(debug, go)
 
