@@ -47,6 +47,10 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
     from .tasks import Context, get
 
     task = get(recipe.task)
+    if recipe.quantize.max_accuracy_drop:  # before any training: can this target and install honour it?
+        from .budget import check_target
+
+        check_target(target)
     out_dir = Path(out_dir)
     _check_writable(out_dir)
     created_out = not out_dir.exists()
@@ -87,8 +91,11 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         baseline, student = (_load(task.new_student(ctx, teacher), st.dir / "model.pt") for st in (st_base, st_dist))
 
         # 5. Quantization-aware distillation: the fake-quant INT8 student, the same teacher and losses.
+        # The accuracy budget acts at export (which layers stay float), so it is the export's input.
+        quantize_in = asdict(recipe.quantize)
+        max_drop = quantize_in.pop("max_accuracy_drop")
         st_qat = stages.run("qat", lambda d, ck: _qat(task, ctx, student, teacher, d, ck),
-                            inputs={"quantize": asdict(recipe.quantize), "reduce_range": reduce_range, "for": qat_for},
+                            inputs={"quantize": quantize_in, "reduce_range": reduce_range, "for": qat_for},
                             after=(st_dist,))
         qat = _load(task.new_qat(ctx, student), st_qat.dir / "model.pt")
         qat_eval_mode(qat)
@@ -99,7 +106,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         models = {"teacher": teacher, "student-baseline": baseline, "student-fp32": student, "student-int8": qat}
         st_export = stages.run("export", lambda d, _: _export(task, ctx, models, d), after=(st_teacher, st_base, st_dist, st_qat),
                                inputs={"export": asdict(recipe.export), "runtime": target.runtime, "format": target.format,
-                                       "precision": target.precision})
+                                       "precision": target.precision, **({"max_accuracy_drop": max_drop} if max_drop else {})})
         from .bench import bench_models
 
         inputs, seq_lens = task.bench_inputs(ctx)

@@ -52,12 +52,14 @@ import hashlib
 import platform
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .errors import EdgeKDError, RecipeError
+from .registry import closest
 
 # ---------------------------------------------------------------------------------------------------
 # hardware
@@ -521,6 +523,76 @@ def calibrate(qat_model, x: np.ndarray, *, only_unseen: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# layers that can stay float (edgekd.budget's fallback)
+
+
+def int8_layers(q: QATModel) -> dict[str, str]:
+    """{layer: module type} of every convolution and linear layer with INT8 weights, in graph order,
+    named by its module path in the student (what leave_float takes)."""
+    return {name: kind for name, (_, kind) in _weighted_layers(q.body).items()}
+
+
+def leave_float(q: QATModel, layers: Sequence[str]) -> QATModel:
+    """A copy of a prepare_qat model in which `layers` (names from int8_layers) compute in float: its
+    export_int8_onnx graph runs float kernels there and integer kernels everywhere else, and the copy
+    itself is that graph's PyTorch reference (the parity check)."""
+    out = copy.deepcopy(q)
+    named = _weighted_layers(out.body)
+    unknown = [name for name in layers if name not in named]
+    if unknown:
+        raise EdgeKDError(f"INT8: no quantized layer named {unknown[0]!r}{closest(unknown[0], list(named))}")
+    _leave_float(out.body, {named[name][0] for name in layers})
+    return out
+
+
+def _weighted_layers(gm) -> dict[str, tuple[str, str]]:
+    """{layer name: (graph node name, module type)} of the Conv/Linear nodes whose weight is fake-quantized.
+    torch.export records each node's module path (nn_module_stack); a module called twice gives two
+    layers, the second suffixed #2."""
+    out: dict[str, tuple[str, str]] = {}
+    for n in gm.graph.nodes:
+        if not (n.op == "call_function" and n.target in _WEIGHTED and isinstance(n.args[1], torch.fx.Node)
+                and n.args[1].op == "call_module" and isinstance(gm.get_submodule(n.args[1].target), WeightFakeQuant)):
+            continue
+        stack = list((n.meta.get("nn_module_stack") or {}).values())
+        path, kind = stack[-1] if stack else ("", "")
+        name, k = path or n.name, 2
+        while name in out:
+            name, k = f"{path or n.name}#{k}", k + 1
+        out[name] = (n.name, kind.rpartition(".")[2] or n.target.__name__.split(".")[0])
+    return out
+
+
+def _leave_float(gm, nodes: set[str]) -> None:
+    """In place: the named Conv/Linear nodes compute in float. Their weight and bias are not
+    fake-quantized and they read their input from before its quantizer. Reading the dequantized input
+    is not enough: onnxruntime's WeightBiasQuantization transformer gives a Conv/Gemm whose input comes
+    from a DequantizeLinear per-tensor INT8 weights at load time, so an excluded layer would run an
+    integer kernel with coarser weights than edgekd's per-channel ones. A quantizer that nothing reads
+    any more is removed; the layer before it then has no output quantizer to fuse with and its kernel
+    runs in float too (on INT8 weights): the export's op counts say which kernels run in float."""
+    g = gm.graph
+    for n in list(g.nodes):
+        if n.name not in nodes:
+            continue
+        w, b, x = n.args[1], n.args[2] if len(n.args) > 2 else None, n.args[0]
+        n.replace_input_with(w, w.args[0])
+        if isinstance(b, torch.fx.Node) and b.op == "call_function" and b.target is bias_fake_quant:
+            n.replace_input_with(b, b.args[0])
+        if isinstance(x, torch.fx.Node) and x.op == "call_module" and isinstance(gm.get_submodule(x.target), ActFakeQuant):
+            n.replace_input_with(x, x.args[0])
+    removed = True
+    while removed:
+        removed = False
+        for n in list(g.nodes):
+            if not n.users and _is_quantizer(gm, n):
+                g.erase_node(n)
+                removed = True
+    _erase_unused_attrs(gm)
+    gm.recompile()
+
+
+# ---------------------------------------------------------------------------------------------------
 # image export: the QAT graph itself, as QDQ ONNX
 
 
@@ -664,6 +736,19 @@ def fake_quant_linears(model, *, reduce_range: bool):
     return model
 
 
+def leave_linears_float(model, layers: Sequence[str]):
+    """A copy of a fake_quant_linears model whose `layers` (module paths) are plain nn.Linear again: the
+    PyTorch reference of quantize_onnx(..., float_layers=layers)."""
+    out = copy.deepcopy(model)
+    for name in layers:
+        parent, _, leaf = name.rpartition(".")
+        holder = out.get_submodule(parent) if parent else out
+        if not isinstance(getattr(holder, leaf, None), QuantLinear):
+            raise EdgeKDError(f"INT8: no fake-quantized Linear named {name!r}")
+        setattr(holder, leaf, getattr(holder, leaf).inner)
+    return out
+
+
 def strip_fake_quant(model):
     """A float copy of a fake_quant_linears model with the fine-tuned weights, for ONNX export."""
     out = copy.deepcopy(model)
@@ -693,26 +778,43 @@ def _weight_key(a: np.ndarray) -> tuple:
     return a.shape, hashlib.sha1(a.tobytes()).hexdigest()
 
 
-def _qat_overrides(model_path: Path, qat_model, nodes: list[str]) -> tuple[dict, dict]:
-    """TensorQuantOverrides giving each quantized MatMul/Gemm input the range its QuantLinear learned;
-    the ONNX weight (maybe transposed) identifies the module. Returns (overrides, info)."""
+def _matmul_layers(model_path: Path, qat_model, nodes: list[str]) -> dict[str, tuple[str, "QuantLinear"]]:
+    """{ONNX node name: (module path, QuantLinear)} for the MatMul/Gemm nodes among `nodes` whose weight
+    (maybe transposed) is a QuantLinear's of qat_model: the weight values identify the module."""
     import onnx
     from onnx import numpy_helper
 
     by_weight = {}
-    for mod in qat_model.modules():
-        if isinstance(mod, QuantLinear) and bool(mod.act.seen):
+    for name, mod in qat_model.named_modules():
+        if isinstance(mod, QuantLinear):
             w = mod.inner.weight.detach().cpu().numpy()  # (out, in); MatMul holds (in, out)
-            by_weight[_weight_key(w)] = by_weight[_weight_key(w.T)] = mod.act
+            by_weight[_weight_key(w)] = by_weight[_weight_key(w.T)] = (name, mod)
     g = onnx.load(str(model_path), load_external_data=False).graph
     inits = {i.name: i for i in g.initializer}
+    wanted = set(nodes)
+    out = {}
+    for n in g.node:
+        if n.name in wanted and n.input[1] in inits:
+            hit = by_weight.get(_weight_key(numpy_helper.to_array(inits[n.input[1]])))
+            if hit is not None:
+                out[n.name] = hit
+    return out
+
+
+def _qat_overrides(model_path: Path, qat_model, nodes: list[str]) -> tuple[dict, dict]:
+    """TensorQuantOverrides giving each quantized MatMul/Gemm input the range its QuantLinear learned;
+    the ONNX weight (maybe transposed) identifies the module. Returns (overrides, info)."""
+    import onnx
+
+    layers = _matmul_layers(model_path, qat_model, nodes)
+    g = onnx.load(str(model_path), load_external_data=False).graph
     overrides: dict = {}
     unmatched, conflicts = [], 0
     wanted = set(nodes)
     for n in g.node:
         if n.name not in wanted:
             continue
-        act = by_weight.get(_weight_key(numpy_helper.to_array(inits[n.input[1]])))
+        act = layers[n.name][1].act if n.name in layers and bool(layers[n.name][1].act.seen) else None
         if act is None:
             unmatched.append(n.name)
             continue
@@ -726,8 +828,21 @@ def _qat_overrides(model_path: Path, qat_model, nodes: list[str]) -> tuple[dict,
                        "range_conflicts": conflicts}
 
 
+def linear_layers(fp32_path: Path, qat_model) -> dict[str, str]:
+    """{layer: "Linear"} of every fake-quantized nn.Linear of qat_model that the exported FP32 graph runs
+    as a MatMul/Gemm with a constant weight, in graph order, by module path (what
+    quantize_onnx(float_layers=) takes)."""
+    import onnx
+
+    g = onnx.load(str(fp32_path), load_external_data=False).graph
+    consts = {i.name for i in g.initializer}
+    nodes = [n.name for n in g.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in consts]
+    layers = _matmul_layers(fp32_path, qat_model, nodes)
+    return {layers[n][0]: "Linear" for n in nodes if n in layers}
+
+
 def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: bool, linear_only: bool = False,
-                  qat_model=None) -> dict:
+                  qat_model=None, float_layers: Sequence[str] = ()) -> dict:
     """Static INT8 QDQ: per-channel symmetric INT8 weights, per-tensor UINT8 activations.
 
     calib_x: an array (single-input models) or a list of feeds {input name: array}; MinMax ranges from
@@ -735,7 +850,9 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: boo
     linear_only: quantize only MatMul/Gemm nodes with a constant weight (the nn.Linear layers of a
     transformer), inputs only, as fake_quant_linears trains them; everything else stays float.
     qat_model: a fake_quant_linears model: each quantized MatMul/Gemm input gets the range its
-    QuantLinear learned (matched by weight values) instead of a calibrated one. Returns what was done."""
+    QuantLinear learned (matched by weight values) instead of a calibrated one.
+    float_layers: module paths of qat_model's Linears (linear_layers) whose MatMul stays float
+    (onnxruntime's nodes_to_exclude; edgekd.budget's fallback). Returns what was done."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -749,19 +866,33 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: boo
         # own shape inference is enough for the quantizer there
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=linear_only)
         extra: dict = {}
-        nodes = None
+        nodes, excluded = None, []
         if linear_only:
             g = onnx.load(str(pre), load_external_data=False).graph
             consts = {i.name for i in g.initializer}
             nodes = [n.name for n in g.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in consts]
+            if float_layers:
+                if qat_model is None:
+                    raise EdgeKDError("quantize_onnx: float_layers names the qat_model's layers; pass qat_model")
+                named = {name: node for node, (name, _) in _matmul_layers(pre, qat_model, nodes).items()}
+                unknown = [name for name in float_layers if name not in named]
+                if unknown:
+                    raise EdgeKDError(f"INT8: no quantized layer named {unknown[0]!r}{closest(unknown[0], list(named))}")
+                excluded = [named[name] for name in float_layers]
+                nodes = [n for n in nodes if n not in excluded]
+                if not nodes:  # an empty nodes_to_quantize would mean "every node" to onnxruntime
+                    raise EdgeKDError("INT8: float_layers leaves no layer to quantize; use the FP32 model instead")
+                info["float_layers"] = list(float_layers)
             extra["OpTypesToExcludeOutputQuantization"] = ["MatMul", "Gemm"]
             if qat_model is not None:
-                extra["TensorQuantOverrides"], info = _qat_overrides(pre, qat_model, nodes)
+                extra["TensorQuantOverrides"], done = _qat_overrides(pre, qat_model, nodes)
+                info.update(done)
         quantize_static(
             str(pre), str(out_path), _Reader(input_name, calib),
             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce_range,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=nodes, extra_options=extra,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=nodes, nodes_to_exclude=excluded,
+            extra_options=extra,
         )
     return info
 

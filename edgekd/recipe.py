@@ -218,6 +218,11 @@ class QuantizeSpec:
     # from the distilled student and needs far fewer steps than distillation
     train_texts: int = 0
     reduce_range: str = "auto"  # 7-bit weights: "auto" = on x86 CPUs without VNNI, "true", "false"
+    # Accuracy budget in ABSOLUTE POINTS of the task's quality metric on the validation split (0.5 =
+    # half a point of accuracy; text-embedding: of cosine fidelity x 100), not a relative fraction. When
+    # the INT8 student, run on the target's runtime, loses more than this against the FP32 student, its
+    # most sensitive layers stay float, smallest set first, until it holds (edgekd.budget). 0 = no budget.
+    max_accuracy_drop: float = 0.0
 
     def __post_init__(self):
         _check(self.method in ("qat", "ptq"), "quantize.method", "'qat' or 'ptq'", self.method)
@@ -227,6 +232,10 @@ class QuantizeSpec:
         _check(self.train_texts >= 0, "quantize.train_texts", ">= 0 (0 = all)", self.train_texts)
         _check(self.reduce_range in ("auto", "true", "false"), "quantize.reduce_range",
                "'auto', 'true' or 'false'", self.reduce_range)
+        # not (0 <= x <= 100) is also true for NaN
+        _check(0 <= self.max_accuracy_drop <= 100, "quantize.max_accuracy_drop",
+               "in [0, 100] absolute points of the quality metric (0.5 = half a point of accuracy; 0 = no budget)",
+               self.max_accuracy_drop)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ def render_markdown(r: dict) -> str:
               f"- Ops onnxruntime runs after optimization: {', '.join(f'{k} x{v}' for k, v in sorted(ops.items()))}."]
     if i8.get("openvino_precisions"):
         lines.append(f"- OpenVINO runtime precision of conv/matmul layers: {i8['openvino_precisions']}.")
+    lines += accuracy_budget_lines(r)
     by_threads = {n: x.get("latency_by_threads") or {} for n, x in m.items()}
     counts = sorted({t for v in by_threads.values() for t in v}, key=int)
     if len(counts) > 1:
@@ -172,7 +173,68 @@ def verdict_lines(r: dict) -> list[str]:
                          "little to teach; fine-tune it on this data (teacher.fine_tune = always) or choose a stronger one.")
     else:
         lines.append(f"- Distillation vs the student's starting weights: {gain:+.2f} points of {label}.")
+    ab = (r.get("int8") or {}).get("accuracy_budget")
+    if ab:
+        lines.append(f"- {budget_verdict(ab)}")
     return lines + [""]
+
+
+def budget_verdict(ab: dict) -> str:
+    """One line: did the INT8 student meet quantize.max_accuracy_drop, and at what price."""
+    n, total = len(ab["float_layers"]), ab["layers"]
+    where = f"on the validation split, {ab['runtime']}"
+    if not ab["met"]:
+        return (f"**No INT8 model met the accuracy budget** of {ab['max_accuracy_drop_pts']:g} points: all-INT8 lost "
+                f"{ab['int8_drop_pts']:.2f}, and the most accurate variant tried, delivered here, keeps {n} of {total} "
+                f"layers float and loses {ab['chosen_drop_pts']:.2f} points ({where}).")
+    if not n:
+        return (f"INT8 accuracy budget met without fallback: {ab['int8_drop_pts']:.2f} points lost against the FP32 "
+                f"student, budget {ab['max_accuracy_drop_pts']:g} ({where}).")
+    return (f"**INT8 accuracy budget met with {n} of {total} layers left float** ({', '.join(ab['float_layers'])}): "
+            f"{ab['chosen_drop_pts']:.2f} points lost against the FP32 student instead of {ab['int8_drop_pts']:.2f} "
+            f"all-INT8, budget {ab['max_accuracy_drop_pts']:g} ({where}).")
+
+
+def accuracy_budget_lines(r: dict) -> list[str]:
+    """The report section of quantize.max_accuracy_drop: the outcome, every configuration tried, the
+    layers' sensitivity and what the fallback costs in latency."""
+    ab = (r.get("int8") or {}).get("accuracy_budget")
+    if not ab:
+        return []
+    pts = lambda v: f"{100 * v:.2f}"  # noqa: E731 - a score in [0, 1] as points
+    metric = ab["metric"].replace("_", " ")
+    lines = ["", "## INT8 accuracy budget", "",
+             f"- Budget: at most {ab['max_accuracy_drop_pts']:g} absolute points of {metric} lost against the FP32 "
+             f"student, measured on {ab['runtime']} on the validation split: FP32 {pts(ab['fp32_val_score'])}, all-INT8 "
+             f"{pts(ab['int8_val_score'])} ({ab['int8_drop_pts']:.2f} points lost).",
+             f"- {budget_verdict(ab)}"]
+    if ab["float_layers"]:
+        lines.append("- Layers left float: " + ", ".join(f"{k} ({v})" for k, v in ab["float_layer_types"].items())
+                     + ". A float layer reads its input unquantized, so the layer feeding it alone may also lose its "
+                     "integer kernel: the op counts above say which kernels run.")
+    lat = ab.get("latency")
+    if lat:
+        p = lat["p50_ms"]
+        lines.append(f"- Latency cost of the fallback ({lat['method']}): p50 FP32 {p['fp32']:.3f} ms, all-INT8 "
+                     f"{p['int8']:.3f} ms, delivered {p['chosen']:.3f} ms ({100 * lat['fallback_cost']:+.0f}% over "
+                     "all-INT8); the table at the top times the delivered model in a fresh process.")
+    t = ab["tuner"]
+    lines += ["", f"Configurations tried by {t['name']} {t['version']} (tolerable_loss {t['tolerable_loss']:.4g}, "
+                  "relative; it stops at the first within the budget, or keeps the most accurate):", "",
+              f"| float layers | validation {metric} | points lost | within budget |", "|---|---:|---:|---|"]
+    for x in ab["tried"]:
+        names = ", ".join(x["float_layers"]) or "none (all INT8)"
+        lines.append(f"| {names} | {pts(x['val_score'])} | {x['drop_pts']:.2f} | {'yes' if x['within_budget'] else 'no'} |")
+    if ab["sensitivity"]:
+        lines += ["", "Sensitivity, each layer alone float (share of the all-INT8 output error it removes; most "
+                      "sensitive first, the order of the fallback):", "",
+                  f"| layer | type | output error removed | validation {metric} |", "|---|---|---:|---:|"]
+        int8_err = max(ab["sensitivity"][0]["error_removed"] + ab["sensitivity"][0]["output_error"], 1e-30)
+        for x in ab["sensitivity"][:12]:
+            lines.append(f"| {x['layer']} | {x['type']} | {100 * x['error_removed'] / int8_err:.1f}% | {pts(x['val_score'])} |")
+        if len(ab["sensitivity"]) > 12:
+            lines.append(f"| ... {len(ab['sensitivity']) - 12} more in report.json | | | |")
+    return lines
 
 
 def _budget_lines(r: dict) -> list[str]:
@@ -266,6 +328,7 @@ def render_text_markdown(r: dict) -> str:
                                             else "FP32 (export.int8_embeddings = false)"))
     if i8.get("openvino_precisions"):
         lines.append(f"- OpenVINO runtime precision of matmul layers: {i8['openvino_precisions']}.")
+    lines += accuracy_budget_lines(r)
     lines += _budget_lines(r)
     lines += ["", "## Parity of every export against its PyTorch model (held-out texts)", ""]
     if emb:
@@ -537,7 +600,8 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
         "int8": {"reduce_range": export["reduce_range"], "onnxruntime_ops": export.get("int8_ops", {}),
                  "export": export.get("int8_export"),
                  "openvino_precisions": export.get("openvino_int8_precisions"),
-                 "embedding_tables": export.get("int8_embeddings")},
+                 "embedding_tables": export.get("int8_embeddings"),
+                 "accuracy_budget": export.get("accuracy_budget")},
         "mobile": export.get("mobile"),
         "stages": stage_times,
         "test_samples": int(len(ctx.data.y_test) if ctx.data.y_test is not None else len(ctx.data.x_test)),

@@ -199,6 +199,8 @@ class ImageClassification(Task):
         meta: dict = {"parity": {}, "reduce_range": ctx.extra["reduce_range"], "exporter": "torch.onnx"}
         for name, model in models.items():
             int8 = name == "student-int8"
+            if int8 and ctx.recipe.quantize.max_accuracy_drop:
+                model, meta["accuracy_budget"] = self._fit_budget(ctx, model, folder, calib)
             if int8:
                 meta["int8_export"] = export_int8_onnx(model, folder / "student-int8.onnx", input_shape=ctx.io.input_shape,
                                                        opset=es.opset, calib_x=calib, reduce_range=ctx.extra["reduce_range"])
@@ -222,6 +224,23 @@ class ImageClassification(Task):
                     fname, out, ref, min_agreement=es.int8_min_agreement if int8 else es.fp32_min_agreement,
                     max_abs_diff=None if int8 else es.fp32_max_abs_diff).to_dict()
         return meta
+
+    def _fit_budget(self, ctx: Context, q, folder: Path, calib):
+        """quantize.max_accuracy_drop (edgekd.budget): the layers that stay float, measured on the target's
+        runtime against the FP32 export in `folder`; returns (the QAT model leaving them float, report)."""
+        from ..budget import FallbackSpace, fit_budget
+        from ..quantize import export_int8_onnx, int8_layers, leave_float
+
+        d, opset, rr = ctx.data, ctx.recipe.export.opset, ctx.extra["reduce_range"]
+
+        def write(layers: list[str], path: Path) -> None:
+            export_int8_onnx(leave_float(q, layers), path, input_shape=ctx.io.input_shape, opset=opset, calib_x=calib,
+                             reduce_range=rr)
+
+        space = FallbackSpace(int8_layers(q), write, d.x_val, lambda out: float((out.argmax(1) == d.y_val).mean()))
+        r = fit_budget(space, max_drop=ctx.recipe.quantize.max_accuracy_drop, fp32=folder / "student-fp32.onnx",
+                       runtime=ctx.target.runtime, threads=ctx.target.threads, time_input=d.x_val[:1], log=ctx.log)
+        return leave_float(q, r["float_layers"]), r
 
     def bench_inputs(self, ctx: Context):
         return {"x": ctx.data.x_test}, None

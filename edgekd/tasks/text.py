@@ -271,14 +271,23 @@ class _TextTask(Task):
             if int8:
                 from ..runtimes import complete_feed
 
-                quantize_onnx(sub / "model.onnx", folder / "student-int8.onnx",
-                              [complete_feed(f, info["inputs"]) for f in calib],
-                              reduce_range=ctx.extra["reduce_range"], linear_only=True, qat_model=model)
+                feeds_in = [complete_feed(f, info["inputs"]) for f in calib]
+                float_layers: list[str] = []
+                if ctx.recipe.quantize.max_accuracy_drop:
+                    meta["accuracy_budget"] = self._fit_budget(ctx, model, sub / "model.onnx", folder, feeds_in)
+                    float_layers = meta["accuracy_budget"]["float_layers"]
+                quantize_onnx(sub / "model.onnx", folder / "student-int8.onnx", feeds_in,
+                              reduce_range=ctx.extra["reduce_range"], linear_only=True, qat_model=model,
+                              float_layers=float_layers)
                 if es.int8_embeddings:
                     from ..quantize import quantize_gather_tables
 
                     meta["int8_embeddings"] = quantize_gather_tables(folder / "student-int8.onnx")
                 meta["int8_ops"] = check_integer_kernels(folder / "student-int8.onnx")
+                if float_layers:  # the PyTorch reference of the parity check: the same layers float
+                    from ..quantize import leave_linears_float
+
+                    model = leave_linears_float(model, float_layers)
             else:
                 shutil.move(str(sub / "model.onnx"), folder / f"{name}.onnx")
             if name == "student-fp32":  # the deliverable's config and tokenizer files
@@ -297,6 +306,30 @@ class _TextTask(Task):
                 else:
                     meta["parity"][fname] = embedding_parity(fname, out, ref, min_cosine=lo)
         return meta
+
+    def _fit_budget(self, ctx: Context, q, fp32_graph: Path, folder: Path, calib: list[dict]) -> dict:
+        """quantize.max_accuracy_drop (edgekd.budget): which Linears' MatMuls stay float, measured on the
+        target's runtime on validation texts (fed one at a time) against the FP32 export in `folder`."""
+        from ..budget import FallbackSpace, fit_budget
+        from ..quantize import linear_layers, quantize_gather_tables, quantize_onnx
+
+        es, rr = ctx.recipe.export, ctx.extra["reduce_range"]
+
+        def write(layers: list[str], path: Path) -> None:
+            quantize_onnx(fp32_graph, path, calib, reduce_range=rr, linear_only=True, qat_model=q, float_layers=layers)
+            if es.int8_embeddings:
+                quantize_gather_tables(path)
+
+        if self.classify:
+            y = ctx.data.y_val
+            score = lambda out: float((out.argmax(1) == y).mean())  # noqa: E731
+        else:
+            t = ctx.extra["targets"]["val"]
+            score = lambda out: mean_cosine(out, t)  # noqa: E731
+        feeds = _row_feeds(ctx.extra["tokens"]["val"])
+        space = FallbackSpace(linear_layers(fp32_graph, q), write, feeds, score, metric=self.quality)
+        return fit_budget(space, max_drop=ctx.recipe.quantize.max_accuracy_drop, fp32=folder / "student-fp32.onnx",
+                          runtime=ctx.target.runtime, threads=ctx.target.threads, time_input=feeds[0], log=ctx.log)
 
     def bench_inputs(self, ctx: Context):
         tok, texts = ctx.extra["tokenizer"], ctx.data.x_test
