@@ -272,7 +272,8 @@ def verify_arm(build_dir, cpu, samples, debug):
               help="Server processes, each with its own copy of the model.")
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="Threads per model call (default: the build's).")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 4096),
-              help="Inputs per model call: concurrent requests are merged up to this.")
+              help="Inputs per model call at most: concurrent requests are merged up to the batch size that "
+                   "costs the least per input, measured at start.")
 @click.option("--max-wait-ms", default=1.0, show_default=True, type=click.FloatRange(0, 1000),
               help="How long a free model waits for requests still being read, to batch them.")
 @click.option("--max-queue", default=256, show_default=True, type=click.IntRange(1, 1 << 20),

@@ -86,8 +86,15 @@ class Model:
         return [self._prep.one(x, i) for i, x in enumerate(items)]
 
     def forward(self, items: list) -> np.ndarray:
-        """Prepared items -> the model's output, float32 (N, K) class scores or (N, D) embeddings."""
-        return np.asarray(self._run(self._prep.batch(items)), dtype=np.float32)
+        """Prepared items -> the model's output, float32 (N, K) class scores or (N, D) embeddings, in
+        input order (texts run in groups of similar length: see _TextPrep.batches)."""
+        out = None
+        for rows, feed in self._prep.batches(items):
+            y = np.asarray(self._run(feed), dtype=np.float32)
+            if out is None:
+                out = np.empty((len(items), *y.shape[1:]), np.float32)
+            out[rows] = y
+        return out
 
     def run(self, inputs) -> np.ndarray:
         """Raw inputs -> the model's output (what the build's report scored)."""
@@ -193,8 +200,8 @@ class _ImagePrep:
                              "RGB (H, W, 3) or RGBA (H, W, 4)")
         return a
 
-    def batch(self, items: list) -> np.ndarray:
-        return np.stack(items)  # (N, C, H, W)
+    def batches(self, items: list) -> list[tuple[list[int], np.ndarray]]:
+        return [(list(range(len(items))), np.stack(items))]  # (N, C, H, W)
 
 
 def _open_image(x, where: str):
@@ -242,9 +249,8 @@ class _TextPrep:
         except Exception as e:  # noqa: BLE001 - tokenizers raises untyped errors for missing or bad files
             raise InputError(f"cannot load the tokenizer '{path}' ({str(e).splitlines()[0][:120]}); copy the "
                              "whole build folder, hf/ included") from None
-        tok.no_truncation()
         tok.enable_truncation(step["max_length"], strategy="longest_first", direction=step["truncation_side"])
-        tok.enable_padding(direction=step["padding_side"], pad_id=step["pad_id"], pad_token=step["pad_token"])
+        tok.no_padding()  # padded here, per group of similar length (batches)
         self.tok, self.step, self.feeds = tok, step, step["feeds"]
 
     def one(self, x, i: int) -> str:
@@ -254,10 +260,40 @@ class _TextPrep:
             raise InputError(f"input {i} is an empty string; give text with at least one word")
         return x
 
-    def batch(self, items: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tok.encode_batch(items, add_special_tokens=self.step["add_special_tokens"])
-        ids = np.array([e.ids for e in enc], dtype=np.int64)  # (N, S), S = the longest text
-        feed = {"input_ids": ids, "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
+    def encode(self, items: list[str]) -> list[list[int]]:
+        """Token ids of each text: special tokens added, cut to max_length."""
+        return [e.ids for e in self.tok.encode_batch(items, add_special_tokens=self.step["add_special_tokens"])]
+
+    def pad(self, rows: list[list[int]]) -> dict[str, np.ndarray]:
+        """Ids -> the model's feed, (N, S) int64 each, S = the longest row, padded with pad_id on padding_side
+        (mask 0 there)."""
+        s, left = max(map(len, rows)), self.step["padding_side"] == "left"
+        ids = np.full((len(rows), s), self.step["pad_id"], np.int64)
+        mask = np.zeros((len(rows), s), np.int64)
+        for i, r in enumerate(rows):
+            cols = slice(s - len(r), s) if left else slice(0, len(r))
+            ids[i, cols], mask[i, cols] = r, 1
+        feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self.feeds:
             feed["token_type_ids"] = np.zeros_like(ids)  # one segment, as the build fed it
         return {k: v for k, v in feed.items() if k in self.feeds}
+
+    def batches(self, items: list[str]) -> list[tuple[list[int], dict[str, np.ndarray]]]:
+        """(row indices, feed) per group of texts of similar length. A padded token costs as much as a
+        real one, and a batch of short texts padded to one long text can cost more than running them
+        one by one; a group grows (shortest texts first) while its padded tokens stay within
+        _PAD_SLACK times its real tokens."""
+        rows = self.encode(items)
+        groups, cur, real = [], [], 0
+        for i in sorted(range(len(rows)), key=lambda i: len(rows[i])):
+            n = len(rows[i])
+            if cur and (len(cur) + 1) * n > _PAD_SLACK * (real + n):
+                groups.append(cur)
+                cur, real = [], 0
+            cur.append(i)
+            real += n
+        groups.append(cur)
+        return [(g, self.pad([rows[i] for i in g])) for g in groups]
+
+
+_PAD_SLACK = 1.25

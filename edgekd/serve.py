@@ -10,11 +10,16 @@
 Every request is checked before it queues (body size, JSON, types, batch size, text length, image
 pixels, decodability, empty strings): a bad one gets a 4xx and {"error": one line}; nothing answers
 with a traceback. Requests in flight share model calls: while the model runs one batch, the requests
-that arrive queue, and the next call takes all of them (up to `max_batch` items); when the model is
+that arrive queue, and the next call takes all of them (up to the batch size); when the model is
 free it waits at most `max_wait_ms` for more, and only while other requests are still being read and
-checked, so batching happens when requests overlap and a lone request never waits for company. The queue holds at most `max_queue` items; past that, 503 and
-Retry-After, so memory stays bounded under any load. Model calls run one at a time on one thread of
-their own (onnxruntime and OpenVINO release the GIL: the event loop keeps accepting)."""
+checked, so batching happens when requests overlap and a lone request never waits for company.
+Whether batching pays depends on the model and the CPU (an INT8 transformer can cost more per text in
+a batch than alone), so at start the server times the model at batch sizes 1, 2, 4, ... up to
+`max_batch` and batches up to the size with the lowest time per input (1: no batching).
+
+The queue holds at most `max_queue` items; past that, 503 and Retry-After, so memory stays bounded
+under any load. Model calls run one at a time on one thread of their own (onnxruntime and OpenVINO
+release the GIL: the event loop keeps accepting)."""
 
 from __future__ import annotations
 
@@ -38,13 +43,17 @@ class ServeSpec:
     """What `edgekd serve` serves and its limits."""
     build: str
     threads: int | None = None  # intra-op threads per model call (None: the build's)
-    max_batch: int = 32  # items per model call
+    max_batch: int = 32  # items per model call at most; the batch size used is measured at start
+    calibrate: bool = True  # False: batch up to max_batch without measuring
     max_wait_ms: float = 1.0  # how long a batch waits for more items once the model is free
     max_queue: int = 256  # items waiting for the model; beyond: 503
     max_items: int = 64  # inputs per request
     max_body_bytes: int = 8 << 20
     max_text_chars: int = 10_000  # the tokenizer cuts at max_length tokens anyway: longer text is only cost
     max_image_pixels: int = 4096 * 4096  # decoded size: a small PNG can hold a huge image
+    # image requests up to this size are decoded on the event loop: for small images a hop to a worker
+    # thread costs more than the decoding (and its threads contend for the GIL under load)
+    inline_bytes: int = 64 << 10
 
     def __post_init__(self):
         for name in ("max_batch", "max_queue", "max_items", "max_body_bytes", "max_text_chars", "max_image_pixels"):
@@ -67,13 +76,47 @@ class RequestError(Exception):
         self.status = status
 
 
-class Batcher:
-    """Merges the items of concurrent requests into model calls of at most `max_batch` items."""
+def choose_batch(model, max_batch: int, *, repeats: int = 5) -> tuple[int, dict[int, float]]:
+    """The batch size in 1, 2, 4, ... max_batch with the lowest model time per input, and those times
+    (ms per input, the best of `repeats` runs: the least disturbed by other work on the machine), on
+    inputs of one size (images of the model's input shape, texts of max_length tokens): the cost of a
+    batch itself, since texts of different lengths are grouped by length before they run."""
+    import time
 
-    def __init__(self, model, spec: ServeSpec):
+    import numpy as np
+
+    pre = model.manifest["preprocessing"]
+    if model.kind == "image":
+        one = np.zeros(pre["input_shape"], np.float32)
+    else:  # varied words: a text of one repeated token runs at its own (slower) speed
+        one = " ".join([_SENTENCE] * pre["steps"][0]["max_length"])  # cut to max_length tokens
+    sizes = [1]
+    while sizes[-1] * 2 <= max_batch:
+        sizes.append(sizes[-1] * 2)
+    if sizes[-1] != max_batch:
+        sizes.append(max_batch)
+    best = {}
+    for r in range(repeats + 1):  # sizes interleaved, so that other work on the machine slows them alike
+        for n in sizes:
+            t = time.perf_counter()
+            model.forward([one] * n)
+            if r:  # round 0 warms up: the first call at a new shape allocates
+                best[n] = min(best.get(n, float("inf")), time.perf_counter() - t)
+    per_input = {n: 1000 * b / n for n, b in best.items()}
+    return min(per_input, key=per_input.get), per_input
+
+
+_SENTENCE = "A small student model learns to match a large teacher on the same inputs."
+
+
+class Batcher:
+    """Merges the items of concurrent requests into model calls of at most `batch` items."""
+
+    def __init__(self, model, spec: ServeSpec, *, batch: int | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
         self.model, self.spec = model, spec
+        self.batch = batch or spec.max_batch
         self.waiting: deque = deque()  # (items, future)
         self.pending = 0  # items queued, not yet in a model call
         self.arriving = 0  # requests being read and checked: worth a short wait when the model is free
@@ -109,14 +152,14 @@ class Batcher:
             if not self.waiting:
                 continue
             deadline = loop.time() + self.spec.max_wait_ms / 1000
-            while self.arriving and self.pending < self.spec.max_batch and (left := deadline - loop.time()) > 0:
+            while self.arriving and self.pending < self.batch and (left := deadline - loop.time()) > 0:
                 try:
                     await asyncio.wait_for(self._wake.wait(), left)
                 except asyncio.TimeoutError:
                     break
                 self._wake.clear()
             batch, n = [], 0
-            while self.waiting and (not batch or n + len(self.waiting[0][0]) <= self.spec.max_batch):
+            while self.waiting and (not batch or n + len(self.waiting[0][0]) <= self.batch):
                 items, fut = self.waiting.popleft()
                 batch.append((items, fut))
                 n += len(items)
@@ -154,7 +197,8 @@ def create_app(spec: ServeSpec, *, model=None):
 
     if model is None:
         model = runtime.load(spec.build, threads=spec.threads)
-    batcher = Batcher(model, spec)
+    size, timings = choose_batch(model, spec.max_batch) if spec.calibrate and spec.max_batch > 1 else (spec.max_batch, {})
+    batcher = Batcher(model, spec, batch=size)
     fields = ("inputs", "top_k")
 
     async def predict(request):
@@ -189,14 +233,17 @@ def create_app(spec: ServeSpec, *, model=None):
             raise RequestError(413, f"{len(inputs)} inputs in one request, at most {spec.max_items}; split the batch")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise RequestError(422, f'"top_k" must be a whole number >= 1, got {json.dumps(top_k)[:20]}')
-        if model.kind == "image":
-            items = await run_in_threadpool(_prepare_images, model, inputs, spec)
+        if model.kind == "image" and len(body) > spec.inline_bytes:
+            items = await run_in_threadpool(_prepare_images, model, inputs, spec)  # decoding may take a while
+        elif model.kind == "image":
+            items = _prepare_images(model, inputs, spec)
         else:
             items = _prepare_texts(model, inputs, spec)
         return items, top_k
 
     async def health(request):
         return JSONResponse({"status": "ok", "model": model.manifest["model"], "task": model.task,
+                             "batch": batcher.batch, "ms_per_input_by_batch": timings,
                              "queued": batcher.pending, "calls": batcher.calls, "inputs_run": batcher.items_run})
 
     async def metadata(request):

@@ -100,10 +100,26 @@ def test_tokenization_matches_transformers(tiny_text_build):
     tok = AutoTokenizer.from_pretrained(str(tiny_text_build / step["folder"]))
     texts = ["Short.", "A much longer sentence " * 30, "Ünïcödé and  spaces\tand tabs"]
     want = tok(texts, padding="longest", truncation=True, max_length=step["max_length"], return_tensors="np")
-    got = model._prep.batch(texts)
+    got = model._prep.pad(model._prep.encode(texts))  # one padded batch, as transformers makes it
     assert got["input_ids"].shape[1] == step["max_length"]  # the long text was cut
     for k in ("input_ids", "attention_mask"):
         assert np.array_equal(got[k], want[k]), k
+
+
+def test_texts_run_in_groups_of_similar_length(tiny_text_build):
+    """A batch of short and long texts runs as groups padded to their own longest text, and gives what
+    each text gives alone, in input order."""
+    import edgekd.runtime
+
+    model = edgekd.runtime.load(tiny_text_build)
+    texts = ["Short.", "A much longer sentence " * 30, "Tiny one.", "Another long text " * 20, "Mid-sized text here."]
+    groups = model._prep.batches(texts)
+    assert sorted(i for rows, _ in groups for i in rows) == list(range(5)) and len(groups) > 1
+    for rows, feed in groups:
+        lengths = feed["attention_mask"].sum(1)
+        assert feed["input_ids"].shape[1] == lengths.max() and lengths.max() <= 1.25 * lengths.mean()
+    alone = np.concatenate([model.run([t]) for t in texts])
+    assert np.allclose(model.run(texts), alone, atol=1e-4)
 
 
 # ---------------------------------------------------------------- torch-free
