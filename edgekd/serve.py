@@ -135,6 +135,8 @@ class Batcher:
 
     async def submit(self, items: list):
         """The model's output rows for `items`; RequestError 503 when the queue is full."""
+        if self._task is not None and self._task.done():  # a bug stopped the loop: say so, never hang
+            raise RequestError(503, "the server's model loop has stopped; restart edgekd serve")
         if self.pending + len(items) > self.spec.max_queue:
             raise RequestError(503, f"the server is at capacity ({self.pending} inputs queued, at most "
                                     f"{self.spec.max_queue}); retry shortly")
