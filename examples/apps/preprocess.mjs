@@ -137,10 +137,10 @@ function resizePlane(src, w, h, ow, oh, uint8) {
   const hk = uint8 ? fixed(horiz) : horiz, vk = uint8 ? fixed(vert) : vert;
   // horizontal pass over the rows the vertical pass reads, then the vertical pass (Pillow skips a pass
   // whose size does not change)
-  let cur = src, cw = w, first = 0, rows = h;
+  let cur = src, cw = w, first = 0;
   if (ow !== w) {
     first = vert[0].xmin;
-    rows = vert[oh - 1].xmin + vert[oh - 1].k.length - first;
+    const rows = vert[oh - 1].xmin + vert[oh - 1].k.length - first;
     const tmp = uint8 ? new Uint8Array(ow * rows) : new Float32Array(ow * rows);
     for (let y = 0; y < rows; y++) {
       for (let xx = 0; xx < ow; xx++) {
@@ -152,8 +152,6 @@ function resizePlane(src, w, h, ow, oh, uint8) {
     }
     cur = tmp;
     cw = ow;
-  } else {
-    first = 0;
   }
   if (oh === h) return cur;
   const out = uint8 ? new Uint8Array(ow * oh) : new Float32Array(ow * oh);
