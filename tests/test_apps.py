@@ -267,7 +267,7 @@ def test_web_page_classifies_digits_in_chromium(digits, browser, tmp_path, capsy
             r = browser.execute_async_script(_DRAW, a.ravel().tolist())
             assert "error" not in r, r
             label, shown = _page_result(browser)
-            assert label == r["label"] and shown == pytest.approx(max(r["probabilities"]), abs=5e-4)
+            assert label == r["label"] and shown == pytest.approx(max(r["probabilities"]), abs=6e-4)
             _agree(label, r["probabilities"], label_py, p_py, model.labels)
         browser.save_screenshot(str(tmp_path / "web-app-mnist.png"))
 
