@@ -94,6 +94,8 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         # The accuracy budget acts at export (which layers stay float), so it is the export's input.
         quantize_in = asdict(recipe.quantize)
         max_drop = quantize_in.pop("max_accuracy_drop")
+        if quantize_in["weight_bits"] == 8:  # the default leaves the keys of existing caches as they were
+            del quantize_in["weight_bits"]
         st_qat = stages.run("qat", lambda d, ck: _qat(task, ctx, student, teacher, d, ck),
                             inputs={"quantize": quantize_in, "reduce_range": reduce_range, "for": qat_for},
                             after=(st_dist,))

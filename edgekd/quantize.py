@@ -14,6 +14,10 @@ the fake-quantized integers), biases INT32. Nothing is re-calibrated, so onnxrun
 and the fake-quant PyTorch model differ only by float rounding inside the kernels.
 `prepare_qat(runtime="openvino")` leaves out the quantizer between a convolution and the residual Add
 that OpenVINO's CPU plugin merges into it (OpenVINO skips that rounding).
+`leave_float` (edgekd.budget's accuracy-budget fallback) makes chosen layers compute in float: float
+weights and bias, and an input read from before its quantizer, because onnxruntime's
+WeightBiasQuantization transformer quantizes (per tensor) the float weight of any Conv/Gemm whose input
+comes from a DequantizeLinear, the case of a node merely excluded from a QDQ quantizer.
 Transformer students keep nn.Linear fake-quant only (`fake_quant_linears`, onnxruntime's
 MatMulIntegerToFloat route), and `quantize_onnx(..., qat_model=)` gives each MatMul input the range its
 fake-quant learned (TensorQuantOverrides, matched by weight values) instead of a MinMax calibration.
@@ -80,9 +84,13 @@ def resolve_reduce_range(setting: str) -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and not has_vnni()
 
 
-def _weight_range(reduce_range: bool) -> tuple[int, int]:
-    # onnxruntime.quantization symmetric INT8: [-127, 127], or [-64, 64] with reduce_range.
-    return (-64, 64) if reduce_range else (-127, 127)
+def _weight_range(reduce_range: bool, bits: int = 8) -> tuple[int, int]:
+    # onnxruntime.quantization symmetric INT8: [-127, 127], or [-64, 64] with reduce_range; fewer bits
+    # (quantize.weight_bits) use +-(2^(bits-1) - 1) of the same INT8 storage and kernels.
+    if bits >= 8 or (reduce_range and bits == 7):
+        return (-64, 64) if reduce_range else (-127, 127)
+    top = 2 ** (bits - 1) - 1
+    return (-top, top)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -139,9 +147,9 @@ class WeightFakeQuant(nn.Module):
     """Symmetric per-output-channel INT8 fake-quant of a weight (C_out, ...); the scale is a function
     of the weight (max |w| per channel), so it needs no state."""
 
-    def __init__(self, reduce_range: bool):
+    def __init__(self, reduce_range: bool, bits: int = 8):
         super().__init__()
-        self.qmin, self.qmax = _weight_range(reduce_range)
+        self.qmin, self.qmax = _weight_range(reduce_range, bits)
         self.frozen: torch.Tensor | None = None  # the scale, for export (the weight is then on its grid)
 
     def scale(self, w):
@@ -361,7 +369,7 @@ def _fold_batchnorm_graph(gm) -> int:
     return folded
 
 
-def _place_fake_quant(gm, reduce_range: bool, runtime: str) -> None:
+def _place_fake_quant(gm, reduce_range: bool, runtime: str, weight_bits: int = 8) -> None:
     """In place: ActFakeQuant on every tensor onnxruntime's QDQ fusions need quantized (one per tensor,
     shared by all its users, as one QDQ pair is in ONNX), WeightFakeQuant on every Conv/Linear weight,
     bias_fake_quant on their biases. runtime "openvino": no quantizer between a convolution and the
@@ -426,7 +434,7 @@ def _place_fake_quant(gm, reduce_range: bool, runtime: str) -> None:
                 quantize(a)
         if t in _WEIGHTED and n.args[1].op == "get_attr":
             name = f"wq_{n.name}"
-            wfq = WeightFakeQuant(reduce_range)
+            wfq = WeightFakeQuant(reduce_range, weight_bits)
             gm.add_submodule(name, wfq)
             w, b, x = n.args[1], n.args[2] if len(n.args) > 2 else None, n.args[0]
             with g.inserting_before(n):
@@ -488,15 +496,17 @@ def _erase_unused_attrs(gm) -> None:
 RUNTIMES = ("onnxruntime", "openvino")
 
 
-def prepare_qat(student, *, input_shape, reduce_range: bool, runtime: str = "onnxruntime") -> QATModel:
+def prepare_qat(student, *, input_shape, reduce_range: bool, runtime: str = "onnxruntime",
+                weight_bits: int = 8) -> QATModel:
     """A fake-quant copy of `student` (BN folded) ready for quantization-aware distillation; the same
     student always gives the same module names, so a saved state_dict loads into a fresh one.
-    runtime: whose INT8 kernels the fake-quant graph reproduces exactly (see _place_fake_quant)."""
+    runtime: whose INT8 kernels the fake-quant graph reproduces exactly (see _place_fake_quant).
+    weight_bits < 8: weights on a coarser symmetric grid in the same INT8 storage (quantize.weight_bits)."""
     if runtime not in RUNTIMES:
         raise RecipeError(f"INT8 runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
     gm = _capture(student, tuple(input_shape))
     _fold_batchnorm_graph(gm)
-    _place_fake_quant(gm, reduce_range, runtime)
+    _place_fake_quant(gm, reduce_range, runtime, weight_bits)
     return QATModel(gm, reduce_range=reduce_range).eval()
 
 

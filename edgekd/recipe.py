@@ -223,6 +223,9 @@ class QuantizeSpec:
     # the INT8 student, run on the target's runtime, loses more than this against the FP32 student, its
     # most sensitive layers stay float, smallest set first, until it holds (edgekd.budget). 0 = no budget.
     max_accuracy_drop: float = 0.0
+    # Image students: weights on a b-bit symmetric grid, +-(2^(b-1) - 1), stored and run as INT8 (no
+    # smaller, no faster here): what an accelerator with b-bit weights would compute. 8 = INT8.
+    weight_bits: int = 8
 
     def __post_init__(self):
         _check(self.method in ("qat", "ptq"), "quantize.method", "'qat' or 'ptq'", self.method)
@@ -232,6 +235,7 @@ class QuantizeSpec:
         _check(self.train_texts >= 0, "quantize.train_texts", ">= 0 (0 = all)", self.train_texts)
         _check(self.reduce_range in ("auto", "true", "false"), "quantize.reduce_range",
                "'auto', 'true' or 'false'", self.reduce_range)
+        _check(2 <= self.weight_bits <= 8, "quantize.weight_bits", "in [2, 8] (8 = INT8)", self.weight_bits)
         # not (0 <= x <= 100) is also true for NaN
         _check(0 <= self.max_accuracy_drop <= 100, "quantize.max_accuracy_drop",
                "in [0, 100] absolute points of the quality metric (0.5 = half a point of accuracy; 0 = no budget)",

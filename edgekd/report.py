@@ -226,14 +226,15 @@ def accuracy_budget_lines(r: dict) -> list[str]:
         names = ", ".join(x["float_layers"]) or "none (all INT8)"
         lines.append(f"| {names} | {pts(x['val_score'])} | {x['drop_pts']:.2f} | {'yes' if x['within_budget'] else 'no'} |")
     if ab["sensitivity"]:
-        lines += ["", "Sensitivity, each layer alone float (share of the all-INT8 output error it removes; most "
-                      "sensitive first, the order of the fallback):", "",
-                  f"| layer | type | output error removed | validation {metric} |", "|---|---|---:|---:|"]
-        int8_err = max(ab["sensitivity"][0]["error_removed"] + ab["sensitivity"][0]["output_error"], 1e-30)
-        for x in ab["sensitivity"][:12]:
-            lines.append(f"| {x['layer']} | {x['type']} | {100 * x['error_removed'] / int8_err:.1f}% | {pts(x['val_score'])} |")
-        if len(ab["sensitivity"]) > 12:
-            lines.append(f"| ... {len(ab['sensitivity']) - 12} more in report.json | | | |")
+        sens = ab["sensitivity"]
+        lines += ["", f"Sensitivity, each layer alone float, on {sens[0]['rows']} validation inputs (the share of the "
+                      "all-INT8 output error it removes; most sensitive first, the order of the fallback):", "",
+                  "| layer | type | output error removed |", "|---|---|---:|"]
+        int8_err = max(sens[0]["error_removed"] + sens[0]["output_error"], 1e-30)
+        for x in sens[:12]:
+            lines.append(f"| {x['layer']} | {x['type']} | {100 * x['error_removed'] / int8_err:.1f}% |")
+        if len(sens) > 12:
+            lines.append(f"| ... {len(sens) - 12} more in report.json | | |")
     return lines
 
 

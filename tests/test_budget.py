@@ -148,3 +148,44 @@ def test_unknown_float_layer_is_one_line(case):
     with pytest.raises(EdgeKDError) as e:
         leave_float(case.q, ["c9"])
     assert "c9" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("value", ["1", "9", "x"])
+def test_bad_weight_bits_is_one_line(value):
+    from edgekd.recipe import apply_overrides, load_recipe
+
+    with pytest.raises(RecipeError) as e:
+        apply_overrides(load_recipe(), [f"quantize.weight_bits={value}"])
+    assert "quantize.weight_bits" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_weight_bits_refused_for_text_students():
+    from pathlib import Path
+
+    from edgekd.recipe import apply_overrides, load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parent.parent / "examples" / "minilm-embed" / "edgekd.toml")
+    with pytest.raises(RecipeError, match="weight_bits must be 8"):
+        apply_overrides(recipe, ["quantize.weight_bits=4"])
+
+
+def test_four_bit_weights_are_exported_on_their_grid(case, tmp_path):
+    """weight_bits=4: every exported weight integer is in [-7, 7], stored INT8, and onnxruntime's integer
+    kernels agree with the fake-quant model."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekd.quantize import calibrate, export_int8_onnx, prepare_qat, qat_eval_mode
+    from edgekd.runtimes import runtimes
+
+    q = prepare_qat(Tiny().eval(), input_shape=SHAPE, reduce_range=False, weight_bits=4)
+    calibrate(q, case.calib)
+    qat_eval_mode(q)
+    export_int8_onnx(q, tmp_path / "w4.onnx", input_shape=SHAPE, opset=17, calib_x=case.calib, reduce_range=False)
+    ints = [numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "w4.onnx")).graph.initializer
+            if i.data_type == onnx.TensorProto.INT8]
+    assert len(ints) == 4 and max(int(abs(w).max()) for w in ints) == 7
+    out = runtimes.get("onnxruntime")(str(tmp_path / "w4.onnx"))(case.x_val)
+    with torch.no_grad():
+        ref = q(torch.from_numpy(case.x_val)).numpy()
+    assert float((out.argmax(1) == ref.argmax(1)).mean()) >= 0.99

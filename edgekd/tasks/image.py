@@ -34,6 +34,10 @@ class ImageClassification(Task):
             raise InputError(f"task {self.name} needs at least two labelled classes; data.source "
                              f"'{ctx.recipe.data.source}' gave {d.num_classes}")
         ctx.io = ModelIO("image", d.input_shape, d.num_classes, list(d.labels))
+        if ctx.recipe.quantize.weight_bits != 8 and ctx.target.format == "pte":
+            raise InputError(f"quantize.weight_bits = {ctx.recipe.quantize.weight_bits} applies to the INT8 ONNX models "
+                             f"edgekd writes, not to target '{ctx.target.name}' (ExecuTorch quantizes the .pte at 8 "
+                             "bits); remove it or build cpu-int8, openvino-int8 or mobile-int8")
 
     # teacher ---------------------------------------------------------------------------------------
     def load_teacher(self, ctx: Context):
@@ -179,7 +183,7 @@ class ImageClassification(Task):
         from ..quantize import calibrate, prepare_qat
 
         q = prepare_qat(student, input_shape=ctx.io.input_shape, reduce_range=ctx.extra["reduce_range"],
-                        runtime=ctx.extra["qat_runtime"])
+                        runtime=ctx.extra["qat_runtime"], weight_bits=ctx.recipe.quantize.weight_bits)
         calibrate(q, ctx.data.x_train[: ctx.recipe.quantize.calibration])
         return q
 

@@ -31,6 +31,9 @@ class _TextTask(Task):
         if t.scheme != "hf":
             raise RecipeError(f"task {self.name} needs a Hugging Face teacher: teacher.model = 'hf:FOLDER_OR_HUB_ID' "
                               f"(got {t.model!r})")
+        if recipe.quantize.weight_bits != 8:
+            raise RecipeError(f"quantize.weight_bits must be 8 for task {self.name} (its linears are quantized by "
+                              f"onnxruntime's INT8 quantizer), got {recipe.quantize.weight_bits}")
         if recipe.student.scheme in ("arch",) and recipe.student.model.startswith("mnist"):
             raise RecipeError(f"task {self.name} needs a text student: student.model = 'layer-subset', 'narrow', "
                               f"or 'hf:...' (got {recipe.student.model!r})")
