@@ -37,6 +37,13 @@ def write_build(out_dir: Path, target, recipe, report: dict, st_export, manifest
             if (st_export.dir / folder).is_dir():
                 shutil.copytree(st_export.dir / folder, tmp / folder)
         main = model_file(deliverable(target), target)
+        if main.endswith(".onnx") and (tmp / "hf").is_dir():
+            # hf/ becomes a standard optimum folder of the deliverable: ORTModelFor*.from_pretrained(hf)
+            # and transformers.pipeline load it with no edgekd code. A hard link costs no disk space.
+            try:
+                os.link(tmp / main, tmp / "hf" / "model.onnx")
+            except OSError:
+                shutil.copy2(tmp / main, tmp / "hf" / "model.onnx")
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "model": main,

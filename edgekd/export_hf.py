@@ -118,12 +118,17 @@ def _rename_output(graph, old: str, new: str) -> None:
 def _append_pooling(graph, model, *, output: str) -> None:
     """last_hidden_state (B, S, D) -> the wrapper's embedding or logits, in ONNX nodes:
     mask-weighted mean (or the first token), then MatMul+Add projection, L2 normalization and
-    MatMul+Add head where the model has them. The token states stop being an output."""
+    MatMul+Add head where the model has them. The new output comes first (what edgekd's runtimes
+    read); an embedding model keeps the token states as its second output, which is what
+    optimum's ORTModelForFeatureExtraction (and a sentence-transformers pooling on top) reads."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     hs = next(o for o in graph.output if o.name == "last_hidden_state")
-    graph.output.remove(hs)
+    kept = [o for o in graph.output if o.name != "last_hidden_state"]
+    if model.head is None:
+        kept.append(hs)
+    del graph.output[:]
     nodes, inits = [], []
 
     def const(name: str, value) -> str:
@@ -165,4 +170,4 @@ def _append_pooling(graph, model, *, output: str) -> None:
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
     width = model.head.out_features if model.head is not None else model.embedding_dim
-    graph.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT, [BATCH, width]))
+    graph.output.extend([helper.make_tensor_value_info(output, TensorProto.FLOAT, [BATCH, width]), *kept])

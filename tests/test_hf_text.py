@@ -108,7 +108,9 @@ def _check_onnx(model, out: Path, info: dict, tok) -> None:
     """onnxruntime on model.onnx equals the PyTorch wrapper at two batch sizes and lengths, neither of them
     the export's own dummy shape."""
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [o.name for o in sess.get_outputs()] == [info["output"]]
+    # the first output is the model's; an embedding model also gives its token states (for optimum)
+    outs = [o.name for o in sess.get_outputs()]
+    assert outs[0] == info["output"] and outs[1:] in ([], ["last_hidden_state"])
     assert all(i.type == "tensor(int64)" for i in sess.get_inputs())
     assert all(isinstance(d, str) for i in sess.get_inputs() for d in i.shape)  # batch and sequence are dynamic
     for texts in (SHORT, LONG):
@@ -334,14 +336,19 @@ def test_export_cls_pooling_normalized(opset, folder, tok, tmp_path):
 
 
 def test_feature_extraction_folder_loads_in_optimum(folder, tok, tmp_path):
-    """ORTModelForFeatureExtraction opens the folder; its forward reads a last_hidden_state output, which
-    this graph does not have: its one output is the pooled sentence_embedding."""
+    """ORTModelForFeatureExtraction opens the folder and reads the token states, the graph's second
+    output; their mean over the mask is the graph's first output, the pooled sentence_embedding."""
     from optimum.onnxruntime import ORTModelForFeatureExtraction
 
     model = _teacher(folder("bert"), 0).module
-    info = _export(model, tmp_path / "fe", tok)
+    _export(model, tmp_path / "fe", tok)
     ortm = ORTModelForFeatureExtraction.from_pretrained(tmp_path / "fe")
-    assert [o.name for o in ortm.session.get_outputs()] == ["sentence_embedding"]
+    assert [o.name for o in ortm.session.get_outputs()] == ["sentence_embedding", "last_hidden_state"]
+    enc = {k: v.numpy() for k, v in _batch(tok, LONG).items()}
+    h = ortm(**enc).last_hidden_state  # (B, S, D)
+    mask = enc["attention_mask"][..., None].astype(np.float32)
+    emb = ortm.session.run(["sentence_embedding"], {k: enc[k] for k in (i.name for i in ortm.session.get_inputs())})[0]
+    np.testing.assert_allclose((h * mask).sum(1) / mask.sum(1), emb, atol=1e-5)
 
 
 # ---------------------------------------------------------------------- the real MiniLM

@@ -240,6 +240,28 @@ def test_tiny_embedding_build(text_build):
     assert "data:image/png;base64," in (text_build / "report.html").read_text()
 
 
+def test_embedding_build_loads_in_optimum(text_build):
+    """hf/ holds the INT8 student as model.onnx: ORTModelForFeatureExtraction reads its token states
+    (the graph's second output), and sentence-transformers' mean pooling + normalization of them is
+    the graph's own sentence_embedding."""
+    from optimum.onnxruntime import ORTModelForFeatureExtraction
+    from transformers import AutoTokenizer
+
+    import edgekd.runtime
+    from edgekd.tasks.text import row_cosines
+
+    texts = ["An INT8 student runs on the edge.", "Distillation copies what the teacher knows.", "ok"]
+    tok = AutoTokenizer.from_pretrained(text_build / "hf")
+    enc = tok(texts, padding=True, truncation=True, return_tensors="np")
+    ortm = ORTModelForFeatureExtraction.from_pretrained(text_build / "hf")
+    h = ortm(**enc).last_hidden_state  # (B, S, D)
+    mask = enc["attention_mask"][..., None].astype(np.float32)
+    pooled = (h * mask).sum(1) / mask.sum(1)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    ours = edgekd.runtime.load(text_build).predict(texts)
+    assert row_cosines(pooled, ours).min() > 0.999
+
+
 def test_app_can_use_the_build_as_the_manifest_says(text_build):
     """Tokenize with the saved tokenizer, feed what the manifest lists, run the deliverable with
     onnxruntime alone: the embedding is unit-length."""
@@ -289,6 +311,24 @@ def test_tiny_classification_build_with_teacher_filtering(tmp_path):
     assert f"dropped {f['dropped']} of 48" in (tmp_path / "b" / "cpu-int8" / "report.md").read_text()
     manifest = json.loads((tmp_path / "b" / "cpu-int8" / "manifest.json").read_text())
     assert manifest["labels"] == ["asyncio", "email"] and manifest["output"]["name"] == "logits"
+
+    # hf/ is a standard optimum folder of the INT8 student: optimum and transformers load it with no
+    # edgekd code, and label the texts as edgekd's own runtime does
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    import edgekd.runtime
+
+    build = tmp_path / "b" / "cpu-int8"
+    assert (build / "hf" / "model.onnx").read_bytes() == (build / "student-int8.onnx").read_bytes()
+    texts = [r["text"] for r in rows[::6]]
+    ortm = ORTModelForSequenceClassification.from_pretrained(build / "hf")
+    clf = pipeline("text-classification", model=ortm, tokenizer=AutoTokenizer.from_pretrained(build / "hf"))
+    runtime = edgekd.runtime.load(build)
+    ours = [runtime.predict([t])[0] for t in texts]  # one text per call, as the pipeline runs them: no padding
+    theirs = clf(texts, truncation=True)
+    assert [p["label"] for p in theirs] == [p["label"] for p in ours]
+    assert np.allclose([p["score"] for p in theirs], [p["probability"] for p in ours], atol=1e-5)
 
 
 def test_bad_text_inputs_exit_2_with_one_line(tmp_path):

@@ -261,7 +261,13 @@ class _TextTask(Task):
         from ..quantize import quantize_onnx, strip_fake_quant
         from ..runtimes import runtimes
 
-        es, tok = ctx.recipe.export, ctx.extra["tokenizer"]
+        import copy
+
+        es = ctx.recipe.export
+        # the saved tokenizer truncates where the build did, so an app calling it with truncation=True
+        # (transformers.pipeline does) feeds the model what it was trained and checked on
+        tok = copy.copy(ctx.extra["tokenizer"])
+        tok.model_max_length = ctx.extra["max_length"]
         xp = {k: v[: es.parity_samples] for k, v in ctx.extra["tokens"]["val"].items()}
         feeds = _row_feeds(xp)
         calib = _row_feeds({k: v[: ctx.recipe.quantize.calibration] for k, v in ctx.extra["tokens"]["train"].items()})
