@@ -569,7 +569,11 @@ def _weighted_layers(gm) -> dict[str, tuple[str, str]]:
         name, k = path or n.name, 2
         while name in out:
             name, k = f"{path or n.name}#{k}", k + 1
-        out[name] = (n.name, kind.rpartition(".")[2] or n.target.__name__.split(".")[0])
+        kind = kind.rpartition(".")[2] or n.target.__name__.split(".")[0]
+        groups = n.args[6] if n.target in _CONV and len(n.args) > 6 else 1
+        if groups > 1:  # (C_out, C_in / groups, k...): depthwise when every group is one input channel
+            kind += " depthwise" if _get_attr(gm, n.args[1].args[0].target).shape[1] == 1 else f" {groups} groups"
+        out[name] = (n.name, kind)
     return out
 
 

@@ -1,7 +1,7 @@
 """The example's student: a depthwise-separable CNN in the style of the DS-CNN keyword-spotting models
 for microcontrollers (Zhang et al. 2017, "Hello Edge"): a strided 3x3 convolution, then blocks of a 3x3
 depthwise convolution and a 1x1 pointwise convolution, each followed by BatchNorm and ReLU, global
-average pooling and a linear classifier. About 4k parameters."""
+average pooling and a linear classifier: 3,562 parameters for 1-channel 28x28 digits."""
 
 import torch.nn as nn
 
