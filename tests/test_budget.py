@@ -189,3 +189,59 @@ def test_four_bit_weights_are_exported_on_their_grid(case, tmp_path):
     with torch.no_grad():
         ref = q(torch.from_numpy(case.x_val)).numpy()
     assert float((out.argmax(1) == ref.argmax(1)).mean()) >= 0.99
+
+
+def test_text_linears_left_float_run_float_matmuls(tmp_path):
+    """Text students: linear_layers names the fake-quant Linears the exported graph runs; quantize_onnx(
+    float_layers=) leaves their MatMuls float (onnxruntime's nodes_to_exclude) and matches the reference
+    leave_linears_float builds."""
+    pytest.importorskip("transformers")
+    from transformers import BertConfig, BertModel
+
+    from edgekd.export import export_text_onnx
+    from edgekd.quantize import (fake_quant_linears, leave_linears_float, linear_layers, optimized_op_types,
+                                 quantize_onnx, set_observe, strip_fake_quant)
+    from edgekd.runtimes import runtimes
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            cfg = BertConfig(vocab_size=8000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=32)
+            self.bert = BertModel(cfg, add_pooling_layer=False)
+            self.proj = nn.Linear(32, 16)
+
+        def forward(self, ids, mask):
+            h = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, S, H)
+            return self.proj(h[:, 0])  # (B, 16)
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    feeds = [{"input_ids": rng.integers(1, 8000, (1, n)).astype(np.int64), "attention_mask": np.ones((1, n), np.int64)}
+             for n in rng.integers(4, 16, 30)]
+    q = fake_quant_linears(Pooled().eval(), reduce_range=False).eval()
+    set_observe(q, True)
+    with torch.no_grad():
+        for f in feeds:
+            q(torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"]))
+    set_observe(q, False)
+    export_text_onnx(strip_fake_quant(q), tmp_path / "f.onnx", opset=17, output="embedding")
+    layers = linear_layers(tmp_path / "f.onnx", q)
+    assert len(layers) == 7 and "proj" in layers  # q, k, v, attention output, two FFN linears, projection
+    keep_float = ["proj", next(n for n in layers if n.endswith("intermediate.dense"))]
+    info = quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", feeds, reduce_range=False, linear_only=True,
+                         qat_model=q, float_layers=keep_float)
+    assert info["float_layers"] == keep_float
+    ops = optimized_op_types(tmp_path / "q.onnx")
+    assert ops.get("MatMulIntegerToFloat", 0) + ops.get("DynamicQuantizeMatMul", 0) == 5
+    ref_model = leave_linears_float(q, keep_float)
+    run = runtimes.get("onnxruntime")(str(tmp_path / "q.onnx"))
+    with torch.no_grad():
+        ref = np.concatenate([ref_model(torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"])).numpy()
+                              for f in feeds])
+    out = np.concatenate([run(f) for f in feeds])
+    cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.mean() > 0.999
+    with pytest.raises(EdgeKDError, match="no quantized layer"):
+        quantize_onnx(tmp_path / "f.onnx", tmp_path / "x.onnx", feeds, reduce_range=False, linear_only=True,
+                      qat_model=q, float_layers=["nope"])
