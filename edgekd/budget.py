@@ -73,7 +73,6 @@ class _Trial:
     score: float
     error: float
     path: Path
-    seconds: float = 0.0
 
 
 @dataclass
@@ -109,11 +108,9 @@ class _Search:
         """The model with these layers float, scored on the whole validation split (cached)."""
         key = frozenset(float_layers)
         if key not in self.trials:
-            t = time.perf_counter()
             path = self.write(key)
             out = self.outputs(path)
-            self.trials[key] = _Trial(self.ordered(key), float(self.space.score(out)), self.error(out, self.ref), path,
-                                      time.perf_counter() - t)
+            self.trials[key] = _Trial(self.ordered(key), float(self.space.score(out)), self.error(out, self.ref), path)
         return self.trials[key]
 
     def write(self, key: frozenset) -> Path:
