@@ -14,6 +14,7 @@ def kd_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha
     import torch.nn.functional as F
 
     T = temperature
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()  # bf16 autocast: the loss in fp32
     soft = F.kl_div(
         F.log_softmax(student_logits / T, dim=1),
         F.log_softmax(teacher_logits / T, dim=1),

@@ -45,6 +45,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
     from .data import load_data
     from .quantize import qat_eval_mode, resolve_reduce_range
     from .tasks import Context, get
+    from .train import resolve_precision
 
     task = get(recipe.task)
     if recipe.quantize.max_accuracy_drop:  # before any training: can this target and install honour it?
@@ -66,10 +67,13 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         # OpenVINO fuses a residual Add into the convolution before it and skips that rounding: QAT
         # trains the placement the target's runtime executes
         qat_for = ctx.extra["qat_runtime"] = "openvino" if target.runtime == "openvino" else "onnxruntime"
+        # bf16 autocast for the teacher's targets and the students' training, where asked for ("auto":
+        # where this device computes bf16 natively); quantization-aware training stays float32
+        precision = ctx.extra["precision"] = resolve_precision(recipe.distill.precision, device)
         data_seconds = time.perf_counter() - t0
         # the device is part of every training key: CUDA and CPU kernels round differently
         data_in = {"task": task.name, "data": asdict(recipe.data), "files": _files(recipe, recipe.data.path),
-                   "seed": recipe.seed, "device": device.split(":")[0], **task.fingerprint(ctx)}
+                   "content": ctx.data.digest(), "seed": recipe.seed, "device": device.split(":")[0], **task.fingerprint(ctx)}
         loaded: dict = {}  # the teacher the stage built, when it ran in this process
 
         # 1. Teacher: loaded; trained or fine-tuned when it is not ready for this data; then measured.
@@ -79,12 +83,16 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
 
         # 2. The teacher's targets, computed once.
         st_targets = stages.run("soft-labels", lambda d, _: task.teacher_targets(ctx, teacher, d),
-                                inputs={"views": recipe.distill.views}, after=(st_teacher,))
+                                inputs={"views": recipe.distill.views,
+                                        **({"precision": precision} if precision != "fp32" else {})},
+                                after=(st_teacher,))
         task.load_targets(ctx, st_targets.dir)
 
         # 3. Baseline (no teacher signal, same data and budget) and 4. the distilled student.
         student_in = {"student": asdict(recipe.student), "student_files": _model_files(recipe, recipe.student),
                       "distill": asdict(recipe.distill)}
+        if precision != "fp32":
+            student_in["precision"] = precision
         st_base, st_dist = (stages.run(name, lambda d, ck, kd=kd: _student(task, ctx, teacher, d, ck, distill=kd),
                                        inputs=student_in, after=(st_targets,))
                             for name, kd in (("baseline", False), ("distill", True)))

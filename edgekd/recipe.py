@@ -52,6 +52,9 @@ class DataSpec:
     max_length: int = 128  # tokens per text (longer texts are truncated)
     # source = "stdlib-docstrings": also train on the comment blocks of the training modules
     train_comments: bool = False
+    # source = "stdlib-docstrings": also train on this many docstring paragraphs of the installed
+    # third-party packages (site-packages; parsed, never imported); 0 = none
+    train_packages: int = 0
     # Hugging Face datasets: split names ("" = the usual names: validation/valid/val, test)
     train_split: str = "train"
     val_split: str = ""
@@ -74,6 +77,9 @@ class DataSpec:
             parse_mean_std(self.normalize)
         _check(not self.train_comments or self.source == "stdlib-docstrings", "data.train_comments",
                "false unless data.source = 'stdlib-docstrings'", self.train_comments)
+        _check(self.train_packages >= 0, "data.train_packages", ">= 0", self.train_packages)
+        _check(not self.train_packages or self.source == "stdlib-docstrings", "data.train_packages",
+               "0 unless data.source = 'stdlib-docstrings'", self.train_packages)
 
 
 def parse_mean_std(text: str) -> tuple[list[float], list[float]]:
@@ -189,6 +195,10 @@ class DistillSpec:
     # classification: drop training texts the teacher gets wrong / is less sure of than this
     drop_teacher_wrong: bool = False
     min_teacher_confidence: float = 0.0
+    # "fp32"; "bf16": the baseline's and the distilled student's training under bfloat16 autocast
+    # (quantization-aware training stays float32: it simulates the runtime's rounding); "auto": bf16
+    # where the training device computes it natively (AVX512-BF16 or AMX CPUs, recent GPUs)
+    precision: str = "fp32"
 
     def __post_init__(self):
         _check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
@@ -200,6 +210,8 @@ class DistillSpec:
         _check(self.views >= 1, "distill.views", ">= 1", self.views)
         for k in ("embedding_mse", "embedding_cos", "similarity_mse", "hidden_mse", "attention_kl"):
             _check(getattr(self, k) >= 0, f"distill.{k}", ">= 0", getattr(self, k))
+        _check(self.precision in ("fp32", "bf16", "auto"), "distill.precision", "'fp32', 'bf16' or 'auto'",
+               self.precision)
         _check(0 <= self.min_teacher_confidence < 1, "distill.min_teacher_confidence", "in [0, 1)",
                self.min_teacher_confidence)
         if self.layer_map:

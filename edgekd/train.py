@@ -5,6 +5,7 @@ per-epoch checkpoints (resume) and DistributedDataParallel. Deterministic for a 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -30,6 +31,9 @@ class FitSpec:
     schedule: str = "onecycle"
     seed: int = 0
     desc: str = "train"
+    # "bf16": forward passes under bfloat16 autocast (matmuls and convolutions in bf16; weights,
+    # gradients' accumulation, optimizer state and validation stay float32); "fp32": none
+    precision: str = "fp32"
 
 
 @dataclass
@@ -39,9 +43,11 @@ class FitResult:
     epochs: int
     history: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)  # what the task adds for the report (a layer map, a subset size)
+    precision: str = "fp32"
 
     def meta(self) -> dict:
-        return {"val_score": self.val_score, "chosen_epoch": self.chosen_epoch, "history": self.history, **self.info}
+        return {"val_score": self.val_score, "chosen_epoch": self.chosen_epoch, "precision": self.precision,
+                "history": self.history, **self.info}
 
 
 Batch = tuple
@@ -89,6 +95,9 @@ def fit(model, spec: FitSpec, *, batches: Callable[[int, "object"], Iterable[Bat
         forward = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[torch.device(device).index or 0] if on_gpu else None)
 
+    cast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if spec.precision == "bf16"
+            else contextlib.nullcontext())
+
     def score() -> float:
         eval_mode(model)
         return float(validate(model))
@@ -118,7 +127,8 @@ def fit(model, spec: FitSpec, *, batches: Callable[[int, "object"], Iterable[Bat
             if distributed:
                 batch = tuple(t[rank::world] if t is not None else None for t in batch)
             batch = tuple(t.to(device) if t is not None else None for t in batch)
-            loss = step(forward, batch)
+            with cast:
+                loss = step(forward, batch).float()
             if not torch.isfinite(loss):
                 raise EdgeKDError(f"{spec.desc}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
                                   "the learning rate is likely too high (lower it in the recipe); "
@@ -148,7 +158,7 @@ def fit(model, spec: FitSpec, *, batches: Callable[[int, "object"], Iterable[Bat
     for m in extra.values():
         m.to("cpu")
     eval_mode(model)
-    return FitResult(val_score=best, chosen_epoch=chosen, epochs=spec.epochs, history=history)
+    return FitResult(val_score=best, chosen_epoch=chosen, epochs=spec.epochs, history=history, precision=spec.precision)
 
 
 def _optimizer(spec: FitSpec, params):
@@ -158,6 +168,21 @@ def _optimizer(spec: FitSpec, params):
         return torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.05 if spec.weight_decay is None else spec.weight_decay)
     return torch.optim.SGD(params, lr=spec.lr, momentum=0.9, nesterov=True,
                            weight_decay=5e-4 if spec.weight_decay is None else spec.weight_decay)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """"auto" -> "bf16" where the device computes bfloat16 natively (a CUDA GPU that supports it, or a
+    CPU with AVX512-BF16 or AMX: there bf16 matmuls run about twice as fast as float32 ones), else
+    "fp32"; "fp32" and "bf16" are kept as given."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+        getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "fp32"
 
 
 def steps_for(n: int, batch_size: int) -> int:

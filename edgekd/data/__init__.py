@@ -41,6 +41,27 @@ class Splits:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    def digest(self) -> str:
+        """sha256 of what the splits hold (texts or array bytes, labels): part of the training stages'
+        cache keys, so a source whose contents changed on disk (another Python, other installed
+        packages, an edited dataset) is not served stale teacher targets."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for x in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
+            if x is None:
+                h.update(b"none")
+            elif isinstance(x, np.ndarray):
+                h.update(str((x.dtype, x.shape)).encode())
+                h.update(np.ascontiguousarray(x).data)
+            else:
+                h.update(str(len(x)).encode())
+                for t in x:
+                    h.update(t.encode("utf-8", "surrogatepass"))
+                    h.update(b"\0")
+        h.update("\0".join(map(str, self.labels)).encode())
+        return h.hexdigest()
+
 
 def load_data(spec, *, seed: int, base: Path) -> Splits:
     """The splits of `spec.source`; paths in `spec` are relative to `base` (the recipe's folder)."""

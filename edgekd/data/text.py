@@ -226,6 +226,49 @@ def _documents(root: str, kind: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple((name, tuple(paras)) for name, paras in docs.items())
 
 
+def package_paragraphs(n: int, *, exclude: set[str], per_file: int = 20) -> tuple[list[str], int]:
+    """n docstring paragraphs of the installed third-party packages (site-packages), none of them in
+    `exclude` (which grows by what is taken), and how many top-level packages they come from.
+
+    Files are visited in a stable order (sha1 of their path below site-packages), at most `per_file`
+    paragraphs each, so the text spreads over many packages and only as many files are parsed as
+    `n` needs. Parsed with `ast`, never imported."""
+    import sysconfig
+
+    roots = sorted({Path(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")})
+    files = []
+    for root in roots:
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(root)
+            if {"test", "tests", "testing", "_vendor", "vendor"} & set(rel.parts[:-1]) or rel.name.startswith("test_"):
+                continue
+            files.append((hashlib.sha1(str(rel).encode()).hexdigest(), rel.parts[0], path))
+    files.sort()
+    out: list[str] = []
+    packages: set[str] = set()
+    for _, package, path in files:
+        if len(out) >= n:
+            break
+        try:
+            src = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        taken = 0
+        for p in (p for text in _docstrings(src) for p in _paragraphs(text)):
+            if taken == per_file or len(out) == n:
+                break
+            if p not in exclude:
+                exclude.add(p)
+                out.append(p)
+                taken += 1
+        if taken:
+            packages.add(package)
+    if len(out) < n:
+        raise InputError(f"data.train_packages = {n} but the installed packages give only {len(out)} docstring "
+                         f"paragraphs; lower data.train_packages")
+    return out, len(packages)
+
+
 def _bucket(doc: str) -> int:
     """A stable bucket 0..99 per document (sha1, not Python's salted hash)."""
     return int(hashlib.sha1(doc.encode()).hexdigest()[:8], 16) % 100
@@ -267,6 +310,10 @@ def stdlib_docstrings(spec, *, seed: int, base: Path) -> Splits:
                     for p in paras if p not in seen and not seen.add(p)]
         out["train"] += comments
         origin += f"; training adds {len(comments)} comment paragraphs of the training modules"
+    if spec.train_packages:
+        more, packages = package_paragraphs(spec.train_packages, exclude=seen)
+        out["train"] += more
+        origin += f"; and {len(more)} docstring paragraphs of {packages} installed packages"
     return Splits(out["train"], None, out["val"], None, out["test"], None, labels=[], kind="text",
                   preprocessing=dict(PREPROCESSING), origin=origin,
                   augment=resolve_policy(spec.augment, kind="text", input_shape=()))

@@ -99,8 +99,8 @@ class ImageClassification(Task):
 
     def teacher_targets(self, ctx: Context, teacher, folder: Path) -> dict:
         """`views` augmented copies of the training images (view 0 clean) and the teacher's logits on
-        exactly those copies: views_x (V, N, C, H, W), views_logits (V, N, K). On CUDA the teacher runs
-        under bf16 autocast (logits stored in float32)."""
+        exactly those copies: views_x (V, N, C, H, W), views_logits (V, N, K). On CUDA, and where
+        distill.precision resolves to bf16, the teacher runs under bf16 autocast (logits stored in float32)."""
         import torch
 
         from ..data.augment import augment as apply
@@ -120,7 +120,7 @@ class ImageClassification(Task):
                 if v > 0 and d.augment != "none":
                     xv = torch.cat([apply(d.augment, xv[i:i + 512], g) for i in range(0, len(xv), 512)])
                 xs[v] = xv.numpy()
-                logits = predict(teacher, xs[v], bf16=ctx.device.startswith("cuda"))
+                logits = predict(teacher, xs[v], bf16=ctx.device.startswith("cuda") or ctx.extra.get("precision") == "bf16")
                 if ts is None:
                     ts = np.lib.format.open_memmap(folder / "views_logits.npy", "w+", np.float32, (views, *logits.shape))
                 ts[v] = logits
@@ -157,7 +157,8 @@ class ImageClassification(Task):
         fs = FitSpec(epochs=epochs, lr=qs.lr if qat else ds.lr, batch_size=ds.batch_size,
                      optimizer=ds.optimizer, weight_decay=0.0 if qat else None,
                      steps_per_epoch=steps_for(xs.shape[1], ds.batch_size),
-                     seed=ctx.recipe.seed + (2 if qat else 0), desc="qat" if qat else ("distill" if distill else "baseline"))
+                     seed=ctx.recipe.seed + (2 if qat else 0), desc="qat" if qat else ("distill" if distill else "baseline"),
+                     precision="fp32" if qat else ctx.extra.get("precision", "fp32"))
         T, alpha = ds.temperature, ds.alpha
 
         def step(forward, batch):
@@ -165,7 +166,7 @@ class ImageClassification(Task):
                 x, y, s = batch
                 return kd_loss(forward(x), s, y, temperature=T, alpha=alpha)
             x, y = batch
-            return F.cross_entropy(forward(x), y)
+            return F.cross_entropy(forward(x).float(), y)
 
         return fit(student, fs, batches=self._batches(ctx, xs, d.y_train, ds.batch_size, augment=False,
                                                       soft=ts if distill else None),

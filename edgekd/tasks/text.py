@@ -122,7 +122,8 @@ class _TextTask(Task):
     def teacher_targets(self, ctx: Context, teacher, folder: Path) -> dict:
         meta = {}
         for split in ("train", "val", "test"):
-            np.save(folder / f"{split}.npy", encode(teacher, ctx.extra["tokens"][split], device=ctx.device))
+            np.save(folder / f"{split}.npy", encode(teacher, ctx.extra["tokens"][split], device=ctx.device,
+                                                    bf16=ctx.extra.get("precision") == "bf16"))
         if self.classify:
             meta["teacher_train_accuracy"] = float((np.load(folder / "train.npy").argmax(1) == ctx.data.y_train).mean())
         return meta
@@ -200,11 +201,12 @@ class _TextTask(Task):
         fs = FitSpec(epochs=epochs, lr=qs.lr if qat else ds.lr, batch_size=ds.batch_size, optimizer="adamw",
                      weight_decay=0.01, schedule="warmup-linear", steps_per_epoch=steps_for(len(keep), ds.batch_size),
                      seed=ctx.recipe.seed + (2 if qat else 0),
-                     desc="qat" if qat else ("distill" if distill else "baseline"))
+                     desc="qat" if qat else ("distill" if distill else "baseline"),
+                     precision="fp32" if qat else ctx.extra.get("precision", "fp32"))
 
         def step(forward, batch):
             ids, mask, idx = batch
-            fs_ = student.features(ids, mask, attention=attention)
+            fs_ = _as_float(student.features(ids, mask, attention=attention))  # under bf16 autocast: losses in fp32
             ft = {}
             if online:
                 with torch.no_grad():
@@ -463,14 +465,19 @@ def _length_batches(tokens: dict, batch_size: int, seed: int):
     return batches
 
 
-def encode(model, tokens: dict, *, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+def encode(model, tokens: dict, *, batch_size: int = 64, device: str = "cpu", bf16: bool = False) -> np.ndarray:
     """The model's output (embedding or logits) for every text, float32, in input order; leaves the
-    model's train/eval flags as they are."""
+    model's train/eval flags as they are. bf16: under bfloat16 autocast (and inference mode, where
+    autocast's casts of the weights are cheap)."""
+    import contextlib
+
     import torch
 
     model.to(device)
     out = None
-    with torch.no_grad():
+    mode = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16), torch.inference_mode()) if bf16 else \
+        (contextlib.nullcontext(), torch.no_grad())
+    with mode[0], mode[1]:
         for idx in _order(tokens["attention_mask"], batch_size, None):
             ids, mask = _feed(tokens, idx)
             y = model(ids.to(device), mask.to(device)).float().cpu().numpy()
@@ -479,6 +486,16 @@ def encode(model, tokens: dict, *, batch_size: int = 64, device: str = "cpu") ->
             out[idx] = y
     model.to("cpu")
     return out
+
+
+def _as_float(features: dict) -> dict:
+    """Floating tensors (and lists of them) of a features dict as float32."""
+    def f(v):
+        if isinstance(v, (list, tuple)):
+            return [f(x) for x in v]
+        return v.float() if hasattr(v, "is_floating_point") and v.is_floating_point() else v
+
+    return {k: f(v) for k, v in features.items()}
 
 
 def _row_feeds(tokens: dict) -> list[dict]:
