@@ -66,7 +66,7 @@ def plain(v: float, unit: str) -> str:
 
 
 def _labels_overlap(labels) -> bool:
-    boxes = sorted((t.get_window_extent() for t in labels if t.get_visible() and t.get_text()), key=lambda b: b.x0)
+    boxes = [t.get_window_extent() for t in labels if t.get_visible() and t.get_text()]
     return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
