@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from ._markdown import drop_empty_columns, markdown_to_html  # noqa: F401 - markdown_to_html is public here
+from .report_plots import pareto_front  # noqa: F401 - public here since the first report
+
 LABELS = {"teacher": "teacher", "student-baseline": "student, hard labels (baseline)",
           "student-fp32": "student, distilled FP32", "student-int8": "student, distilled + QAT INT8"}
 
 
 TEXT_LABELS = {"teacher": "teacher", "student-baseline": "student, no distillation (baseline)",
                "student-fp32": "student, distilled FP32", "student-int8": "student, distilled + QAT INT8"}
+
+
+# the names in verdict lines and on figures
+SHORT = {"teacher": "teacher", "student-baseline": "baseline", "student-fp32": "student FP32",
+         "student-int8": "student INT8"}
+
+# Without quantize.max_accuracy_drop the verdict still flags an INT8 loss a reader would notice: one point
+# of the task's metric against the FP32 student on the test split.
+INT8_DROP_FLAG_PTS = 1.0
 
 
 def quality(r: dict, x: dict) -> tuple[float, str]:
@@ -148,17 +160,81 @@ def render_markdown(r: dict) -> str:
         lines.append("\nQuantization-aware fine-tuning did not beat its calibrated starting point on validation, "
                      "so the calibrated weights (epoch 0) were kept: at this model size post-training "
                      "calibration is already close to lossless.")
-    return "\n".join(lines + _stages_and_environment(r))
+    return drop_empty_columns("\n".join(lines + _stages_and_environment(r)))
+
+
+def deliverable_name(r: dict) -> str:
+    """Which model the build's target ships (artifacts.deliverable, from report.json alone)."""
+    return "student-int8" if r["target_profile"]["precision"] == "int8" else "student-fp32"
+
+
+def headline(r: dict, name: str, *, target: str = "") -> str:
+    """One line: a model against the teacher (p50 speed, quality, file size, peak RSS); led by ⚠ and
+    ending in what to check when something went wrong."""
+    m, x = r["models"], r["models"][name]
+    s = x["speedup_vs_teacher"]
+    speed = f"{s:.1f}x faster" if s >= 1 else f"{1 / s:.1f}x slower"
+    seq = f" ({r['sequence_lengths'][-1]} tokens)" if r.get("sequence_lengths") else ""
+    q, qname = quality(r, x)
+    if r["quality_metric"] == "fidelity_cosine":
+        qual = f"cosine fidelity {x['fidelity_cosine']:.4f} to the teacher"
+    else:
+        qual = f"{q - quality(r, m['teacher'])[0]:+.2f} points {qname} ({q:.2f}%)"
+    k = 1 / x["size_ratio_vs_teacher"]
+    size = f"{k:.0f}x smaller file" if k >= 10 else f"{k:.1f}x smaller file" if k >= 1 else f"{1 / k:.1f}x larger file"
+    who = f"{target}: " if target else ""
+    ships = ", the deliverable" if name == deliverable_name(r) and not target else ""
+    line = (f"**{who}{SHORT.get(name, name)}** ({x['runtime']}{ships}): {speed} than the teacher at p50{seq}, {qual}, "
+            f"{size}, {x['peak_rss_mb']:.0f} MB peak RSS")
+    checks = _checks(r, name)
+    return f"⚠ {line}. **Check:** {'; '.join(checks)}." if checks else f"{line}."
+
+
+def _checks(r: dict, name: str) -> list[str]:
+    """What went wrong for one student: distillation below its baseline, INT8 losing more than the budget,
+    float fallback layers, the memory budget missed, an export never checked against PyTorch."""
+    m, x = r["models"], r["models"][name]
+    out = []
+    gain = quality(r, m["student-fp32"])[0] - quality(r, m["student-baseline"])[0]
+    if gain < 0:
+        out.append(f"distillation below the student's starting weights ({gain:+.2f} points of cosine fidelity)"
+                   if r["quality_metric"] == "fidelity_cosine" else
+                   f"distillation below the hard-label baseline ({gain:+.2f} points)")
+    if (r.get("teacher_check") or {}).get("below_baseline"):
+        out.append("the teacher is worse than the hard-label student on validation")
+    ab = (r.get("int8") or {}).get("accuracy_budget")
+    if name == "student-int8":
+        budget = ab["max_accuracy_drop_pts"] if ab else INT8_DROP_FLAG_PTS
+        drop = quality(r, m["student-fp32"])[0] - quality(r, x)[0]
+        if drop > budget:
+            out.append(f"INT8 loses {drop:.2f} points against the FP32 student on the test split (more than "
+                       + (f"the budget of {budget:g})" if ab else f"{budget:g}; no quantize.max_accuracy_drop set)"))
+        if ab and not ab["met"]:
+            out.append(f"INT8 accuracy budget missed on validation ({ab['chosen_drop_pts']:.2f} points lost, "
+                       f"budget {ab['max_accuracy_drop_pts']:g})")
+        if ab and ab["float_layers"]:
+            out.append(f"fallback: {len(ab['float_layers'])} of {ab['layers']} layers left float")
+    mem = r.get("memory_budget")
+    if mem and not mem["fits"] and name == deliverable_name(r):
+        out.append(f"{mem.get('measured', 'peak RSS')} {mem.get('measured_mb', mem['peak_rss_mb']):.0f} MB is over "
+                   f"the target's {mem['budget_mb']:g} MB budget")
+    if x.get("file") and "parity" in r and x["file"] not in r["parity"]:
+        out.append(f"{x['file']} was not checked against its PyTorch model")
+    return out
 
 
 def verdict_lines(r: dict) -> list[str]:
-    """The first lines a reader needs: did distillation beat the hard-label baseline, does the teacher
+    """The first lines a reader needs: each student against the teacher (the deliverable first), flagged
+    where something went wrong; then did distillation beat the hard-label baseline, does the teacher
     beat the student, and a teacher that is worse than the baseline called out."""
+    first = deliverable_name(r)
+    lines = []
+    for name in (first, *(n for n in ("student-int8", "student-fp32") if n != first)):
+        lines += [headline(r, name), ""]
     m = r["models"]
     q = lambda name: quality(r, m[name])[0]  # noqa: E731
     label = quality(r, m["teacher"])[1]
     gain = q("student-fp32") - q("student-baseline")
-    lines = []
     if r["quality_metric"] != "fidelity_cosine":
         word = "beat" if gain > 0 else "did NOT beat"
         lines.append(f"- **Distillation {word} the hard-label baseline**: {q('student-fp32'):.2f}% vs "
@@ -250,9 +326,9 @@ def _budget_lines(r: dict) -> list[str]:
 
 def _stages_and_environment(r: dict) -> list[str]:
     env = r["environment"]
-    lines = ["", "## Stage times", "", "| stage | seconds | |", "|---|---:|---|"]
+    lines = ["", "## Stage times", "", "| stage | seconds | from cache |", "|---|---:|---|"]
     for n, s in r["stages"].items():
-        lines.append(f"| {n} | {s['seconds']:.1f} | {'reused from cache (time of the run that made it)' if s['cached'] else ''} |")
+        lines.append(f"| {n} | {s['seconds']:.1f} | {'yes (the time of the run that made it)' if s['cached'] else ''} |")
     isa = ", ".join(k for k, v in (env.get("isa") or {}).items() if v) or "unknown"
     vers = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
     return lines + ["", "## Environment", "",
@@ -345,131 +421,32 @@ def render_text_markdown(r: dict) -> str:
         v = t_.get("val_score")
         if v is not None:
             lines.append(f"| {n} | {v:.4f} | {t_.get('chosen_epoch', '-')} |")
-    return "\n".join(lines + _stages_and_environment(r))
-
-
-def _png(fig) -> str:
-    import base64
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def pareto_front(points: dict[str, tuple[float, float]]) -> set[str]:
-    """Names not dominated in (lower latency, higher accuracy)."""
-    front = set()
-    for n, (lat, acc) in points.items():
-        if not any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for m, (l2, a2) in points.items() if m != n):
-            front.add(n)
-    return front
+    return drop_empty_columns("\n".join(lines + _stages_and_environment(r)))
 
 
 def plots(r: dict) -> dict[str, str]:
-    """The report's figures as data: URLs (PNG): accuracy vs latency with the Pareto front, model
-    sizes, latency distributions."""
-    import matplotlib
+    """The report's figures as data: URLs (PNG), in the order the page shows them: the accuracy-speed
+    frontier, latency distributions, file sizes."""
+    from .report_plots import Point, frontier_figure, latency_figure, png_data_url, sizes_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = r["models"]
-    out = {}
-    pts = {n: (x["latency_ms"]["p50"], quality(r, x)[0]) for n, x in m.items()}
+    m, runtime = r["models"], r["target_profile"]["runtime"]
+    labels = TEXT_LABELS if r.get("sequence_lengths") else LABELS
     qname = quality(r, next(iter(m.values())))[1]
-    front = pareto_front(pts)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for n, (lat, acc) in pts.items():
-        ax.scatter(lat, acc, s=60, marker="*" if n in front else "o", label=LABELS.get(n, n))
-        ax.annotate(n, (lat, acc), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    fl = sorted(pts[n] for n in front)
-    ax.plot([p[0] for p in fl], [p[1] for p in fl], "k--", lw=1, label="Pareto front")
-    ax.set_xscale("log")
     seq = f", {r['sequence_lengths'][-1]} tokens" if r.get("sequence_lengths") else ""
-    ax.set_xlabel(f"p50 latency, ms (log; {r['target_profile']['runtime']}, batch 1{seq})")
-    ax.set_ylabel(f"{qname}, %")
-    ax.legend(fontsize=7)
-    ax.set_title(f"{qname} vs latency")
-    out["pareto"] = _png(fig)
-    fig, ax = plt.subplots(figsize=(6, 2.8))
-    ax.barh(list(m), [x["size_bytes"] / 1e3 for x in m.values()], color="#4c72b0")
-    ax.set_xscale("log")
-    ax.set_xlabel("file size, kB (log)")
-    ax.set_title("model size")
-    out["sizes"] = _png(fig)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for n, x in m.items():
-        q = x.get("latency_percentiles_ms")
-        if q:
-            ax.plot(q, range(len(q)), label=n)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency, ms (log)")
-    ax.set_ylabel("percentile")
-    ax.set_title("latency distribution (batch 1)")
-    if ax.lines:
-        ax.legend(fontsize=7)
-    out["latency"] = _png(fig)
-    return out
+    pts = [Point(SHORT.get(n, n), x["latency_ms"]["p50"], quality(r, x)[0], labels.get(n, n)) for n, x in m.items()]
+    return {
+        "frontier": png_data_url(frontier_figure(pts, quality_label=f"{qname}, %", title=f"{qname} vs latency",
+                                                 latency_label=f"p50 latency ({runtime}, batch 1{seq})")),
+        "latency": png_data_url(latency_figure(
+            {SHORT.get(n, n): x["latency_percentiles_ms"] for n, x in m.items() if x.get("latency_percentiles_ms")},
+            title=f"latency distribution ({runtime}, batch 1{seq})")),
+        "sizes": png_data_url(sizes_figure({SHORT.get(n, n): x["size_bytes"] for n, x in m.items()})),
+    }
 
 
 def render_html(r: dict) -> str:
     """A self-contained page (figures embedded) with the tables of report.md."""
     return markdown_to_html(render_markdown(r), plots(r), title=f"edgekd {r['target']}")
-
-
-def markdown_to_html(md: str, figs: dict[str, str], *, title: str) -> str:
-    """The subset of Markdown our reports use (headings, tables, bullets, paragraphs) as HTML."""
-    import html
-
-    body, rows = [], []
-
-    def flush():
-        if rows:
-            head, *rest = rows
-            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rest)
-                        + "</table>")
-            rows.clear()
-
-    pre: list[str] | None = None
-    for line in md.splitlines():
-        if line.startswith("```"):
-            if pre is None:
-                flush()
-                pre = []
-            else:
-                body.append("<pre>" + html.escape("\n".join(pre)) + "</pre>")
-                pre = None
-            continue
-        if pre is not None:
-            pre.append(line)
-            continue
-        if line.startswith("|"):
-            cells = [c.strip().replace("**", "") for c in line.strip("|").split("|")]
-            if not all(set(c) <= set("-:") for c in cells):
-                rows.append(cells)
-            continue
-        flush()
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:].replace('**', ''))}</li>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line.replace('**', ''))}</p>")
-    flush()
-    imgs = "".join(f'<figure><img alt="{k}" src="{v}"></figure>' for k, v in figs.items())
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0.5em}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{body[0] if body else ''}<section>{imgs}</section>"
-            + "".join(body[1:]) + "</body></html>")
 
 
 def write_reports(build_dir, r: dict) -> None:
@@ -482,37 +459,35 @@ def write_reports(build_dir, r: dict) -> None:
 
 
 def render_combined(reports: dict[str, dict]) -> str:
-    """One table across targets: every model on every target's runtime."""
-    lines = ["# edgekd build: " + ", ".join(reports), "",
-             "Each target's models benchmarked on that target's runtime (batch 1). Per-target details: "
-             + ", ".join(f"`{t}/report.md`" for t in reports) + ".", "",
-             "| target | runtime | model | quality | p50 ms | p99 ms | speedup vs teacher | size | peak RSS |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    """The verdict of every target's deliverable, then one table across targets: every model on every
+    target's runtime."""
+    lines = ["# edgekd build: " + ", ".join(reports), ""]
+    for t, r in reports.items():
+        lines += [headline(r, deliverable_name(r), target=t), ""]
+    lines += ["Each target's models benchmarked on that target's runtime (batch 1). Per-target details: "
+              + ", ".join(f"`{t}/report.md`" for t in reports) + ".", "",
+              "| target | runtime | model | quality | p50 ms | p99 ms | speedup vs teacher | size | peak RSS |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for t, r in reports.items():
         for name, x in r["models"].items():
             q, qname = quality(r, x)
             lines.append(f"| {t} | {x['runtime']} | {LABELS.get(name, name)} | {qname} {q:.2f}% "
                          f"| {x['latency_ms']['p50']:.3f} | {x['latency_ms']['p99']:.3f} | {x['speedup_vs_teacher']:.1f}x "
                          f"| {_mb(x['size_bytes'])} | {x['peak_rss_mb']:.0f} MB |")
-    return "\n".join(lines) + "\n"
+    return drop_empty_columns("\n".join(lines)) + "\n"
 
 
 def combined_plot(reports: dict[str, dict]) -> dict[str, str]:
-    import matplotlib
+    """The accuracy-speed frontier over every model of every target (one marker per target)."""
+    from .report_plots import Point, frontier_figure, png_data_url
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for t, r in reports.items():
-        for name, x in r["models"].items():
-            ax.scatter(x["latency_ms"]["p50"], quality(r, x)[0], label=f"{t}: {name}")
-    ax.set_xscale("log")
-    ax.set_xlabel("p50 latency, ms (log)")
-    ax.set_ylabel("quality (accuracy or cosine fidelity), %")
-    ax.legend(fontsize=6)
-    ax.set_title("accuracy vs latency, every target")
-    return {"targets": _png(fig)}
+    pts = [Point(f"{SHORT.get(n, n)} ({t})", x["latency_ms"]["p50"], quality(r, x)[0], t)
+           for t, r in reports.items() for n, x in r["models"].items()]
+    names = {quality(r, x)[1] for r in reports.values() for x in r["models"].values()}
+    qname = names.pop() if len(names) == 1 else "quality (accuracy or cosine fidelity)"
+    return {"frontier": png_data_url(frontier_figure(pts, quality_label=f"{qname}, %",
+                                                     latency_label="p50 latency (each target's runtime, batch 1)",
+                                                     title=f"{qname} vs latency, every target"))}
 
 
 def write_combined(out_dir, reports: dict[str, dict]) -> "Path":

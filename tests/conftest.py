@@ -1,4 +1,7 @@
 import json
+import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,3 +63,36 @@ def tiny_text_build(tmp_path_factory) -> Path:
 
 def read_report(build_dir: Path) -> dict:
     return json.loads((build_dir / "report.json").read_text())
+
+
+def missing(what: str):
+    """Skip (fail on CI, where `make test` must have installed it) saying what is missing."""
+    msg = f"{what}; `make test` installs it (examples/apps/setup.sh)"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+@contextmanager
+def chromium(*, width: int, height: int):
+    """Headless Debian Chromium driven by selenium through /usr/bin/chromedriver (no browser download)."""
+    binary, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and chromedriver):
+        missing("Chromium or its WebDriver is not installed (Debian: apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing("selenium is not installed (pip install -e '.[dev]')")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    # no sandbox as root; no background connections (the machine may have no network beyond localhost)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--window-size={width},{height}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=chromedriver))
+    try:
+        yield driver
+    finally:
+        driver.quit()

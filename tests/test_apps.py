@@ -19,17 +19,11 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 
+from conftest import chromium, missing
+
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "examples" / "apps"
 SCREENSHOT = ROOT / "build" / "test-output" / "web-app-mnist.png"  # kept after the run (build/ is not tracked)
-
-
-def _missing(what: str):
-    """Skip (fail on CI, where `make test` must have installed it) saying what is missing."""
-    msg = f"{what}; `make test` installs it (examples/apps/setup.sh)"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -147,9 +141,9 @@ def test_node_app_gives_the_python_runtimes_outputs(digits, tmp_path):
     INT8 model's probabilities through onnxruntime-node, the command line on PNG files, the sha256 check."""
     node = shutil.which("node")
     if node is None:
-        _missing("node is not installed (Debian: apt-get install nodejs npm)")
+        missing("node is not installed (Debian: apt-get install nodejs npm)")
     if not (APPS / "node" / "node_modules" / "onnxruntime-node").is_dir():
-        _missing("examples/apps/node/node_modules is missing (npm ci --ignore-scripts there)")
+        missing("examples/apps/node/node_modules is missing (npm ci --ignore-scripts there)")
     manifest = json.loads((digits["build"] / "manifest.json").read_text())
     cases = {"build": str(digits["build"]),
              "digits": [{"file": str(f), "width": 28, "height": 28, "pixels": a.ravel().tolist(), "label": label,
@@ -195,28 +189,12 @@ def _serve(build: Path):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Debian Chromium driven by selenium through /usr/bin/chromedriver (no browser download)."""
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        _missing("Chromium or its WebDriver is not installed (Debian: apt-get install chromium chromium-driver)")
+    """Headless Chromium (conftest.chromium) for the web page."""
     if not (APPS / "web" / "node_modules" / "onnxruntime-web").is_dir():
-        _missing("examples/apps/web/node_modules is missing (npm ci --ignore-scripts there)")
-    try:
-        from selenium import webdriver
-    except ImportError:
-        _missing("selenium is not installed (pip install -e '.[dev]')")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    # no sandbox as root; no background connections (the machine may have no network beyond localhost)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=900,700"):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=chromedriver))
-    driver.set_script_timeout(60)
-    yield driver
-    driver.quit()
+        missing("examples/apps/web/node_modules is missing (npm ci --ignore-scripts there)")
+    with chromium(width=900, height=700) as driver:
+        driver.set_script_timeout(60)
+        yield driver
 
 
 _DRAW = """

@@ -114,7 +114,7 @@ def test_html_report_is_self_contained_with_plots(tiny_build, tmp_path):
     d = tiny_build("cpu-int8")
     page = (d / "report.html").read_text()
     assert page.count("<img") == 3 and page.count("data:image/png;base64,") == 3
-    assert 'src="http' not in page and "<table>" in page and 'alt="pareto"' in page
+    assert 'src="http' not in page and "<table>" in page and 'alt="frontier"' in page
     # `edgekd report` re-renders from report.json alone
     copy = tmp_path / "copy"
     copy.mkdir()
