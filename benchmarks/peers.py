@@ -93,6 +93,180 @@ def inc_ptq(student, out: Path, calib: np.ndarray) -> Path:
     return out
 
 
+# --- text students: the quantizers a user of a Hugging Face encoder reaches for ------------------------
+
+def ort_dynamic(fp32: Path, out: Path) -> Path:
+    """onnxruntime's dynamic INT8 quantization with its defaults (INT8 weights; activations quantized
+    at run time per tensor): the one-line route for transformers."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(out))
+    return out
+
+
+def optimum_dynamic(fp32: Path, hf: Path, out_dir: Path, preset: str) -> Path:
+    """optimum's ORTQuantizer with its AutoQuantizationConfig preset (`avx512_vnni` or `arm64`),
+    dynamic and per-channel as optimum's documentation shows for transformers, on a copy of the
+    build's hf/ folder that holds the FP32 student."""
+    import shutil
+
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    src = out_dir / f"src-{preset}"
+    shutil.copytree(hf, src, ignore=shutil.ignore_patterns("*.onnx"))
+    shutil.copy(fp32, src / "model.onnx")
+    config = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=True)
+    ORTQuantizer.from_pretrained(src, file_name="model.onnx").quantize(save_dir=out_dir / preset,
+                                                                      quantization_config=config)
+    return out_dir / preset / "model_quantized.onnx"
+
+
+def nncf_text(fp32: Path, out: Path, feeds: list[dict]) -> Path:
+    """NNCF post-training quantization of the OpenVINO model with its transformer preset
+    (model_type=TRANSFORMER: the attention's MatMuls and the linears, smooth quant off by default)."""
+    import nncf
+    import openvino as ov
+
+    model = ov.convert_model(str(fp32))
+    names = [i.get_any_name() for i in model.inputs]
+    data = [{k: v for k, v in f.items() if k in names} for f in feeds]
+    q = nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data))
+    ov.save_model(q, str(out))
+    return out
+
+
+def openvino_ir(src: Path, out: Path) -> Path:
+    from edgekd.export import to_openvino
+
+    to_openvino(src, out)
+    return out
+
+
+def fused(src: Path, out: Path, *, heads: int, hidden: int) -> Path:
+    """onnxruntime's offline transformer optimizer (onnxruntime.transformers.optimizer, what optimum's
+    ORTOptimizer runs): attention, LayerNorm, GELU and bias fusions for a BERT graph."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    m = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=1)
+    m.save_model_to_file(str(out))
+    return out
+
+
+def text_rows(build: Path, report: dict, rounds: int) -> tuple[list[dict], list[dict], dict]:
+    """Every INT8 route for the build's text student, one run: fidelity to the teacher on the test
+    split (runtime outputs), p50 at each sequence length of the build's benchmark, size."""
+    from edgekd.bench import benchmark
+    from edgekd.data import load_data
+    from edgekd.recipe import load_recipe
+    from edgekd.targets import load_target
+    from edgekd.tasks import Context, get
+    from edgekd.tasks.text import _row_feeds, neighbour_overlap, row_cosines
+
+    recipe = load_recipe(build / "recipe.lock.toml")
+    task = get(recipe.task)
+    ctx = Context(recipe, load_target("cpu-int8"), "cpu", lambda *_: None,
+                  data=load_data(recipe.data, seed=recipe.seed, base=recipe.base_dir))
+    task.prepare(ctx)
+    inputs, lens = task.bench_inputs(ctx)
+    calib = _row_feeds({k: v[: recipe.quantize.calibration] for k, v in ctx.extra["tokens"]["train"].items()})
+    cfg = json.loads((build / "hf" / "config.json").read_text())
+    heads, hidden = cfg["num_attention_heads"], cfg["hidden_size"]
+    fp32 = build / "student-fp32.onnx"
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        np.savez(d / "test.npz", **inputs)
+        inputs_npz = d / "test.npz"
+
+        def feeds_for(path: Path) -> list[dict]:  # token_type_ids where the graph takes them
+            import onnx
+
+            names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+            return [{**f, "token_type_ids": np.zeros_like(f["input_ids"])} if "token_type_ids" in names else f
+                    for f in calib]
+
+        candidates = [
+            ("teacher FP32 (reference)", "onnxruntime", lambda: build / "teacher.onnx"),
+            ("student FP32 (reference)", "onnxruntime", lambda: fp32),
+            ("edgekd QAT-distilled INT8", "onnxruntime", lambda: build / "student-int8.onnx"),
+            ("edgekd INT8 + transformer fusion", "onnxruntime",
+             lambda: fused(build / "student-int8.onnx", d / "edgekd-fused.onnx", heads=heads, hidden=hidden)),
+            ("student FP32 + transformer fusion", "onnxruntime",
+             lambda: fused(fp32, d / "fp32-fused.onnx", heads=heads, hidden=hidden)),
+            ("onnxruntime quantize_dynamic", "onnxruntime", lambda: ort_dynamic(fp32, d / "dyn.onnx")),
+            ("optimum ORTQuantizer avx512_vnni", "onnxruntime",
+             lambda: optimum_dynamic(fp32, build / "hf", d, "avx512_vnni")),
+            ("optimum ORTQuantizer arm64", "onnxruntime", lambda: optimum_dynamic(fp32, build / "hf", d, "arm64")),
+            ("edgekd QAT-distilled INT8", "openvino", lambda: openvino_ir(build / "student-int8.onnx", d / "edgekd.xml")),
+            ("NNCF PTQ", "openvino", lambda: nncf_text(fp32, d / "nncf.xml", feeds_for(fp32))),
+        ]
+        made = []
+        for name, runtime, make in candidates:
+            t = time.perf_counter()
+            try:
+                path = Path(make())
+                made.append((name, runtime, path, time.perf_counter() - t, kernels(path, runtime)))
+            except Exception as e:  # noqa: BLE001 - a peer that fails is a result to report, not a crash
+                rows.append({"method": name, "runtime": runtime, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:150]}"})
+                traceback.print_exc()
+        timings: dict[str, list] = {}
+        for _ in range(rounds):
+            for name, runtime, path, _, _ in made:
+                res, out = benchmark(path, runtime=runtime, inputs=inputs_npz, threads=1, warmup=20, iterations=200,
+                                     batch_sizes=[1], seq_lens=lens)
+                timings.setdefault(f"{name}|{runtime}", []).append((res["latency_by_seq"], out))
+        teacher = timings["teacher FP32 (reference)|onnxruntime"][0][1]
+        for name, runtime, path, seconds, kern in made:
+            t = timings[f"{name}|{runtime}"]
+            out = t[0][1]
+            cos = row_cosines(out, teacher)
+            size = sum(f.stat().st_size for f in ([path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path])
+                       if f.exists())
+            rows.append({"method": name, "runtime": runtime, "fidelity_cosine": float(cos.mean()),
+                         "neighbour_overlap_at_10": neighbour_overlap(out, teacher, k=10),
+                         "p50_ms": {str(s): float(np.median([x[0][str(s)]["p50"] for x in t])) for s in lens},
+                         "p50_each_round_ms": {str(s): [x[0][str(s)]["p50"] for x in t] for s in lens},
+                         "size_mb": size / 1e6, "kernels": kern, "make_seconds": round(seconds, 1), "_cos": cos})
+    ok = [r for r in rows if "error" not in r]
+    ours_by_rt = {r["runtime"]: r for r in ok if r["method"] == "edgekd QAT-distilled INT8"}
+    for r in ok:  # the paired difference of per-text cosines to edgekd's INT8 on the same runtime
+        ours = ours_by_rt.get(r["runtime"])
+        if ours is not None and ours is not r:
+            diff = ours["_cos"] - r["_cos"]
+            r["edgekd_minus_this_cos"] = float(diff.mean())
+            r["edgekd_minus_this_se_cos"] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    for r in ok:
+        del r["_cos"]
+    longest = str(lens[-1])
+    print(f"\n{'method':36s} {'runtime':12s} {'cosine':>7s} {'overlap':>7s} "
+          + " ".join(f"{'p50@' + str(s):>8s}" for s in lens) + f" {'MB':>6s}  kernels")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['method']:36s} {r['runtime']:12s} failed: {r['error']}")
+            continue
+        print(f"{r['method']:36s} {r['runtime']:12s} {r['fidelity_cosine']:7.4f} {r['neighbour_overlap_at_10']:7.3f} "
+              + " ".join(f"{r['p50_ms'][str(s)]:8.2f}" for s in lens) + f" {r['size_mb']:6.1f}  {_fmt_kernels(r['kernels'])}")
+    verdicts = []
+    for rt in ("onnxruntime", "openvino"):
+        ours = ours_by_rt.get(rt)
+        peers = [r for r in ok if r["runtime"] == rt and not r["method"].startswith(("edgekd", "student", "teacher"))]
+        if not (ours and peers):
+            continue
+        best = max(peers, key=lambda p: p["fidelity_cosine"])
+        fastest = min(peers, key=lambda p: p["p50_ms"][longest])
+        gap, se = best["edgekd_minus_this_cos"], best["edgekd_minus_this_se_cos"]
+        ratio = ours["p50_ms"][longest] / fastest["p50_ms"][longest]
+        v = {"runtime": rt, "best_peer": best["method"], "cosine_minus_best_peer": gap, "cosine_se": se,
+             "accuracy_ok": gap >= -2 * se, "fastest_peer": fastest["method"],
+             f"p50_edgekd_over_fastest_peer_at_{longest}": ratio, "latency_ok": ratio <= 1 + NOISE}
+        verdicts.append(v)
+        print(f"{rt}: cosine {gap:+.4f} (±{se:.4f}) vs the best peer ({best['method']}); p50@{longest} {ratio:.2f}x "
+              f"the fastest peer's ({fastest['method']})")
+    return rows, verdicts, {"sequence_lengths": lens, "test_texts": int(len(inputs["input_ids"])),
+                            "calibration_texts": len(calib)}
+
+
 def kernels(path: Path, runtime: str) -> dict[str, int]:
     """What actually runs: onnxruntime's op types after graph optimization, or OpenVINO's runtime
     precision per Convolution/FullyConnected/MatMul layer."""
@@ -116,7 +290,8 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("nncf", "neural-compressor", "torchao", "onnxscript"):
+    for pkg in ("nncf", "neural-compressor", "torchao", "onnxscript", "optimum", "optimum-onnx", "onnxruntime",
+                "openvino"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -168,6 +343,22 @@ def main() -> None:
 
     build = Path(args.build)
     report = json.loads((build / "report.json").read_text())
+    if "sequence_lengths" in report:  # a text build
+        load_start = os.getloadavg()
+        rows, verdicts, info = text_rows(build, report, args.rounds)
+        goal = bool(verdicts) and all(v["accuracy_ok"] and v["latency_ok"] for v in verdicts) and \
+            not any("error" in r for r in rows)
+        print(f"goal (every peer ran; edgekd's cosine not below any peer's beyond 2 SE, not slower than the fastest "
+              f"beyond the noise band): {'met' if goal else 'NOT met'}")
+        env = dict(report["environment"])
+        env["versions"] = {**env.get("versions", {}), **versions()}
+        env["loadavg_start_end"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
+        out = ROOT / "benchmarks" / "results" / "peers-text.json"
+        out.write_text(json.dumps({"rows": rows, "verdicts": verdicts, "goal_met": goal, "noise_band": NOISE,
+                                   "rounds": args.rounds, **info, "environment": env,
+                                   "build": os.path.relpath(build.resolve(), ROOT)}, indent=2))
+        print(f"written to {out.relative_to(ROOT)}")
+        return
     recipe = load_recipe(build / "recipe.lock.toml")
     data = load_data(recipe.data, seed=recipe.seed, base=recipe.base_dir)
     calib = data.x_train[: recipe.quantize.calibration]
