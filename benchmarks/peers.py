@@ -17,9 +17,17 @@ that band is reported as a tie, never as a winner. `kernels` lists the ops onnxr
 graph optimizations (or OpenVINO's precision per Convolution/FullyConnected layer), so identical
 graphs can be told from different ones.
 
+A text build (e.g. `--build build-minilm/cpu-int8` from examples/minilm-embed) gets the routes a user
+of a Hugging Face encoder reaches for, from the same distilled FP32 student: onnxruntime
+`quantize_dynamic`, optimum's `ORTQuantizer` with its `avx512_vnni` and `arm64` presets, NNCF PTQ
+(transformer preset) on OpenVINO, and onnxruntime's offline transformer fusion pass on edgekd's INT8
+and on the FP32 graph; scored by cosine fidelity and top-10 neighbour overlap to the teacher's
+runtime outputs on the test split, timed at every sequence length of the build's benchmark, written
+to benchmarks/results/peers-text.json.
+
 Needs a finished build (default build/cpu-int8: `edgekd build target=cpu-int8`) and
 `pip install -e '.[peers]'`. One run; one table; results and environment in
-benchmarks/results/peers.json.
+benchmarks/results/peers.json (peers-text.json for a text build).
 
     python benchmarks/peers.py [--build build/cpu-int8] [--rounds 5]
 """
