@@ -86,3 +86,27 @@ def test_hf_folder_loads_with_optimum_and_the_pipeline(folder, tmp_path):
     assert len({p["label"] for p in want}) > 1  # a student that tells the classes apart: the labels say something
     assert [p["label"] for p in top] == [p["label"] for p in want]
     assert np.allclose([p["score"] for p in top], [p["probability"] for p in want], atol=1e-5)
+
+
+@pytest.mark.parametrize("color", ["rgb", "grayscale"])
+def test_image_processor_repeats_the_steps_or_says_why_not(color):
+    """Images used at the size they come (no resize or crop step), and grayscale input, which no
+    transformers image processor produces."""
+    from PIL import Image
+
+    from edgekd.export_hf import image_processor
+    from edgekd.runtime import _ImagePrep
+
+    c = 3 if color == "rgb" else 1
+    pre = {"kind": "image", "raw": "an image file", "color": color, "input_shape": [c, 20, 24],
+           "steps": [{"op": "scale", "factor": 1 / 255.0},
+                     {"op": "normalize", "mean": [0.3, 0.4, 0.5][:c], "std": [0.2, 0.25, 0.3][:c]},
+                     {"op": "layout", "order": "NCHW"}]}
+    processor, note = image_processor(pre)
+    if color == "grayscale":
+        assert processor is None and "grayscale input" in note and "\n" not in note
+        return
+    assert "int(long" not in note  # nothing is resized: only the alpha difference remains
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).convert("P")
+    got = processor(images=[im], return_tensors="np")["pixel_values"][0]
+    assert np.array_equal(got, _ImagePrep({"preprocessing": pre}).one(im, 0))
