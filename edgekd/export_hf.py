@@ -237,7 +237,8 @@ def image_processor(pre: dict):
     from transformers import BitImageProcessor
 
     if pre["color"] != "rgb":
-        return None, (f"no preprocessor_config.json: the model takes {pre['color']} input and transformers' image "
+        return None, (f"no preprocessor_config.json: the model takes {pre['input_shape'][0]}-channel {pre['color']} "
+                      "input and transformers' image "
                       "processors convert images to RGB or not at all; feed pixel_values as edgekd.runtime prepares them")
     steps = {s["op"]: s for s in pre["steps"]}
     _, h, w = pre["input_shape"]
