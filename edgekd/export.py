@@ -10,8 +10,9 @@ import numpy as np
 from .errors import ParityError
 
 
-def export_onnx(model, path: Path, input_shape, *, opset: int) -> None:
-    """FP32 ONNX with a dynamic batch axis and weights inline (one self-contained file).
+def export_onnx(model, path: Path, input_shape, *, opset: int, input_name: str = "input") -> None:
+    """FP32 ONNX with a dynamic batch axis and weights inline (one self-contained file); one input
+    `input_name` ("pixel_values" for transformers image models, as optimum names it), output "logits".
 
     The TorchScript-based exporter (dynamo=False) is used on purpose for these plain CNNs: it writes
     weights inline, where torch 2.13's dynamo exporter writes an external `.onnx.data` file that
@@ -25,8 +26,8 @@ def export_onnx(model, path: Path, input_shape, *, opset: int) -> None:
         warnings.simplefilter("ignore")  # the exporter's deprecation notice, not the user's concern
         torch.onnx.export(
             model, (torch.zeros((1, *input_shape)),), str(path), dynamo=False, opset_version=opset,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            input_names=[input_name], output_names=["logits"],
+            dynamic_axes={input_name: {0: "batch"}, "logits": {0: "batch"}},
         )
 
 

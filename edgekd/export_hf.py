@@ -1,12 +1,16 @@
-"""ONNX export of a Hugging Face text model (edgekd.models.hf_text.TextEncoder) as a transformers-style
-folder: model.onnx + config.json + tokenizer files, the layout `optimum.onnxruntime.ORTModel*` and
-`AutoTokenizer` read.
+"""ONNX export of Hugging Face models as transformers-style folders, the layout
+`optimum.onnxruntime.ORTModel*`, `AutoTokenizer`, `AutoImageProcessor` and `transformers.pipeline` read.
 
-The encoder goes through optimum's exporter (its per-architecture ONNX configs know each family's
-inputs and tracing patches); what optimum's "feature-extraction" graph lacks, the sentence pooling,
-projection, normalization and a head of our own, is appended to the graph, so the file computes
-exactly what the wrapper's forward returns. An architecture optimum has no config for is exported
-with torch.onnx (TorchScript) from the wrapper itself."""
+Text (edgekd.models.hf_text.TextEncoder): model.onnx + config.json + tokenizer files. The encoder goes
+through optimum's exporter (its per-architecture ONNX configs know each family's inputs and tracing
+patches); what optimum's "feature-extraction" graph lacks, the sentence pooling, projection,
+normalization and a head of our own, is appended to the graph, so the file computes exactly what the
+wrapper's forward returns. An architecture optimum has no config for is exported with torch.onnx
+(TorchScript) from the wrapper itself.
+
+Images (edgekd.models.hf_image.ImageClassifier): optimum's "image-classification" config, pixel_values
+-> logits (torch.onnx with the same names where optimum has no config), and config.json +
+preprocessor_config.json, an image processor set to the build's preprocessing (image_processor)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import time
 from pathlib import Path
 
 BATCH, SEQ = "batch_size", "sequence_length"  # optimum's names of the dynamic axes
+PIXELS = "pixel_values"  # the image input optimum's exporter writes and ORTModelForImageClassification feeds
 
 
 def export_text(model, folder: Path, *, opset: int, tokenizer) -> dict:
@@ -171,3 +176,83 @@ def _append_pooling(graph, model, *, output: str) -> None:
     graph.initializer.extend(inits)
     width = model.head.out_features if model.head is not None else model.embedding_dim
     graph.output.extend([helper.make_tensor_value_info(output, TensorProto.FLOAT, [BATCH, width]), *kept])
+
+
+# -------------------------------------------------------------------------------------------------
+# images
+
+
+def export_image(model, path: Path, *, opset: int, input_shape) -> dict:
+    """Write `path` (ONNX, weights inline, "pixel_values" (B, C, H, W) -> "logits" (B, K), batch axis
+    dynamic) from a transformers image classifier wrapped as edgekd.models.hf_image.ImageClassifier:
+    optimum's config for its family, or torch.onnx from the wrapper where optimum has none."""
+    import onnx
+
+    model = model.eval().cpu()
+    task = "image-classification"
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "model.onnx"
+        if _optimum_supports(model.hf, task):
+            _export_optimum(model.hf, raw, task=task, opset=opset)
+            info = {"exporter": "optimum", "task": task}
+        else:
+            from .export import export_onnx
+
+            export_onnx(model, raw, tuple(input_shape), opset=opset, input_name=PIXELS)
+            info = {"exporter": "torch.onnx",
+                    "why": f"optimum has no ONNX config for {model.hf.config.model_type} {task}"}
+        proto = onnx.load(str(raw))
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(path), save_as_external_data=False)
+    return {**info, "opset": opset, "input": proto.graph.input[0].name, "output": proto.graph.output[0].name,
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def write_image_folder(model, folder: Path, *, preprocessing: dict) -> dict:
+    """`folder`/config.json (the model's transformers config, id2label in the data's order) and, where a
+    transformers image processor can repeat the build's preprocessing, preprocessor_config.json. Returns
+    what was written and, in one line, where the processor differs from the build."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    copy.deepcopy(model.hf.config).save_pretrained(str(folder))  # labelled with the data's classes when built
+    processor, note = image_processor(preprocessing)
+    files = ["config.json"]
+    if processor is not None:
+        processor.save_pretrained(str(folder))
+        files.append("preprocessor_config.json")
+    return {"folder": folder.name, "files": files, "loads_with": "ORTModelForImageClassification",
+            "image_processor": type(processor).__name__ if processor is not None else None, "note": note}
+
+
+def image_processor(pre: dict):
+    """(a transformers image processor set to an image build's preprocessing (edgekd.data._images), one
+    line on how it differs) or (None, why none can repeat it).
+
+    BitImageProcessor runs the build's steps in the build's order: RGB conversion, shorter side resized
+    with Pillow's bilinear filter, center crop at floor((side - crop) / 2), x * (1/255) in float64 then
+    float32, (x - mean) / std in float32. Two differences remain: transformers sizes the longer side
+    int(long * R / short) where the build rounds it (1 px more when the fraction is .5 or more), and
+    convert_to_rgb composites transparent pixels on white where Pillow's convert("RGB") drops alpha."""
+    from transformers import BitImageProcessor
+
+    if pre["color"] != "rgb":
+        return None, (f"no preprocessor_config.json: the model takes {pre['input_shape'][0]}-channel {pre['color']} "
+                      "input and transformers' image "
+                      "processors convert images to RGB or not at all; feed pixel_values as edgekd.runtime prepares them")
+    steps = {s["op"]: s for s in pre["steps"]}
+    _, h, w = pre["input_shape"]
+    resize, crop, scale, norm = (steps.get(k) for k in ("resize", "center_crop", "scale", "normalize"))
+    processor = BitImageProcessor(
+        do_convert_rgb=True,
+        do_resize=resize is not None, size={"shortest_edge": resize["shorter_side"] if resize else min(h, w)},
+        resample=2,  # PIL.Image.BILINEAR, as the build resized
+        do_center_crop=crop is not None,
+        crop_size={"height": crop["size"][0], "width": crop["size"][1]} if crop else {"height": h, "width": w},
+        do_rescale=scale is not None, rescale_factor=scale["factor"] if scale else 1 / 255,
+        do_normalize=True, image_mean=norm["mean"], image_std=norm["std"])
+    differs = ["images with transparency are composited on white (edgekd drops alpha)"]
+    if resize:
+        differs.insert(0, "the resized longer side is int(long * R / short), 1 px less than edgekd's where the "
+                          "fraction is .5 or more")
+    return processor, "BitImageProcessor, the build's steps; differs from edgekd.runtime: " + "; ".join(differs)

@@ -454,6 +454,31 @@ def _place_fake_quant(gm, reduce_range: bool, runtime: str, weight_bits: int = 8
     gm.recompile()
 
 
+def _global_average_pools(gm) -> int:
+    """In place: an average pooling whose one window covers the whole map (no padding, kernel at least
+    the map's size; transformers' EfficientNet pools with a kernel of hidden_dim and ceil_mode) becomes
+    the global average pooling it computes. onnxruntime's QLinearAveragePool divides such a window by the
+    whole kernel area when count_include_pad is set (float AveragePool divides by the map's area, as
+    torch does), which zeroes the pooled features; QLinearGlobalAveragePool divides by the map's area.
+    Returns how many were rewritten."""
+    done = 0
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target != aten.avg_pool2d.default:
+            continue
+        # (x, kernel_size, stride=[], padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None)
+        args = list(n.args) + [None] * (7 - len(n.args))
+        x, kernel, padding, divisor = args[0], list(args[1]), args[3] or 0, args[6]
+        h, w = x.meta["val"].shape[2:]
+        kh, kw = kernel if len(kernel) == 2 else kernel * 2
+        pads = padding if isinstance(padding, (list, tuple)) else [padding]
+        out = n.meta["val"].shape[2:]
+        if tuple(out) == (1, 1) and kh >= h and kw >= w and not any(pads) and divisor is None:
+            n.target, n.args = aten.adaptive_avg_pool2d.default, (x, [1, 1])
+            done += 1
+    gm.recompile()
+    return done
+
+
 class QATModel(nn.Module):
     """A captured, BN-folded student with fake-quant on exactly the tensors the INT8 graph quantizes."""
 
@@ -506,6 +531,7 @@ def prepare_qat(student, *, input_shape, reduce_range: bool, runtime: str = "onn
         raise RecipeError(f"INT8 runtime must be one of {', '.join(RUNTIMES)}, got '{runtime}'")
     gm = _capture(student, tuple(input_shape))
     _fold_batchnorm_graph(gm)
+    _global_average_pools(gm)
     _place_fake_quant(gm, reduce_range, runtime, weight_bits)
     return QATModel(gm, reduce_range=reduce_range).eval()
 
@@ -611,9 +637,10 @@ def _leave_float(gm, nodes: set[str]) -> None:
 
 
 def export_int8_onnx(q: QATModel, path: Path, *, input_shape, opset: int, calib_x: np.ndarray,
-                     reduce_range: bool) -> dict:
-    """Writes the INT8 QDQ ONNX of a prepare_qat model with the ranges QAT learned. calib_x only gives a
-    range to a quantizer that never saw data. Returns what the report shows."""
+                     reduce_range: bool, input_name: str = "input") -> dict:
+    """Writes the INT8 QDQ ONNX of a prepare_qat model with the ranges QAT learned, input `input_name`,
+    batch axis dynamic. calib_x only gives a range to a quantizer that never saw data. Returns what the
+    report shows."""
     from .export import export_onnx
 
     if q.reduce_range != reduce_range:
@@ -649,14 +676,35 @@ def export_int8_onnx(q: QATModel, path: Path, *, input_shape, opset: int, calib_
                 w.copy_(wfq(w))  # on its INT8 grid: the exported integers are exactly what QAT ran
             wfq.frozen = scale
             n_weights += 1
+    _traced_sizes(body)
     path = Path(path)
-    export_onnx(body, path, tuple(input_shape), opset=opset)
+    export_onnx(body, path, tuple(input_shape), opset=opset, input_name=input_name)
     _integer_initializers(path)
     ops = optimized_op_types(path)
     return {"route": "qat-qdq", "activation_ranges_from_qat": len(fqs) - len(unseen),
             "activation_ranges_calibrated": unseen, "int8_weights": n_weights,
             "integer_ops": {k: v for k, v in ops.items() if k in INTEGER_OPS},
             "float_compute_ops": {k: v for k, v in ops.items() if k in _FLOAT_COMPUTE}}
+
+
+def _traced_sizes(gm) -> None:
+    """In place, before the TorchScript ONNX export: torch.export's batch-size nodes (aten.sym_size) and
+    the ops that take them (a ViT's class-token expand and head reshapes, an EfficientNet's pooled
+    reshape) become the Tensor methods of the same name. The tracer records a size read with x.size(d)
+    and passed to a Tensor method as Shape + Gather; an aten op called directly gets a Python int, so the
+    graph would run at the example's batch size only."""
+    sizes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == aten.sym_size.int]
+    for n in sizes:
+        n.target = torch.Tensor.size
+    for n in {u for s in sizes for u in s.users}:
+        if isinstance(n.target, torch._ops.OpOverload):
+            name = n.target.__name__.split(".")[0]
+            method = getattr(torch.Tensor, {"_unsafe_view": "reshape"}.get(name, name), None)
+            if method is None:
+                raise EdgeKDError(f"INT8 export: the student passes its batch size to {name}, which the ONNX exporter "
+                                  "would fix to one batch size; build an FP32 target for this student")
+            n.target = method
+    gm.recompile()
 
 
 # arithmetic left in float in onnxruntime's optimized graph (MaxPool, Reshape, Slice run on UINT8 as they are)

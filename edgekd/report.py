@@ -34,6 +34,23 @@ def _mb(b: float) -> str:
     return f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
 
 
+def exporter_lines(r: dict) -> list[str]:
+    """Which exporter wrote each ONNX model, in one line, and what hf/ holds (followed by a blank line)."""
+    ex = r.get("exporters")
+    if not isinstance(ex, dict):  # a build before exporters were recorded per model
+        return []
+    by: dict = {}
+    for name, info in ex.items():
+        by.setdefault((info["exporter"], info.get("why")), []).append(name)
+    lines = ["- Exported with " + "; ".join(f"{e} ({', '.join(names)}{': ' + why if why else ''})"
+                                            for (e, why), names in by.items()) + "."]
+    hf = r.get("hf_folder")
+    if hf:
+        lines.append(f"- `{hf['folder']}/`: model.onnx (the deliverable, hard-linked), {', '.join(hf['files'])}; loads with "
+                     f"optimum's {hf['loads_with']} and transformers.pipeline. {hf['note']}.")
+    return [*lines, ""]
+
+
 def render_markdown(r: dict) -> str:
     if r.get("sequence_lengths"):  # timed at several sequence lengths: a text model
         return render_text_markdown(r)
@@ -147,7 +164,7 @@ def render_markdown(r: dict) -> str:
                   *[f"- {v.strip()}" for v in mob["usability_check"].splitlines() if v.startswith("Model should perform well with")],
                   "- onnxruntime's mobile usability check in full (NNAPI and CoreML coverage; it does not cover XNNPACK):", "",
                   "```", *mob["usability_check"].splitlines(), "```"]
-    lines += ["", "## Parity of every export against its PyTorch model (held-out inputs)", "",
+    lines += ["", "## Parity of every export against its PyTorch model (held-out inputs)", "", *exporter_lines(r),
               "| file | top-1 agreement | max abs logit diff |", "|---|---:|---:|"]
     for f, p in r["parity"].items():
         lines.append(f"| {f} | {100 * p['agreement']:.2f}% | {p['max_abs_diff']:.3g} |")
@@ -407,7 +424,7 @@ def render_text_markdown(r: dict) -> str:
         lines.append(f"- OpenVINO runtime precision of matmul layers: {i8['openvino_precisions']}.")
     lines += accuracy_budget_lines(r)
     lines += _budget_lines(r)
-    lines += ["", "## Parity of every export against its PyTorch model (held-out texts)", ""]
+    lines += ["", "## Parity of every export against its PyTorch model (held-out texts)", "", *exporter_lines(r)]
     if emb:
         lines += ["| file | mean cosine | min cosine | max abs diff |", "|---|---:|---:|---:|"]
         for f, p in r["parity"].items():
@@ -573,6 +590,7 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
         **task.report_extra(ctx),
         "parity": export["parity"],
         "exporters": export.get("exporters") or export.get("exporter"),
+        "hf_folder": export.get("hf"),
         "int8": {"reduce_range": export["reduce_range"], "onnxruntime_ops": export.get("int8_ops", {}),
                  "export": export.get("int8_export"),
                  "openvino_precisions": export.get("openvino_int8_precisions"),

@@ -191,9 +191,14 @@ class ImageClassification(Task):
     # deliverables ----------------------------------------------------------------------------------
     def export(self, ctx: Context, models: dict, folder: Path) -> dict:
         """ONNX for every model (INT8 QDQ for the quantized student, with the ranges QAT learned), the
-        target's form (OpenVINO IR, .ort, ExecuTorch .pte), each checked against its PyTorch model."""
+        target's form (OpenVINO IR, .ort, ExecuTorch .pte), each checked against its PyTorch model.
+        transformers models go through optimum's exporter (pixel_values -> logits, as optimum names them;
+        the INT8 graph of such a student keeps those names); an .onnx deliverable of a transformers student
+        also gets hf/, the folder optimum and transformers.pipeline load (edgekd.export_hf)."""
         from ..artifacts import target_format
         from ..export import check_integer_kernels, check_parity, convert_for_target, export_onnx
+        from ..export_hf import PIXELS, export_image, write_image_folder
+        from ..models.hf_image import ImageClassifier
         from ..quantize import export_int8_onnx
         from ..runtimes import runtimes
         from ..train import predict
@@ -201,17 +206,30 @@ class ImageClassification(Task):
         es, d, target = ctx.recipe.export, ctx.data, ctx.target
         xp = np.ascontiguousarray(d.x_val[: es.parity_samples])
         calib = d.x_train[: ctx.recipe.quantize.calibration]
-        meta: dict = {"parity": {}, "reduce_range": ctx.extra["reduce_range"], "exporter": "torch.onnx"}
+        hf_student = isinstance(models["student-fp32"], ImageClassifier)
+        int8_input = PIXELS if hf_student else "input"  # the INT8 graph is named as its FP32 student's
+        meta: dict = {"parity": {}, "reduce_range": ctx.extra["reduce_range"], "exporters": {}}
         for name, model in models.items():
             int8 = name == "student-int8"
             if int8 and ctx.recipe.quantize.max_accuracy_drop:
-                model, meta["accuracy_budget"] = self._fit_budget(ctx, model, folder, calib)
+                model, meta["accuracy_budget"] = self._fit_budget(ctx, model, folder, calib, input_name=int8_input)
             if int8:
+                # the QAT graph itself (edgekd.quantize): optimum would export a float model, not these ranges
                 meta["int8_export"] = export_int8_onnx(model, folder / "student-int8.onnx", input_shape=ctx.io.input_shape,
-                                                       opset=es.opset, calib_x=calib, reduce_range=ctx.extra["reduce_range"])
+                                                       opset=es.opset, calib_x=calib, reduce_range=ctx.extra["reduce_range"],
+                                                       input_name=int8_input)
                 meta["int8_ops"] = check_integer_kernels(folder / "student-int8.onnx")
+                meta["exporters"][name] = {"exporter": "torch.onnx", "why": "edgekd's QAT graph, QDQ with the trained ranges",
+                                           "input": int8_input, "output": "logits"}
+            elif isinstance(model, ImageClassifier):
+                meta["exporters"][name] = export_image(model, folder / f"{name}.onnx", opset=es.opset,
+                                                       input_shape=ctx.io.input_shape)
             else:
                 export_onnx(model, folder / f"{name}.onnx", ctx.io.input_shape, opset=es.opset)
+                meta["exporters"][name] = {"exporter": "torch.onnx", "why": "not a transformers model",
+                                           "input": "input", "output": "logits"}
+            if name == "student-fp32" and hf_student and target_format(target) == "onnx":
+                meta["hf"] = write_image_folder(model, folder / "hf", preprocessing=d.preprocessing)
             ref = predict(model, xp)
             files = convert_for_target(folder, name, target)
             if target_format(target) == "pte":
@@ -230,7 +248,7 @@ class ImageClassification(Task):
                     max_abs_diff=None if int8 else es.fp32_max_abs_diff).to_dict()
         return meta
 
-    def _fit_budget(self, ctx: Context, q, folder: Path, calib):
+    def _fit_budget(self, ctx: Context, q, folder: Path, calib, *, input_name: str):
         """quantize.max_accuracy_drop (edgekd.budget): the layers that stay float, measured on the target's
         runtime against the FP32 export in `folder`; returns (the QAT model leaving them float, report)."""
         from ..budget import FallbackSpace, fit_budget
@@ -240,7 +258,7 @@ class ImageClassification(Task):
 
         def write(layers: list[str], path: Path) -> None:
             export_int8_onnx(leave_float(q, layers), path, input_shape=ctx.io.input_shape, opset=opset, calib_x=calib,
-                             reduce_range=rr)
+                             reduce_range=rr, input_name=input_name)
 
         space = FallbackSpace(int8_layers(q), write, d.x_val, lambda out: float((out.argmax(1) == d.y_val).mean()))
         r = fit_budget(space, max_drop=ctx.recipe.quantize.max_accuracy_drop, fp32=folder / "student-fp32.onnx",
@@ -256,12 +274,13 @@ class ImageClassification(Task):
                 "agreement": float((outputs.argmax(1) == teacher_outputs.argmax(1)).mean())}
 
     def manifest(self, ctx: Context, export_meta: dict) -> dict:
-        from ..artifacts import target_format
+        from ..artifacts import deliverable, target_format
 
         batch = 1 if target_format(ctx.target) == "pte" else "batch"  # ExecuTorch programs are batch-1
+        names = (export_meta.get("exporters") or {}).get(deliverable(ctx.target), {})
         return {
-            "inputs": [{"name": "input", "shape": [batch, *ctx.io.input_shape], "dtype": "float32"}],
-            "output": {"name": "logits", "shape": [batch, ctx.io.num_classes], "dtype": "float32",
+            "inputs": [{"name": names.get("input", "input"), "shape": [batch, *ctx.io.input_shape], "dtype": "float32"}],
+            "output": {"name": names.get("output", "logits"), "shape": [batch, ctx.io.num_classes], "dtype": "float32",
                        "meaning": "unnormalized class scores; argmax is the predicted label"},
             "preprocessing": ctx.data.preprocessing,
             "labels": list(ctx.data.labels),
