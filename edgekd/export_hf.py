@@ -231,9 +231,9 @@ def image_processor(pre: dict):
 
     BitImageProcessor runs the build's steps in the build's order: RGB conversion, shorter side resized
     with Pillow's bilinear filter, center crop at floor((side - crop) / 2), x * (1/255) in float64 then
-    float32, (x - mean) / std in float32. Two differences remain: transformers sizes the longer side
-    int(long * R / short) where the build rounds it (1 px more when the fraction is .5 or more), and
-    convert_to_rgb composites transparent pixels on white where Pillow's convert("RGB") drops alpha."""
+    float32, (x - mean) / std in float32 (the longer side int(long * R / short) in both). One difference
+    remains: convert_to_rgb composites transparent pixels on white where Pillow's convert("RGB") drops
+    alpha."""
     from transformers import BitImageProcessor
 
     if pre["color"] != "rgb":
@@ -252,7 +252,7 @@ def image_processor(pre: dict):
         do_rescale=scale is not None, rescale_factor=scale["factor"] if scale else 1 / 255,
         do_normalize=True, image_mean=norm["mean"], image_std=norm["std"])
     differs = ["images with transparency are composited on white (edgekd drops alpha)"]
-    if resize:
-        differs.insert(0, "the resized longer side is int(long * R / short), 1 px less than edgekd's where the "
+    if resize and resize.get("longer_side", "round") == "round":  # a manifest of an older build
+        differs.insert(0, "the resized longer side is int(long * R / short), 1 px less than this build's where the "
                           "fraction is .5 or more")
     return processor, "BitImageProcessor, the build's steps; differs from edgekd.runtime: " + "; ".join(differs)

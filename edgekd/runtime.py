@@ -148,7 +148,7 @@ class _ImagePrep:
         for step in self.steps:
             op = step["op"]
             if op == "resize":
-                a = _resize(a, step["shorter_side"])
+                a = _resize(a, step["shorter_side"], longer=step.get("longer_side", "round"))
             elif op == "center_crop":
                 h, w = step["size"]
                 if a.shape[0] < h or a.shape[1] < w:

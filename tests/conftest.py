@@ -15,7 +15,7 @@ MINILM_RECIPE = Path(__file__).resolve().parent.parent / "examples" / "minilm-em
 TINY_TEXT = ["data.n_train=48", "data.n_val=24", "data.n_test=40", "data.max_length=48", "distill.epochs=1",
              "distill.batch_size=16", "quantize.epochs=1", "quantize.calibration=8", "export.parity_samples=8",
              "target.iterations=15", "target.warmup=2", "export.int8_min_agreement=0.9",
-             "data.train_comments=false"]
+             "data.train_comments=false", "data.train_packages=0"]
 
 
 @pytest.fixture(scope="session")

@@ -176,7 +176,7 @@ def _replay(pre: dict, image) -> np.ndarray:
     for step in pre["steps"]:
         if step["op"] == "resize":
             r, (w, h) = step["shorter_side"], im.size
-            size = (r, math.floor(h * r / w + 0.5)) if w <= h else (math.floor(w * r / h + 0.5), r)
+            size = (r, math.floor(h * r / w)) if w <= h else (math.floor(w * r / h), r)
             im = im.resize(size, Image.BILINEAR)
         elif step["op"] == "center_crop":
             ch, cw = step["size"]

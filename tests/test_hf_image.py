@@ -18,10 +18,9 @@ FAST = ["data.n_train=0", "data.n_val=0", "data.n_test=0", "distill.epochs=6", "
         "quantize.epochs=1", "quantize.calibration=32", "export.int8_min_agreement=0.9", "target.iterations=10",
         "target.warmup=2"]
 CLASSES = ["blue", "green", "red"]
-# Landscape, portrait and square images, resized to a shorter side of 24 and cropped to 24 x 24. Their
-# longer side scales to a whole number (40 * 24 / 30 = 32): transformers cuts the scaled side where
-# edgekd rounds it, and the two agree only there (report.json's hf_folder note says so).
-SIZES = [(40, 30), (30, 40), (48, 36), (36, 36)]
+# Landscape, portrait and square images, resized to a shorter side of 24 and cropped to 24 x 24; 37 x 25
+# scales its longer side to 35.52, which both cut to 35.
+SIZES = [(40, 30), (30, 40), (48, 36), (36, 36), (37, 25)]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,8 @@ def test_hf_folder_loads_with_optimum_and_the_pipeline(folder, tmp_path):
     ex = r["exporters"]
     assert {n: e["exporter"] for n, e in ex.items()} == {"teacher": "optimum", "student-baseline": "optimum",
                                                           "student-fp32": "optimum", "student-int8": "torch.onnx"}
-    assert r["hf_folder"]["image_processor"] == "BitImageProcessor" and "int(long * R / short)" in r["hf_folder"]["note"]
+    note = r["hf_folder"]["note"]  # sized alike: only the alpha difference remains
+    assert r["hf_folder"]["image_processor"] == "BitImageProcessor" and "alpha" in note and "int(long" not in note
     assert "- Exported with optimum (teacher, student-baseline, student-fp32); torch.onnx (student-int8" in \
         (build / "report.md").read_text()
     manifest = json.loads((build / "manifest.json").read_text())
@@ -107,6 +107,11 @@ def test_image_processor_repeats_the_steps_or_says_why_not(color):
         assert processor is None and "grayscale input" in note and "\n" not in note
         return
     assert "int(long" not in note  # nothing is resized: only the alpha difference remains
+    # a manifest written before resize steps said how they size the longer side rounded it: the note says so
+    legacy = {**pre, "steps": [{"op": "resize", "shorter_side": 20, "interpolation": "bilinear"}, *pre["steps"]]}
+    assert "int(long * R / short)" in image_processor(legacy)[1]
+    assert "int(long" not in image_processor({**pre, "steps": [{**legacy["steps"][0], "longer_side": "floor"},
+                                                              *pre["steps"]]})[1]
     im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).convert("P")
     got = processor(images=[im], return_tensors="np")["pixel_values"][0]
     assert np.array_equal(got, _ImagePrep({"preprocessing": pre}).one(im, 0))

@@ -4,7 +4,8 @@ steps as data (`Splits.preprocessing`) so an app can repeat them with no other k
 
 The exact arithmetic an app repeats: color conversion is Pillow's `convert("L")` / `convert("RGB")`;
 resize is Pillow's `Image.resize(size, BILINEAR)` (which filters when shrinking) to the shorter side R,
-the longer side floor(long * R / short + 0.5); the center crop starts at floor((size - crop) / 2)."""
+the longer side floor(long * R / short) (the step's "longer_side": "floor"; manifests written before that
+key existed rounded it, and say nothing); the center crop starts at floor((size - crop) / 2)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def prepare_images(splits: dict, spec, *, raw: str, where: str) -> tuple[dict[st
         out[name] = (out[name] - m) / s
     steps = []
     if spec.resize:
-        steps.append({"op": "resize", "shorter_side": spec.resize, "interpolation": "bilinear"})
+        steps.append({"op": "resize", "shorter_side": spec.resize, "interpolation": "bilinear", "longer_side": "floor"})
     if spec.crop:
         steps.append({"op": "center_crop", "size": [spec.crop, spec.crop]})
     if uint8:
@@ -115,14 +116,17 @@ def _image(im, color: str, where: str) -> np.ndarray:
     return _convert(a[..., None] if a.ndim == 2 else a, color, where)
 
 
-def _resize(a: np.ndarray, shorter: int) -> np.ndarray:
-    """(H, W, C) -> shorter side `shorter`, the other side scaled and rounded; Pillow bilinear, per
-    channel (mode "L" for uint8, "F" for float), which equals resizing the whole L/RGB image."""
+def _resize(a: np.ndarray, shorter: int, *, longer: str = "floor") -> np.ndarray:
+    """(H, W, C) -> shorter side `shorter`, the other side int(long * shorter / short) (truncated, as
+    torchvision's Resize and transformers' image processors size it, so a model trained with either
+    sees the same pixels); Pillow bilinear, per channel (mode "L" for uint8, "F" for float), which
+    equals resizing the whole L/RGB image. longer="round": floor(long * shorter / short + 0.5), what
+    manifests without a "longer_side" key were built with."""
     from PIL import Image
 
     h, w = a.shape[:2]
-    # half rounds up (not Python's round-half-even), as most languages' round() does
-    size = (shorter, max(1, int(h * shorter / w + 0.5))) if w <= h else (max(1, int(w * shorter / h + 0.5)), shorter)
+    half = 0.5 if longer == "round" else 0.0
+    size = (shorter, max(1, int(h * shorter / w + half))) if w <= h else (max(1, int(w * shorter / h + half)), shorter)
     if (w, h) == size:
         return a
     chans = [np.asarray(Image.fromarray(a[..., i] if a.dtype == np.uint8 else a[..., i].astype(np.float32))

@@ -13,7 +13,7 @@ export function prepareImage(manifest, image) {
   if (pre?.kind !== "image") throw new Error(`this build takes ${pre?.kind ?? "unknown"} inputs, not images`);
   let a = toColor(checkImage(image), pre.color, pre.input_shape[0]);
   for (const step of pre.steps) {
-    if (step.op === "resize") a = resize(a, step.shorter_side);
+    if (step.op === "resize") a = resize(a, step.shorter_side, step.longer_side ?? "round");
     else if (step.op === "center_crop") a = centerCrop(a, step.size[0], step.size[1]);
     else if (step.op === "scale") a = scale(a, step.factor);
     else if (step.op === "normalize") a = normalize(a, step.mean, step.std);
@@ -83,12 +83,14 @@ function toColor(a, color, modelChannels) {
   throw new Error(`manifest color '${color}' is unknown to this app`);
 }
 
-// Shorter side to `shorter`, the other floor(long * shorter / short + 0.5); Pillow's bilinear resize of
+// Shorter side to `shorter`, the other floor(long * shorter / short) (longer "floor"; "round": + 0.5 before
+// the floor, what manifests without longer_side were built with); Pillow's bilinear resize of
 // each channel (its two passes, its filter support when shrinking, its 8-bit fixed point for uint8).
-function resize(a, shorter) {
+function resize(a, shorter, longer) {
   const { width: w, height: h, channels } = a;
-  const [ow, oh] = w <= h ? [shorter, Math.max(1, Math.floor(h * shorter / w + 0.5))]
-                          : [Math.max(1, Math.floor(w * shorter / h + 0.5)), shorter];
+  const half = longer === "round" ? 0.5 : 0;
+  const [ow, oh] = w <= h ? [shorter, Math.max(1, Math.floor(h * shorter / w + half))]
+                          : [Math.max(1, Math.floor(w * shorter / h + half)), shorter];
   if (ow === w && oh === h) return a;
   const out = a.uint8 ? new Uint8Array(ow * oh * channels) : new Float32Array(ow * oh * channels);
   const plane = a.uint8 ? new Uint8Array(w * h) : new Float32Array(w * h);
