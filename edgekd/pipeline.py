@@ -246,13 +246,14 @@ def _load(module, path: Path):
 _SIGNAL = ("method", "assistants", "temperature", "alpha", "embedding_mse", "embedding_cos", "hidden_mse",
            "attention_kl", "rkd_distance", "rkd_angle", "similarity_mse", "layer_map")
 # Fields added with the methods: left out at their defaults, so existing caches keep their keys.
-_NEWER = {"method": "auto", "assistants": "", "rkd_distance": 0.0, "rkd_angle": 0.0}
+_NEWER = {"method": "response", "assistants": "", "rkd_distance": 0.0, "rkd_angle": 0.0}
 
 
 def _distill_in(spec, *, baseline: bool = False, assistant: bool = False) -> dict:
-    """The distill section as a stage reads it: the baseline without the teacher signal; an assistant
-    without the chain (it learns the response from the model before it, so "4" and "4,3" share it)."""
-    d = asdict(spec)
+    """The distill section as a stage reads it: the method as resolved ("auto" with no family weights
+    trains what "response" does); the baseline without the teacher signal; an assistant without the
+    chain (it learns the response from the model before it, so "4" and "4,3" share it)."""
+    d = {**asdict(spec), "method": spec.resolved_method}
     if baseline:
         return {k: v for k, v in d.items() if k not in _SIGNAL}
     if assistant:

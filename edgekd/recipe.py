@@ -176,9 +176,9 @@ STUDENT = ModelSpec(model="mnist-student")
 METHODS = ("response", "feature", "relation", "self", "progressive")
 FAMILY_WEIGHTS = {"feature": ("hidden_mse", "attention_kl"),
                   "relation": ("rkd_distance", "rkd_angle", "similarity_mse")}
-# A family chosen without any of its weights gets these: TinyBERT's hidden-state weight, RKD's
-# image-classification weights (Park et al. 2019, sec. 4.2).
-DEFAULT_WEIGHTS = {"feature": {"hidden_mse": 1.0}, "relation": {"rkd_distance": 25.0, "rkd_angle": 50.0}}
+# A family chosen without any of its weights gets these: TinyBERT's hidden-state weight (1), the RKD
+# weights of Park et al.'s released code (distance 1, angle 2).
+DEFAULT_WEIGHTS = {"feature": {"hidden_mse": 1.0}, "relation": {"rkd_distance": 1.0, "rkd_angle": 2.0}}
 
 
 @dataclass(frozen=True)

@@ -149,8 +149,11 @@ def _check(r: dict, method: str, first: dict | None) -> None:
 
 
 @pytest.fixture(scope="module")
-def image_builds(method_builds, tmp_path_factory):
+def image_builds(method_builds, build_root, tmp_path_factory):
+    """Tiny MNIST builds sharing the stage cache of tests/conftest.py's tiny builds (response is theirs)."""
     out, done = tmp_path_factory.mktemp("methods-image"), {}
+    (build_root / ".cache").mkdir(exist_ok=True)
+    (out / ".cache").symlink_to(build_root / ".cache", target_is_directory=True)
 
     def get(method):
         if method not in done:

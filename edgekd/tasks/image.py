@@ -163,11 +163,10 @@ class ImageClassification(Task):
 
     def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False,
                       mentor=None):
-        import contextlib
-
         import torch
         import torch.nn.functional as F
 
+        from ..features import capture
         from ..losses import feature_losses, hint_mse, kd_loss
         from ..quantize import qat_eval_mode, qat_train_mode
         from ..recipe import parse_layer_map
@@ -198,20 +197,20 @@ class ImageClassification(Task):
             s_pts["embedding"] = (classifier_input(student, shape)[0], "input")
             t_pts["embedding"] = (classifier_input(teacher, shape)[0], "input")
             info["relation_inputs"] = {"student": s_pts["embedding"][0], "teacher": t_pts["embedding"][0]}
+        mentor = mentor if distill else None
         cached = distill and mentor is None  # the teacher's logits on these very views are in the cache
-        for m in (teacher if t_pts else None, mentor if distill else None):
-            if m is not None:
-                m.to(ctx.device).eval()
+        for m in ((teacher,) if t_pts else ()) + ((mentor,) if mentor is not None else ()):
+            m.to(ctx.device).eval()
 
         def step(forward, batch):
             if not distill:
                 x, y = batch
                 return F.cross_entropy(forward(x), y)
             x, y, *soft = batch
-            logits = forward(x)  # (B, K); the student's hooks fill fs
+            logits = forward(x)  # (B, K); the student's hooks fill f_s
             if t_pts:
                 with torch.no_grad():
-                    teacher(x)  # fills ft
+                    teacher(x)  # its hooks fill f_t
             if mentor is not None:
                 with torch.no_grad():
                     soft = [mentor(x)]
@@ -223,21 +222,17 @@ class ImageClassification(Task):
                                                         None)
             return loss
 
-        from ..features import capture
-
-        with contextlib.ExitStack() as hooks:
-            f_s = hooks.enter_context(capture(student, s_pts)) if s_pts else {}
-            f_t = hooks.enter_context(capture(teacher, t_pts)) if t_pts else {}
-            try:
+        try:
+            with capture(student, s_pts) as f_s, capture(teacher, t_pts) as f_t:
                 r = fit(student, fs, batches=self._batches(ctx, xs, d.y_train, ds.batch_size, augment=False,
                                                            soft=ts if cached else None),
                         step=step, validate=lambda m: self._val_mode(ctx, m), extra=extra, checkpoint=checkpoint,
                         log=ctx.log, device=ctx.device, train_mode=qat_train_mode if qat else None,
                         eval_mode=qat_eval_mode if qat else None)
-            finally:
-                teacher.to("cpu")
-                if mentor is not None:
-                    mentor.to("cpu")
+        finally:
+            teacher.to("cpu")
+            if mentor is not None:
+                mentor.to("cpu")
         r.info = info
         return r
 
