@@ -92,12 +92,17 @@ class Stages:
             tmp = self.cache / f".{name}-{key}.tmp{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+            c0 = time.process_time()
             try:
                 meta = fn(tmp, ckpt) or {}
                 seconds = time.perf_counter() - t0
+                # CPU seconds of this process (all its threads): on a shared machine they compare the cost
+                # of two stages better than wall-clock seconds, which other processes' load stretches
+                cpu = time.process_time() - c0
                 if self.rank == 0:
                     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-                    write_atomic(tmp / "stage.json", json.dumps({"meta": meta, "files": files, "seconds": seconds}, indent=1))
+                    write_atomic(tmp / "stage.json", json.dumps({"meta": meta, "files": files, "seconds": seconds,
+                                                                 "cpu_seconds": cpu}, indent=1))
                     shutil.rmtree(final, ignore_errors=True)
                     os.replace(tmp, final)
                     ckpt.unlink(missing_ok=True)

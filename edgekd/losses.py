@@ -25,9 +25,27 @@ def kd_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha
     return alpha * T * T * soft + (1 - alpha) * hard
 
 
-# Feature losses for text encoders. Each is selected by the recipe field of the same name
-# (distill.embedding_cos = 1.0, ...) and takes the student's and the teacher's features (dicts made by
-# edgekd.models.hf_text.TextEncoder.features) plus the attention mask.
+def hint_mse(pairs) -> "object":
+    """Hint learning of FitNets (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets", eq. 3) over
+    several guided/hint layer pairs:
+
+        L = 1/P sum_p mean_{b, c, h, w} (r_p(F_s^p) - F_t^p)^2
+
+    pairs: P tuples (r_p(F_s^p), F_t^p), both (B, C_t, H, W): the student's feature map after its
+    learned regressor r_p (a 1x1 convolution from C_s to C_t channels where widths differ) and the
+    teacher's, pooled to the smaller of the two spatial sizes (edgekd.features.Hints). FitNets trains
+    the hint first and KD after; here the hint is added to the KD loss from the first step, as most
+    later uses of it do. The mean, not FitNets' 1/2 sum, keeps the weight independent of map size."""
+    total = 0.0
+    for s, t in pairs:
+        total = total + (s.float() - t.float()).pow(2).mean()  # bf16 autocast: the loss in fp32
+    return total / len(pairs)
+
+
+# Losses on features, each turned on by the recipe field of the same name (distill.embedding_cos = 1.0,
+# ...). They take the student's and the teacher's features (dicts: "embedding" (B, D), the penultimate
+# representation; text also "hidden", "attention", as edgekd.models.hf_text.TextEncoder.features makes
+# them) plus the attention mask (text; None for images).
 
 from .registry import Registry  # noqa: E402
 
@@ -108,3 +126,49 @@ def similarity_mse(s: dict, t: dict, mask, **_):
 
     es, et = F.normalize(s["embedding"], dim=-1), F.normalize(t["embedding"], dim=-1)  # (B, D)
     return (es @ es.T - et @ et.T).pow(2).mean()
+
+
+def _pdist(e):
+    """(B, D) -> (B, B) Euclidean distances, exactly 0 on the diagonal (no sqrt of 0 in the gradient)."""
+    import torch
+
+    d2 = (e.unsqueeze(0) - e.unsqueeze(1)).pow(2).sum(-1)  # (B, B)
+    off = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+    return torch.where(off, d2.clamp(min=1e-12).sqrt(), torch.zeros_like(d2)), off
+
+
+@feature_losses.register("rkd_distance")
+def rkd_distance(s: dict, t: dict, mask, **_):
+    """Distance-wise relational distillation (RKD-D; Park, Kim, Lu, Cho 2019, "Relational Knowledge
+    Distillation", eq. 4-5): the student keeps the teacher's pairwise distances, each scaled by its
+    model's mean distance, so the widths and scales of the two embeddings need not match:
+
+        psi(e)_ij = ||e_i - e_j|| / mu(e),   mu(e) = mean_{i != j} ||e_i - e_j||
+        L = mean_{i != j} huber(psi(e_s)_ij - psi(e_t)_ij)              (Huber with delta 1)
+
+    e_s: (B, D_s), e_t: (B, D_t), the penultimate embeddings (s["embedding"], t["embedding"])."""
+    import torch.nn.functional as F
+
+    ds, off = _pdist(s["embedding"])
+    dt, _ = _pdist(t["embedding"].detach())
+    ds, dt = ds[off], dt[off]  # (B (B - 1),)
+    return F.smooth_l1_loss(ds / ds.mean().clamp(min=1e-12), dt / dt.mean().clamp(min=1e-12))
+
+
+@feature_losses.register("rkd_angle")
+def rkd_angle(s: dict, t: dict, mask, **_):
+    """Angle-wise relational distillation (RKD-A; Park et al. 2019, eq. 6-7): the student keeps the
+    angles the teacher's embeddings form in every triplet:
+
+        psi(e)_ijk = <u_ij, u_kj>,   u_ij = (e_i - e_j) / ||e_i - e_j||   (cosine of the angle at e_j)
+        L = mean_{i, j, k} huber(psi(e_s)_ijk - psi(e_t)_ijk)           (Huber with delta 1)
+
+    e_s: (B, D_s), e_t: (B, D_t). As in the paper's code the mean runs over all B^3 triplets; those
+    with i = j or k = j have a zero difference vector, psi = 0 for both models."""
+    import torch.nn.functional as F
+
+    def angles(e):
+        u = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), dim=-1)  # (B, B, D): u[j, i] = unit(e_i - e_j)
+        return u @ u.transpose(1, 2)  # (B, B, B): [j, i, k] = <u_ij, u_kj>
+
+    return F.smooth_l1_loss(angles(s["embedding"]), angles(t["embedding"].detach()))

@@ -1,8 +1,8 @@
 """`build(recipe, target)`: the only place that orders the stages. One order for every task:
 
 data -> teacher (load; train or fine-tune when it is not ready; measured before anyone learns from it)
--> soft labels (the teacher's targets, once) -> baseline (no teacher signal) and distilled student
--> quantization-aware distillation -> export (+ parity) -> benchmark (fresh process per model, target
+-> soft labels (the teacher's targets, once) -> baseline (no teacher signal) -> assistants (progressive
+distillation) -> distilled student (by distill.method) -> quantization-aware distillation -> export (+ parity) -> benchmark (fresh process per model, target
 runtime) -> report.
 
 A stage is a function from the artifacts of the stages it reads to a folder of files; edgekd._stages
@@ -88,23 +88,30 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
                                 after=(st_teacher,))
         task.load_targets(ctx, st_targets.dir)
 
-        # 3. Baseline (no teacher signal, same data and budget) and 4. the distilled student.
-        student_in = {"student": asdict(recipe.student), "student_files": _model_files(recipe, recipe.student),
-                      "distill": asdict(recipe.distill)}
+        # 3. Baseline: no teacher signal, same data and budget.
+        student_in = {"student": asdict(recipe.student), "student_files": _model_files(recipe, recipe.student)}
         if precision != "fp32":
             student_in["precision"] = precision
-        st_base, st_dist = (stages.run(name, lambda d, ck, kd=kd: _student(task, ctx, teacher, d, ck, distill=kd),
-                                       inputs=student_in, after=(st_targets,))
-                            for name, kd in (("baseline", False), ("distill", True)))
-        baseline, student = (_load(task.new_student(ctx, teacher), st.dir / "model.pt") for st in (st_base, st_dist))
+        st_base = stages.run("baseline", lambda d, ck: _student(task, ctx, teacher, d, ck, distill=False),
+                             inputs={**student_in, "distill": _distill_in(recipe.distill, baseline=True)},
+                             after=(st_targets,))
+        baseline = _load(task.new_student(ctx, teacher), st_base.dir / "model.pt")
 
-        # 5. Quantization-aware distillation: the fake-quant INT8 student, the same teacher and losses.
+        # 4. The distilled student, taught by the teacher or by the mentor the method names.
+        mentor, st_mentor, how = _mentor(stages, task, ctx, teacher, (baseline, st_base), st_targets)
+        st_dist = stages.run("distill", lambda d, ck: _student(task, ctx, teacher, d, ck, distill=True, mentor=mentor,
+                                                               how=how),
+                             inputs={**student_in, "distill": _distill_in(recipe.distill)},
+                             after=(st_targets,) + ((st_mentor,) if st_mentor else ()))
+        student = _load(task.new_student(ctx, teacher), st_dist.dir / "model.pt")
+
+        # 5. Quantization-aware distillation: the fake-quant INT8 student, the same mentor and losses.
         # The accuracy budget acts at export (which layers stay float), so it is the export's input.
         quantize_in = asdict(recipe.quantize)
         max_drop = quantize_in.pop("max_accuracy_drop")
         if quantize_in["weight_bits"] == 8:  # the default leaves the keys of existing caches as they were
             del quantize_in["weight_bits"]
-        st_qat = stages.run("qat", lambda d, ck: _qat(task, ctx, student, teacher, d, ck),
+        st_qat = stages.run("qat", lambda d, ck: _qat(task, ctx, student, teacher, d, ck, mentor=mentor),
                             inputs={"quantize": quantize_in, "reduce_range": reduce_range, "for": qat_for},
                             after=(st_dist,))
         qat = _load(task.new_qat(ctx, student), st_qat.dir / "model.pt")
@@ -137,6 +144,29 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return BuildResult(build_dir, report, stages.done)
+
+
+def _mentor(stages: Stages, task, ctx, teacher, base: tuple, st_targets: StageOut) -> tuple:
+    """Whom the distilled student learns its response from: the teacher (None: its cached targets), the
+    baseline (self: born-again networks), or the last of `distill.assistants`, each a stage of its own
+    distilled from the one before (progressive). -> (mentor, its stage, the method's report fields)."""
+    recipe = ctx.recipe
+    method = recipe.distill.resolved_method
+    mentor, st_mentor = base if method == "self" else (None, None)
+    chain = []
+    specs = recipe.distill.assistant_specs(recipe.student)
+    for i, (item, spec) in enumerate(zip(recipe.distill.assistant_list(), specs)):
+        st = stages.run(f"assistant-{i + 1}", lambda d, ck, spec=spec, m=mentor: _student(
+            task, ctx, teacher, d, ck, distill=True, spec=spec, mentor=m), after=(st_mentor or st_targets,),
+            inputs={"student": asdict(spec), "student_files": _model_files(recipe, spec),
+                    "distill": _distill_in(recipe.distill, assistant=True)})
+        mentor, st_mentor = _load(task.new_student(ctx, teacher, spec=spec), st.dir / "model.pt"), st
+        chain.append({"assistant": item, "model": spec.model, "val_score": st.meta.get("val_score"),
+                      "params": st.meta.get("params"), "stage": st.dir.name})
+    how = {"method": method, "loss_weights": recipe.distill.loss_weights(),
+           "mentor": "baseline" if method == "self" else f"assistant-{len(chain)}" if chain else "teacher",
+           **({"assistants": chain} if chain else {})}
+    return mentor, st_mentor, how
 
 
 # stage functions -----------------------------------------------------------------------------------
@@ -180,22 +210,25 @@ def _check_teacher(ctx, meta: dict) -> None:
             "weights (teacher.weights) or let edgekd train it (teacher.fine_tune = always)")
 
 
-def _student(task, ctx, teacher, d: Path, ckpt: Path, *, distill: bool) -> dict:
+def _student(task, ctx, teacher, d: Path, ckpt: Path, *, distill: bool, spec=None, mentor=None,
+             how: dict | None = None) -> dict:
+    """A student (or an assistant: `spec`) trained on the labels (distill False), or from the teacher's
+    cached targets, or from `mentor` run in the step."""
     import torch
 
     from .models import count_params
 
-    s = task.new_student(ctx, teacher)
-    r = task.train_student(ctx, s, teacher, distill=distill, checkpoint=ckpt)
+    s = task.new_student(ctx, teacher, spec=spec)
+    r = task.train_student(ctx, s, teacher, distill=distill, checkpoint=ckpt, mentor=mentor)
     torch.save(s.state_dict(), d / "model.pt")
-    return {"params": count_params(s), **r.meta()}
+    return {"params": count_params(s), **(how or {}), **r.meta()}
 
 
-def _qat(task, ctx, student, teacher, d: Path, ckpt: Path) -> dict:
+def _qat(task, ctx, student, teacher, d: Path, ckpt: Path, *, mentor=None) -> dict:
     import torch
 
     q = task.new_qat(ctx, student)
-    r = task.train_student(ctx, q, teacher, distill=True, checkpoint=ckpt, qat=True)
+    r = task.train_student(ctx, q, teacher, distill=True, checkpoint=ckpt, qat=True, mentor=mentor)
     torch.save(q.state_dict(), d / "model.pt")
     return {"method": ctx.recipe.quantize.method, "reduce_range": ctx.extra["reduce_range"], **r.meta()}
 
@@ -216,6 +249,25 @@ def _load(module, path: Path):
 
 
 # inputs of the cache keys ----------------------------------------------------------------------------
+
+# Settings of the teacher signal: the baseline reads none of them, so one baseline serves every method.
+_SIGNAL = ("method", "assistants", "temperature", "alpha", "embedding_mse", "embedding_cos", "hidden_mse",
+           "attention_kl", "rkd_distance", "rkd_angle", "similarity_mse", "layer_map")
+# Fields added with the methods: left out at their defaults, so existing caches keep their keys.
+_NEWER = {"method": "response", "assistants": "", "rkd_distance": 0.0, "rkd_angle": 0.0}
+
+
+def _distill_in(spec, *, baseline: bool = False, assistant: bool = False) -> dict:
+    """The distill section as a stage reads it: the method as resolved ("auto" with no family weights
+    trains what "response" does); the baseline without the teacher signal; an assistant without the
+    chain (it learns the response from the model before it, so "4" and "4,3" share it)."""
+    d = {**asdict(spec), "method": spec.resolved_method}
+    if baseline:
+        return {k: v for k, v in d.items() if k not in _SIGNAL}
+    if assistant:
+        d = {k: v for k, v in d.items() if k not in ("method", "assistants")}
+    return {k: v for k, v in d.items() if not (k in _NEWER and v == _NEWER[k])}
+
 
 def _files(recipe: Recipe, *paths: str) -> dict:
     """sha256 of the local files (or a folder's files) a setting names, so an edited file invalidates

@@ -171,8 +171,31 @@ TEACHER = ModelSpec(model="mnist-teacher")
 STUDENT = ModelSpec(model="mnist-student")
 
 
+# Distillation families (edgekd.losses has each loss's formula and paper). Every family keeps the
+# response term (logit KD, or the output-embedding losses of text-embedding) and changes what else the
+# student learns or from whom:
+#   response     the teacher's outputs alone
+#   feature      + the teacher's intermediate representations (weights below: hidden_mse, attention_kl)
+#   relation     + the teacher's relations between the samples of a batch (rkd_*, similarity_mse)
+#   self         born-again: the hard-label baseline (the student's own architecture) is the teacher
+#   progressive  teacher-assistant chain: each of distill.assistants learns from the one before
+METHODS = ("response", "feature", "relation", "self", "progressive")
+FAMILY_WEIGHTS = {"feature": ("hidden_mse", "attention_kl"),
+                  "relation": ("rkd_distance", "rkd_angle", "similarity_mse")}
+# A family chosen without any of its weights gets these: TinyBERT's hidden-state weight (1), the RKD
+# weights of Park et al.'s released code (distance 1, angle 2).
+DEFAULT_WEIGHTS = {"feature": {"hidden_mse": 1.0}, "relation": {"rkd_distance": 1.0, "rkd_angle": 2.0}}
+
+
 @dataclass(frozen=True)
 class DistillSpec:
+    # One of METHODS, or "auto": the family whose weights the recipe gives (recipes written before
+    # methods existed set distill.hidden_mse alone), else "response". `resolved_method` says which.
+    method: str = "auto"
+    # progressive: the assistants from largest to smallest, comma-separated; each is a layer count (text
+    # students built from the teacher: the student's recipe with that many layers, e.g. "4" for
+    # 6 -> 4 -> 2) or a model as student.model takes it (an architecture name or SCHEME:REF)
+    assistants: str = ""
     temperature: float = 4.0
     alpha: float = 0.9
     epochs: int = 40
@@ -183,14 +206,19 @@ class DistillSpec:
     # sees. The teacher's logits for `views` augmented copies of each image are computed once and
     # cached, so an epoch costs one student pass, not a teacher pass too.
     views: int = 8
-    # Text tasks: weights of the feature losses (edgekd.losses, each with its formula and paper),
-    # added to the logit KD loss (classification) or used alone (embedding).
+    # Weights of the losses added to the logit KD loss (classification) or used alone (embedding);
+    # edgekd.losses gives each one's formula and paper. The response term of text-embedding:
     embedding_mse: float = 0.0
     embedding_cos: float = 0.0
-    similarity_mse: float = 0.0
+    # feature: hidden states (text, TinyBERT) or hooked feature maps (images, FitNets); last attention (text)
     hidden_mse: float = 0.0
     attention_kl: float = 0.0
-    # which teacher layer each student layer learns from, 1-based "1:2,2:4,3:6"; default: uniform
+    # relation, on the penultimate embedding: RKD distance and angle; cosine similarity matrix
+    rkd_distance: float = 0.0
+    rkd_angle: float = 0.0
+    similarity_mse: float = 0.0
+    # feature: which teacher layer each student layer learns from, 1-based "1:2,2:4,3:6" (images: the
+    # feature maps found in each model, edgekd.features); default: the same relative depth
     layer_map: str = ""
     # classification: drop training texts the teacher gets wrong / is less sure of than this
     drop_teacher_wrong: bool = False
@@ -208,14 +236,66 @@ class DistillSpec:
         _check(self.lr > 0, "distill.lr", "> 0", self.lr)
         _check(self.batch_size > 0, "distill.batch_size", "> 0", self.batch_size)
         _check(self.views >= 1, "distill.views", ">= 1", self.views)
-        for k in ("embedding_mse", "embedding_cos", "similarity_mse", "hidden_mse", "attention_kl"):
+        for k in ("embedding_mse", "embedding_cos", *FAMILY_WEIGHTS["feature"], *FAMILY_WEIGHTS["relation"]):
             _check(getattr(self, k) >= 0, f"distill.{k}", ">= 0", getattr(self, k))
         _check(self.precision in ("fp32", "bf16", "auto"), "distill.precision", "'fp32', 'bf16' or 'auto'",
                self.precision)
+        _check(self.method in ("auto", *METHODS), "distill.method", "'auto' or " + ", ".join(map(repr, METHODS)),
+               self.method)
+        given = {fam: [k for k in keys if getattr(self, k) > 0] for fam, keys in FAMILY_WEIGHTS.items()}
+        if given["feature"] and given["relation"]:
+            raise RecipeError(f"distill gives weights of two families, feature ({', '.join(given['feature'])}) and "
+                              f"relation ({', '.join(given['relation'])}); a build distills one: set the other's to 0")
+        for fam, keys in given.items():
+            if keys and self.method not in ("auto", fam):
+                raise RecipeError(f"distill.{keys[0]} = {getattr(self, keys[0])} is a {fam}-distillation weight, but "
+                                  f"distill.method = '{self.method}'; set distill.method = '{fam}' or distill.{keys[0]} = 0")
+        items = self.assistant_list()
+        if self.method == "progressive":
+            _check(bool(items) and all(items), "distill.assistants",
+                   "the assistants between teacher and student, largest first, for distill.method = 'progressive': "
+                   "layer counts for text students ('4') or models ('mnist-assistant')", self.assistants)
+            for v in items:
+                _check(not v.lstrip("-").isdigit() or int(v) >= 1, "distill.assistants", "layer counts >= 1",
+                       self.assistants)
+        else:
+            _check(not self.assistants, "distill.assistants", "empty unless distill.method = 'progressive'",
+                   self.assistants)
         _check(0 <= self.min_teacher_confidence < 1, "distill.min_teacher_confidence", "in [0, 1)",
                self.min_teacher_confidence)
         if self.layer_map:
             parse_layer_map(self.layer_map)
+
+    @property
+    def resolved_method(self) -> str:
+        if self.method != "auto":
+            return self.method
+        return next((fam for fam, keys in FAMILY_WEIGHTS.items() if any(getattr(self, k) > 0 for k in keys)),
+                    "response")
+
+    def loss_weights(self) -> dict[str, float]:
+        """{loss name: weight} of every loss in edgekd.losses' registry that this recipe turns on, with
+        the family's default weights when its method is chosen without any."""
+        names = ("embedding_mse", "embedding_cos", *FAMILY_WEIGHTS["feature"], *FAMILY_WEIGHTS["relation"])
+        out = {k: getattr(self, k) for k in names if getattr(self, k) > 0}
+        fam = self.resolved_method
+        if fam in FAMILY_WEIGHTS and not any(k in out for k in FAMILY_WEIGHTS[fam]):
+            out.update(DEFAULT_WEIGHTS[fam])
+        return out
+
+    def assistant_list(self) -> list[str]:
+        return [v.strip() for v in self.assistants.split(",")] if self.assistants.strip() else []
+
+    def assistant_specs(self, student: ModelSpec) -> list[ModelSpec]:
+        """The student's spec for each assistant, largest first: a layer count keeps the student's model
+        with that many layers; a model replaces it (without the student's weights or config)."""
+        out = []
+        for v in self.assistant_list():
+            if v.isdigit():
+                out.append(replace(student, layers=int(v), keep_layers=""))
+            else:
+                out.append(replace(student, model=v, weights="", config="", keep_layers=""))
+        return out
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,19 @@ def _known(name):
         # row 0: 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75); row 1: 0 -> mean over 2 queries
         kl0 = 0.5 * np.log(2) + 0.5 * np.log(2 / 3)
         return _feats([[0.0]], att=a_s), _feats([[0.0]], att=a_t), m, {}, kl0 / 2
+    # three points: the student's form a right angle at e_0, the teacher's lie on a line
+    right, line = [[0, 0], [1, 0], [0, 1]], [[0, 0], [1, 0], [2, 0]]
+    if name == "rkd_distance":
+        # pair distances (01, 02, 12): student 1, 1, sqrt 2 (mean (2 + sqrt 2) / 3), teacher 1, 2, 1 (mean 4/3);
+        # every scaled difference is below 1, so Huber = d^2 / 2; each pair counts twice (i, j and j, i)
+        mu = (2 + np.sqrt(2)) / 3
+        d = [1 / mu - 0.75, 1 / mu - 1.5, np.sqrt(2) / mu - 0.75]
+        return _feats(right), _feats(line), None, {}, float(np.mean([x * x / 2 for x in d]))
+    if name == "rkd_angle":
+        # cosines that differ, of 27 triplets: at e_0 (1, 2) and (2, 1): 0 vs 1 (Huber 1/2); at e_1 (0, 2) and
+        # (2, 0): 1/sqrt 2 vs -1 (Huber |d| - 1/2); at e_2 (0, 1) and (1, 0): 1/sqrt 2 vs 1 (Huber d^2 / 2)
+        a, b = 1 / np.sqrt(2) + 1, 1 - 1 / np.sqrt(2)
+        return _feats(right), _feats(line), None, {}, (2 * 0.5 + 2 * (a - 0.5) + 2 * b * b / 2) / 27
     raise AssertionError(f"no known value for loss {name}: add one")
 
 

@@ -41,6 +41,14 @@ def mnist_student(*, in_channels: int = 1, num_classes: int = 10):
     return _cnn([(24, 2, False), (48, 2, False), (88, 1, False)], in_channels=in_channels, num_classes=num_classes)
 
 
+@architectures.register("mnist-assistant")
+def mnist_assistant(*, in_channels: int = 1, num_classes: int = 10):
+    """Between mnist-teacher and mnist-student in size (about a third of the teacher's parameters, four
+    times the student's): the teacher assistant of distill.method = "progressive" (Mirzadeh et al. 2020)."""
+    return _cnn([(32, 1, True), (64, 1, True), (96, 1, False), (128, 1, False)], in_channels=in_channels,
+                num_classes=num_classes)
+
+
 @architectures.register("mnist-student-tiny")
 def mnist_student_tiny(*, in_channels: int = 1, num_classes: int = 10):
     """About half of mnist-student."""

@@ -70,11 +70,16 @@ class Task:
         raise NotImplementedError
 
     # students
-    def new_student(self, ctx: Context, teacher):
+    def new_student(self, ctx: Context, teacher, *, spec=None):
+        """The student of `spec` (default ctx.recipe.student; an assistant's spec), freshly initialised."""
         raise NotImplementedError
 
-    def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False):
-        """Baseline (distill False: no teacher signal), distillation, or quantization-aware distillation."""
+    def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False,
+                      mentor=None):
+        """Baseline (distill False: no teacher signal), distillation, or quantization-aware distillation,
+        with the losses ctx.recipe.distill.loss_weights() turns on. The response is learned from the
+        teacher's cached targets, or, when `mentor` is given (an assistant, the born-again baseline), from
+        the mentor's outputs computed in the step; feature and relation terms always read the teacher."""
         raise NotImplementedError
 
     def new_qat(self, ctx: Context, student):

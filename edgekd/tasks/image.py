@@ -2,7 +2,11 @@
 
 Students learn from the teacher's logits on `distill.views` augmented copies of every training image,
 computed once (consistent teaching, Beyer et al. 2022: the teacher labels the very view the student
-sees), so an epoch costs one student pass."""
+sees), so an epoch costs one student pass. Feature and relation distillation read the teacher's
+intermediate features (edgekd.features, forward hooks), which are not cached: the teacher runs in every
+step. A mentor other than the teacher (an assistant, the born-again baseline) runs in the step too.
+The QAT student is a captured graph with no submodules to hook, so quantization-aware distillation
+learns the response (logits) of the same mentor alone."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, RecipeError
 from . import Context, Task, tasks
 
 # Cached views are memory-mapped, but they are written to disk: cap them for large images.
@@ -22,6 +26,18 @@ class ImageClassification(Task):
     kind = "image"
     quality = "accuracy"
     quality_label = "test accuracy"
+
+    def check_recipe(self, recipe) -> None:
+        ds = recipe.distill
+        text_only = [k for k in ("embedding_mse", "embedding_cos", "attention_kl") if getattr(ds, k) > 0]
+        if text_only:
+            raise RecipeError(f"distill.{text_only[0]} applies to text tasks; set it to 0 for task = '{self.name}' "
+                              "(image feature and relation distillation: distill.method = 'feature' or 'relation')")
+        counts = [v for v in ds.assistant_list() if v.isdigit()]
+        if counts:
+            raise RecipeError(f"distill.assistants item '{counts[0]}' is a layer count, which applies to text students "
+                              "built from the teacher; give image assistants as models, e.g. distill.assistants = "
+                              "'mnist-assistant' (an architecture name or SCHEME:REF)")
 
     def prepare(self, ctx: Context) -> None:
         from ..models import ModelIO
@@ -136,19 +152,24 @@ class ImageClassification(Task):
         ctx.extra["views_logits"] = np.load(folder / "views_logits.npy", mmap_mode="r")
 
     # students --------------------------------------------------------------------------------------
-    def new_student(self, ctx: Context, teacher):
+    def new_student(self, ctx: Context, teacher, *, spec=None):
         from ..models import load_model
         from ..models.checks import check_fits
 
-        built = load_model(ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher, seed=ctx.recipe.seed)
-        check_fits(built.module, ctx.io, what=f"student '{ctx.recipe.student.model}'")
+        spec = spec or ctx.recipe.student
+        built = load_model(spec, ctx.io, base=ctx.base, teacher=teacher, seed=ctx.recipe.seed)
+        check_fits(built.module, ctx.io, what=f"student '{spec.model}'")
         return built.module
 
-    def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False):
+    def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False,
+                      mentor=None):
+        import torch
         import torch.nn.functional as F
 
-        from ..losses import kd_loss
+        from ..features import capture
+        from ..losses import feature_losses, hint_mse, kd_loss
         from ..quantize import qat_eval_mode, qat_train_mode
+        from ..recipe import parse_layer_map
         from ..train import FitSpec, fit, steps_for
 
         ds, qs, d = ctx.recipe.distill, ctx.recipe.quantize, ctx.data
@@ -160,19 +181,61 @@ class ImageClassification(Task):
                      seed=ctx.recipe.seed + (2 if qat else 0), desc="qat" if qat else ("distill" if distill else "baseline"),
                      precision="fp32" if qat else ctx.extra.get("precision", "fp32"))
         T, alpha = ds.temperature, ds.alpha
+        weights = ds.loss_weights() if distill and not qat else {}
+        hint_w = weights.pop("hidden_mse", 0.0)
+        shape = ctx.io.input_shape
+        extra, s_pts, t_pts, info = {}, {}, {}, {}
+        if hint_w:
+            from ..features import Hints
+
+            torch.manual_seed(ctx.recipe.seed)
+            hints = extra["hints"] = Hints(student, teacher, shape, parse_layer_map(ds.layer_map) if ds.layer_map else None)
+            s_pts, t_pts = hints.student_points(), hints.teacher_points()
+            info["feature_pairs"] = hints.describe()
+        if weights:  # relation losses, on the penultimate embeddings
+            from ..features import classifier_input
+
+            s_pts["embedding"] = (classifier_input(student, shape)[0], "input")
+            t_pts["embedding"] = (classifier_input(teacher, shape)[0], "input")
+            info["relation_inputs"] = {"student": s_pts["embedding"][0], "teacher": t_pts["embedding"][0]}
+        mentor = mentor if distill else None
+        cached = distill and mentor is None  # the teacher's logits on these very views are in the cache
+        for m in ((teacher,) if t_pts else ()) + ((mentor,) if mentor is not None else ()):
+            m.to(ctx.device).eval()
 
         def step(forward, batch):
-            if distill:
-                x, y, s = batch
-                return kd_loss(forward(x), s, y, temperature=T, alpha=alpha)
-            x, y = batch
-            return F.cross_entropy(forward(x).float(), y)
+            if not distill:
+                x, y = batch
+                return F.cross_entropy(forward(x).float(), y)
+            x, y, *soft = batch
+            logits = forward(x)  # (B, K); the student's hooks fill f_s
+            if t_pts:
+                with torch.no_grad():
+                    teacher(x)  # its hooks fill f_t
+            if mentor is not None:
+                with torch.no_grad():
+                    soft = [mentor(x)]
+            loss = kd_loss(logits, soft[0], y, temperature=T, alpha=alpha)
+            if hint_w:
+                loss = loss + hint_w * hint_mse(extra["hints"].pairs(f_s, f_t))
+            for k, w in weights.items():
+                loss = loss + w * feature_losses.get(k)({"embedding": f_s["embedding"].float()},
+                                                        {"embedding": f_t["embedding"].float()}, None)
+            return loss
 
-        return fit(student, fs, batches=self._batches(ctx, xs, d.y_train, ds.batch_size, augment=False,
-                                                      soft=ts if distill else None),
-                   step=step, validate=lambda m: self._val_mode(ctx, m), checkpoint=checkpoint, log=ctx.log,
-                   device=ctx.device, train_mode=qat_train_mode if qat else None,
-                   eval_mode=qat_eval_mode if qat else None)
+        try:
+            with capture(student, s_pts) as f_s, capture(teacher, t_pts) as f_t:
+                r = fit(student, fs, batches=self._batches(ctx, xs, d.y_train, ds.batch_size, augment=False,
+                                                           soft=ts if cached else None),
+                        step=step, validate=lambda m: self._val_mode(ctx, m), extra=extra, checkpoint=checkpoint,
+                        log=ctx.log, device=ctx.device, train_mode=qat_train_mode if qat else None,
+                        eval_mode=qat_eval_mode if qat else None)
+        finally:
+            teacher.to("cpu")
+            if mentor is not None:
+                mentor.to("cpu")
+        r.info = info
+        return r
 
     def _val_mode(self, ctx: Context, model) -> float:
         """Validation accuracy without touching the model's mode (the loop set eval or QAT-eval)."""

@@ -1,11 +1,15 @@
 """Text tasks on Hugging Face encoders: text-classification (texts -> class logits) and text-embedding
 (texts -> sentence embeddings; the teacher's embeddings of unlabeled text are the targets).
 
-A student learns from the teacher's outputs computed once per text, plus feature losses (edgekd.losses,
-each with its formula and paper) that read both models' hidden states and attention:
+A student learns from the teacher's outputs computed once per text, plus the losses of its method's
+family (edgekd.losses, each with its formula and paper) that read both models' hidden states, attention
+or pooled embeddings (then the teacher runs in the step):
 
     L = alpha * KD(s, t; T) + (1 - alpha) * CE(s, y)          (classification)
-      + sum_k w_k * L_k(features_s, features_t)                (k: distill.<loss name> > 0)
+      + sum_k w_k * L_k(features_s, features_t)                (k: distill.loss_weights())
+
+With a mentor other than the teacher (an assistant, the born-again baseline), t is the mentor's
+output, computed in the step.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from . import Context, Task, tasks
 
 SEQ_LENS = (16, 64, 128)
 FEATURE_ONLY = ("hidden_mse", "attention_kl")  # losses that need the teacher online
+# ... and for a classifier, whose cached targets are logits: the losses on its pooled embedding
+EMBEDDING_READERS = ("embedding_mse", "embedding_cos", "similarity_mse", "rkd_distance", "rkd_angle")
 
 
 class _TextTask(Task):
@@ -37,6 +43,11 @@ class _TextTask(Task):
         if recipe.student.scheme in ("arch",) and recipe.student.model.startswith("mnist"):
             raise RecipeError(f"task {self.name} needs a text student: student.model = 'layer-subset', 'narrow', "
                               f"or 'hf:...' (got {recipe.student.model!r})")
+        counts = [v for v in recipe.distill.assistant_list() if v.isdigit()]
+        if counts and recipe.student.model not in ("layer-subset", "narrow"):
+            raise RecipeError(f"distill.assistants item '{counts[0]}' is a layer count, which needs a student built from "
+                              f"the teacher (student.model = 'layer-subset' or 'narrow'); give assistants as models "
+                              f"('hf:...') for student.model = {recipe.student.model!r}")
 
     def prepare(self, ctx: Context) -> None:
         from ..models import ModelIO
@@ -150,10 +161,10 @@ class _TextTask(Task):
         ctx.extra["keep"] = keep
 
     # students --------------------------------------------------------------------------------------
-    def new_student(self, ctx: Context, teacher):
+    def new_student(self, ctx: Context, teacher, *, spec=None):
         from ..models import load_model
 
-        return load_model(ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher, seed=ctx.recipe.seed).module
+        return load_model(spec or ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher, seed=ctx.recipe.seed).module
 
     def _layer_map(self, ctx: Context, student, teacher) -> dict[int, int]:
         from ..recipe import parse_layer_map
@@ -170,7 +181,8 @@ class _TextTask(Task):
             raise RecipeError(f"distill.layer_map {ds.layer_map!r} names layers beyond the student's {ls} or the teacher's {lt}")
         return m
 
-    def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False):
+    def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False,
+                      mentor=None):
         import torch
 
         from ..losses import feature_losses, kd_loss
@@ -184,9 +196,11 @@ class _TextTask(Task):
         tokens = {k: v[keep] for k, v in ctx.extra["tokens"]["train"].items()}
         target = torch.from_numpy(np.ascontiguousarray(ctx.extra["targets"]["train"][keep]))
         y = torch.from_numpy(d.y_train[keep]) if self.classify else None
-        weights = {k: getattr(ds, k) for k in feature_losses.names() if getattr(ds, k) > 0} if distill else {}
+        weights = ds.loss_weights() if distill else {}
         alpha = ds.alpha if distill else 0.0
-        online = any(k in weights for k in FEATURE_ONLY)
+        online = any(k in weights for k in FEATURE_ONLY + (EMBEDDING_READERS if self.classify else ()))
+        mentor = mentor if distill else None
+        response = "logits" if self.classify else "embedding"  # what the cached targets hold
         attention = "attention_kl" in weights
         layer_map = self._layer_map(ctx, student, teacher)
         extra = {}
@@ -195,6 +209,8 @@ class _TextTask(Task):
             extra["proj"] = torch.nn.Linear(student.hidden_size, teacher.hidden_size)  # TinyBERT's W_h
         if online:
             teacher.to(ctx.device).eval()
+        if mentor is not None:
+            mentor.to(ctx.device).eval()
         # word embeddings stay frozen: most of the parameters, and the vocabulary is the teacher's anyway
         student.input_embeddings().weight.requires_grad_(False)
         epochs = (qs.epochs if qs.method == "qat" else 0) if qat else (ds.epochs if (distill or self.classify) else 0)
@@ -210,16 +226,17 @@ class _TextTask(Task):
             ft = {}
             if online:
                 with torch.no_grad():
-                    ft = teacher.features(ids, mask, attention=attention)
+                    ft = _as_float(teacher.features(ids, mask, attention=attention))
             tgt = target[idx.cpu()].to(ids.device)
-            ft["logits" if self.classify else "embedding"] = tgt
+            if mentor is not None:  # the response comes from the mentor (no family term reads the teacher then)
+                with torch.no_grad():
+                    tgt = mentor.features(ids, mask)[response].float()
+            ft[response] = tgt
             loss = fs_["embedding"].new_zeros(())
             if self.classify:
                 loss = loss + kd_loss(fs_["logits"], tgt, y[idx.cpu()].to(ids.device), temperature=ds.temperature,
                                       alpha=alpha)
             for k, w in weights.items():
-                if k in ("embedding_mse", "embedding_cos", "similarity_mse") and "embedding" not in ft:
-                    continue
                 loss = loss + w * feature_losses.get(k)(fs_, ft, mask, layer_map=layer_map, proj=extra.get("proj"))
             return loss
 
@@ -237,6 +254,8 @@ class _TextTask(Task):
                     train_mode=qat_train_mode if qat else None, eval_mode=qat_eval_mode if qat else None)
         finally:
             teacher.to("cpu")
+            if mentor is not None:
+                mentor.to("cpu")
         r.info = {"layer_map": layer_map, "keep_layers": getattr(student, "kept_layers", None), "train_texts": len(keep)}
         return r
 
@@ -401,9 +420,12 @@ class TextEmbedding(_TextTask):
     def check_recipe(self, recipe) -> None:
         super().check_recipe(recipe)
         d = recipe.distill
-        if d.embedding_mse + d.embedding_cos + d.similarity_mse + d.hidden_mse + d.attention_kl <= 0:
+        if not d.loss_weights():
             raise RecipeError("distill must give at least one loss weight for task = 'text-embedding', got all zero "
                               "(e.g. distill.embedding_cos = 1)")
+        if d.resolved_method == "self":
+            raise RecipeError("distill.method = 'self' needs labels to train the first generation on, and task = "
+                              "'text-embedding' has none; use 'response', 'feature', 'relation' or 'progressive'")
         if recipe.teacher.fine_tune in ("always", "probe"):
             raise RecipeError("teacher.fine_tune must be 'auto' or 'never' for task = 'text-embedding' (no labels to "
                               f"fine-tune on), got {recipe.teacher.fine_tune!r}")
