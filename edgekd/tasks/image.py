@@ -311,7 +311,7 @@ class ImageClassification(Task):
                     max_abs_diff=None if int8 else es.fp32_max_abs_diff).to_dict()
         return meta
 
-    def _fit_budget(self, ctx: Context, q, folder: Path, calib, *, input_name: str):
+    def _fit_budget(self, ctx: Context, q, folder: Path, calib, *, input_name: str = "input"):
         """quantize.max_accuracy_drop (edgekd.budget): the layers that stay float, measured on the target's
         runtime against the FP32 export in `folder`; returns (the QAT model leaving them float, report)."""
         from ..budget import FallbackSpace, fit_budget
