@@ -332,6 +332,23 @@ def verdict(ours: dict, peers: list[dict], rt: str) -> dict:
             "latency_ok": gap <= NOISE}
 
 
+def write_results(name: str, quality_goal: str, rows: list[dict], verdicts: list[dict], info: dict, *, report: dict,
+                  build: Path, rounds: int, load_start) -> None:
+    """Print the goal's verdict and write benchmarks/results/<name>.json with the build's environment."""
+    goal = bool(verdicts) and all(v["accuracy_ok"] and v["latency_ok"] for v in verdicts) and \
+        not any("error" in r for r in rows)
+    print(f"goal (every peer ran; {quality_goal} beyond 2 SE, not slower than the fastest beyond the noise band): "
+          f"{'met' if goal else 'NOT met'}")
+    env = dict(report["environment"])
+    env["versions"] = {**env.get("versions", {}), **versions()}
+    env["loadavg_start_end"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
+    out.write_text(json.dumps({"rows": rows, "verdicts": verdicts, "goal_met": goal, "noise_band": NOISE,
+                               "rounds": rounds, **info, "environment": env,
+                               "build": os.path.relpath(build.resolve(), ROOT)}, indent=2))
+    print(f"written to {out.relative_to(ROOT)}")
+
+
 def _fmt_kernels(k: dict) -> str:
     return " ".join(f"{op}x{n}" for op, n in k.items())
 
@@ -354,18 +371,8 @@ def main() -> None:
     if "sequence_lengths" in report:  # a text build
         load_start = os.getloadavg()
         rows, verdicts, info = text_rows(build, report, args.rounds)
-        goal = bool(verdicts) and all(v["accuracy_ok"] and v["latency_ok"] for v in verdicts) and \
-            not any("error" in r for r in rows)
-        print(f"goal (every peer ran; edgekd's cosine not below any peer's beyond 2 SE, not slower than the fastest "
-              f"beyond the noise band): {'met' if goal else 'NOT met'}")
-        env = dict(report["environment"])
-        env["versions"] = {**env.get("versions", {}), **versions()}
-        env["loadavg_start_end"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
-        out = ROOT / "benchmarks" / "results" / "peers-text.json"
-        out.write_text(json.dumps({"rows": rows, "verdicts": verdicts, "goal_met": goal, "noise_band": NOISE,
-                                   "rounds": args.rounds, **info, "environment": env,
-                                   "build": os.path.relpath(build.resolve(), ROOT)}, indent=2))
-        print(f"written to {out.relative_to(ROOT)}")
+        write_results("peers-text", "edgekd's cosine not below any peer's", rows, verdicts, info, report=report,
+                      build=build, rounds=args.rounds, load_start=load_start)
         return
     recipe = load_recipe(build / "recipe.lock.toml")
     data = load_data(recipe.data, seed=recipe.seed, base=recipe.base_dir)
@@ -446,18 +453,9 @@ def main() -> None:
             verdicts.append(v)
             print(f"{rt}: accuracy {v['accuracy']} ({v['best_peer']}); p50 {v['p50_edgekd_over_fastest_peer']:.2f}x "
                   f"the fastest peer's ({v['fastest_peer']}): {v['latency']}")
-    goal = bool(verdicts) and all(v["accuracy_ok"] and v["latency_ok"] for v in verdicts) and not any("error" in r for r in rows)
-    print(f"goal (every peer ran; edgekd not less accurate than any peer beyond 2 SE, not slower than the fastest "
-          f"beyond the noise band): {'met' if goal else 'NOT met'}")
-    env = dict(report["environment"])
-    env["versions"] = {**env.get("versions", {}), **versions()}
-    env["loadavg_start_end"] = [round(load_start[0], 2), round(os.getloadavg()[0], 2)]
-    out = ROOT / "benchmarks" / "results" / "peers.json"
-    out.write_text(json.dumps({"rows": rows, "verdicts": verdicts, "goal_met": goal, "noise_band": NOISE,
-                               "rounds": args.rounds, "test_samples": len(data.y_test),
-                               "calibration_samples": len(calib), "environment": env,
-                               "build": os.path.relpath(build.resolve(), ROOT)}, indent=2))
-    print(f"written to {out.relative_to(ROOT)}")
+    write_results("peers", "edgekd not less accurate than any peer", rows, verdicts,
+                  {"test_samples": len(data.y_test), "calibration_samples": len(calib)}, report=report, build=build,
+                  rounds=args.rounds, load_start=load_start)
 
 
 if __name__ == "__main__":
