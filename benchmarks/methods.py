@@ -1,6 +1,6 @@
 """Which distillation method should I use here? Every family on the same student, budget and seeds.
 
-    python benchmarks/methods.py [--quick] [--seeds 0,1,2] [--tasks image,text,embedding] [--out build/methods]
+    python benchmarks/methods.py [--quick] [--seeds 0,1,2] [--tasks image,text,text-ft,embedding] [--out build/methods]
 
 For each task, one build (target cpu-int8) per (seed, method), all into <out>/<task>/ so that they share
 the stage cache: per seed one teacher, one set of teacher targets and one hard-label baseline serve
@@ -9,7 +9,8 @@ every method, and each method trains its own student (and assistant) with the sa
 - image: the MNIST example (examples/mnist) on a subset with fewer epochs;
 - text: text-classification of docstring paragraphs of the standard library by package (six packages,
   written here as a labelled JSONL), the pretrained all-MiniLM-L6-v2 with a linear probe as teacher,
-  its 2-layer subset as student (assistant: 4 layers);
+  its 2-layer subset as student (assistant: 4 layers); text-ft: the same with the whole teacher
+  fine-tuned on the labels first;
 - embedding: the MiniLM embedding example (examples/minilm-embed) with a smaller budget (assistant: 4
   layers between the 6-layer teacher and the 3-layer student).
 
@@ -19,8 +20,10 @@ A seed changes the split, the teacher and the student alike; methods are compare
 of the method (its distillation stage; plus the assistants for progressive, plus the first generation,
 the baseline, for self) in CPU seconds of the build's process and in wall-clock seconds. "d vs response" is the paired difference to response distillation, marked *
 when it exceeds the seed spread: |mean| > t(0.975, n-1) * std / sqrt(n), a paired t-test at 5%.
-Wall-clock times on a shared machine stretch with the other processes' load (a stage can take 3x
-longer in one build than in the next); CPU seconds less so: compare methods by those. Results go to
+Training runs on one thread with passive OpenMP waits: with more threads on a shared machine, threads
+spinning at barriers while others wait for a core inflated CPU seconds up to 8x between two builds of
+the same stage; on one thread CPU seconds count the work done, while wall-clock seconds still stretch
+with the other processes' load: compare methods by CPU seconds. Results go to
 benchmarks/results/methods.json."""
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import math
 import os
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads its OpenMP runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("baseline", "response", "feature", "relation", "self", "progressive")
@@ -50,17 +55,20 @@ def tasks(data: Path, quick: bool) -> dict:
     text = ["task=text-classification", "data.source=jsonl", f"data.path={data / 'packages.jsonl'}",
             "data.n_train=160" if q else "data.n_train=800", "data.n_val=60" if q else "data.n_val=150",
             "data.n_test=80" if q else "data.n_test=300", "data.max_length=64", "data.train_comments=false",
-            "teacher.fine_tune=probe", "teacher.epochs=8", "teacher.lr=0.01", "student.layers=2",
+            "data.train_packages=0", "teacher.fine_tune=probe", "teacher.epochs=8", "teacher.lr=0.01", "student.layers=2",
             "distill.embedding_cos=0", f"distill.epochs={1 if q else 3}", "distill.lr=1e-3", "distill.batch_size=32",
             "quantize.epochs=1", "quantize.calibration=64", "quantize.train_texts=200", "export.parity_samples=32",
             "export.int8_min_agreement=0.8"]
     embedding = ["data.n_train=160" if q else "data.n_train=1200", "data.n_val=60" if q else "data.n_val=200",
                  "data.n_test=120" if q else "data.n_test=400", "data.max_length=64", "data.train_comments=false",
-                 f"distill.epochs={1 if q else 2}", "quantize.epochs=1", "quantize.calibration=64",
+                 "data.train_packages=0", f"distill.epochs={1 if q else 2}", "quantize.epochs=1", "quantize.calibration=64",
                  "quantize.train_texts=100" if q else "quantize.train_texts=400", "export.parity_samples=32"]
+    # the same with the whole teacher fine-tuned (3 epochs, AdamW 5e-5) instead of a linear probe
+    probe = ("teacher.fine_tune=probe", "teacher.epochs=8", "teacher.lr=0.01")
+    text_ft = [v for v in text if v not in probe] + ["teacher.fine_tune=always"]
     minilm = ROOT / "examples" / "minilm-embed" / "edgekd.toml"
     return {"image": (ROOT / "examples" / "mnist" / "edgekd.toml", image, "mnist-assistant"),
-            "text": (minilm, text, "4"), "embedding": (minilm, embedding, "4")}
+            "text": (minilm, text, "4"), "text-ft": (minilm, text_ft, "4"), "embedding": (minilm, embedding, "4")}
 
 
 def write_packages(path: Path, per_package: int) -> None:
@@ -160,10 +168,13 @@ def table(task: str, rows: dict, seeds: list[int]) -> tuple[list[str], dict]:
 
 
 def main() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # see the module docstring: CPU seconds that measure work, not spinning
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one seed, tiny budgets: checks the script runs")
     ap.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; --quick: 0)")
-    ap.add_argument("--tasks", default="image,text,embedding")
+    ap.add_argument("--tasks", default="image,text,text-ft,embedding")
     ap.add_argument("--out", default="build/methods")
     args = ap.parse_args()
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
@@ -174,7 +185,7 @@ def main() -> None:
     results, t_all, seconds = {}, time.perf_counter(), {}
     for task in args.tasks.split(","):
         recipe, overrides, assistant = tasks(out, args.quick)[task]
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         rows: dict = {m: {} for m in METHODS}
         for seed in seeds:
             for method in METHODS:
@@ -192,20 +203,26 @@ def main() -> None:
         print(f"\n{task}: teacher {teacher[0]:.2f} ± {teacher[1]:.2f}, {len(seeds)} seed(s), {seconds[task]:.0f} s")
         print("\n".join(lines) + "\n", flush=True)
         results[task] = {"table": lines, "summary": summary, "teacher": teacher, "runs": rows, "overrides": overrides,
-                         "recipe": str(recipe.relative_to(ROOT)), "assistant": assistant, "seconds": seconds[task]}
+                         "recipe": str(recipe.relative_to(ROOT)), "assistant": assistant, "seconds": seconds[task],
+                         "loadavg_1min_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)]}
     load["end"] = os.getloadavg()
     total = time.perf_counter() - t_all
     print(f"all: {total:.0f} s, load average {load['start'][0]:.2f} -> {load['end'][0]:.2f}")
     if not args.quick:
         path = ROOT / "benchmarks" / "results" / "methods.json"
+        if path.exists():  # a run of some tasks replaces theirs and keeps the others'
+            old = json.loads(path.read_text())
+            kept = {k: v for k, v in old["tasks"].items() if k not in results}
+            for v in kept.values():  # files written before the load was recorded per task
+                v.setdefault("loadavg_1min_start_end", old.get("loadavg_1min_start_end"))
+            results = {**kept, **results}
         env = next(v["environment"] for t in results.values() for v in t["runs"]["response"].values())
         for t in results.values():  # one copy of the environment, not one per build
             for by_seed in t["runs"].values():
                 for v in by_seed.values():
                     v.pop("environment", None)
-        path.write_text(json.dumps({"seeds": seeds, "total_s": total, "tasks": results, "environment": env,
-                                    "loadavg_1min_start_end": [round(load["start"][0], 2), round(load["end"][0], 2)]},
-                                   indent=1, default=str))
+        path.write_text(json.dumps({"seeds": seeds, "total_s": sum(t["seconds"] for t in results.values()),
+                                    "tasks": results, "environment": env}, indent=1, default=str))
         print(f"written to {path.relative_to(ROOT)}")
 
 
