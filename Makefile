@@ -27,7 +27,7 @@ demo: setup
 	$(VENV)/bin/edgekd build target=cpu-int8
 
 test: setup $(APPS_STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 bench: setup
 	$(PY) benchmarks/build_ratios.py
