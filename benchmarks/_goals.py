@@ -1,4 +1,5 @@
-"""The goal table every ratio script prints and writes: rows of (measure, value, goal, met)."""
+"""What the ratio scripts share: the goal table every one prints and writes (rows of measure, value,
+goal, met), and text models timed against each other."""
 
 from __future__ import annotations
 
@@ -22,3 +23,26 @@ def write_results(name: str, rows: list[tuple], **extra) -> Path:
     out.write_text(json.dumps({"rows": [{"measure": n, "value": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows],
                                **extra}, indent=2))
     return out
+
+
+def interleaved_p50_128(paths: dict[str, Path], *, rounds: int, iterations: int) -> dict[str, list[float]]:
+    """{name: p50 ms per round} at 128 tokens (onnxruntime, 1 thread, batch 1) of text models timed
+    against each other: interleaved within each round, each run in a fresh process, so that the
+    machine's drift lands on all of them alike."""
+    import tempfile
+
+    import numpy as np
+
+    from edgekd.bench import benchmark
+
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    with tempfile.TemporaryDirectory() as d:
+        inputs = Path(d) / "in.npz"
+        ids = np.random.default_rng(0).integers(1000, 20000, (1, 128)).astype(np.int64)
+        np.savez(inputs, input_ids=ids, attention_mask=np.ones_like(ids), lat_128=ids)
+        for _ in range(rounds):
+            for k, p in paths.items():
+                res, _ = benchmark(p, runtime="onnxruntime", inputs=inputs, threads=1, warmup=20,
+                                   iterations=iterations, batch_sizes=[1], seq_lens=[128])
+                times[k].append(res["latency_by_seq"]["128"]["p50"])
+    return times

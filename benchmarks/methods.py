@@ -211,14 +211,14 @@ def main() -> None:
     print(f"all: {total:.0f} s, load average {load['start'][0]:.2f} -> {load['end'][0]:.2f}")
     if not args.quick:
         path = ROOT / "benchmarks" / "results" / "methods.json"
-        if path.exists():  # a run of some tasks replaces theirs and keeps the others'
-            old = json.loads(path.read_text())
-            kept = {k: v for k, v in old["tasks"].items() if k not in results}
-            for v in kept.values():  # files written before the load was recorded per task
-                v.setdefault("loadavg_1min_start_end", old.get("loadavg_1min_start_end"))
-            results = {**kept, **results}
+        # a run of some tasks replaces theirs and keeps the others' (whose builds' environments were folded)
+        old = json.loads(path.read_text()) if path.exists() else {"tasks": {}}
+        kept = {k: v for k, v in old["tasks"].items() if k not in results}
+        for v in kept.values():  # files written before the load was recorded per task
+            v.setdefault("loadavg_1min_start_end", old.get("loadavg_1min_start_end"))
         env = next((v["environment"] for t in results.values() for v in t["runs"]["response"].values()
-                    if "environment" in v), old.get("environment") if path.exists() else None)
+                    if "environment" in v), old.get("environment"))
+        results = {**kept, **results}
         for t in results.values():  # one copy of the environment, not one per build
             for by_seed in t["runs"].values():
                 for v in by_seed.values():

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from _goals import print_goals, write_results
+from _goals import interleaved_p50_128, print_goals, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "examples" / "minilm-embed" / "edgekd.toml"
@@ -36,7 +36,6 @@ def embedding_tables_cost(build: Path, *, rounds: int) -> dict:
     import numpy as np
     import onnx
 
-    from edgekd.bench import benchmark
     from edgekd.quantize import quantize_gather_tables
 
     deliverable = build / "student-int8.onnx"
@@ -55,14 +54,7 @@ def embedding_tables_cost(build: Path, *, rounds: int) -> dict:
             shutil.copy(deliverable, other)
             quantize_gather_tables(other)
             paths = {"int8": other, "fp32": deliverable}
-        ids = np.random.default_rng(0).integers(1000, 20000, (1, 128)).astype(np.int64)
-        np.savez(d / "in.npz", input_ids=ids, attention_mask=np.ones_like(ids), lat_128=ids)
-        times: dict[str, list[float]] = {"int8": [], "fp32": []}
-        for _ in range(rounds):
-            for k, p in paths.items():
-                res, _ = benchmark(p, runtime="onnxruntime", inputs=d / "in.npz", threads=1, warmup=20,
-                                   iterations=300, batch_sizes=[1], seq_lens=[128])
-                times[k].append(res["latency_by_seq"]["128"]["p50"])
+        times = interleaved_p50_128(paths, rounds=rounds, iterations=300)
         sizes = {k: p.stat().st_size / 1e6 for k, p in paths.items()}
     ratio = float(np.median(times["int8"]) / np.median(times["fp32"]))
     return {"ratio": ratio, "int8_tables_ms": [round(t, 3) for t in times["int8"]],

@@ -24,32 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from _goals import interleaved_p50_128
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "examples" / "minilm-embed" / "edgekd.toml"
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def retime(paths: dict[str, Path], rounds: int) -> dict[str, float]:
-    """Median over `rounds` of each model's p50 at 128 tokens (onnxruntime, 1 thread, batch 1), the
-    models interleaved within a round and each run in a fresh process: the builds' own benchmark
-    stages ran minutes apart, under whatever else the machine was doing, so their numbers are not
-    comparable with each other; these are."""
-    import tempfile
-
-    import numpy as np
-
-    from edgekd.bench import benchmark
-
-    times: dict[str, list[float]] = {k: [] for k in paths}
-    with tempfile.TemporaryDirectory() as d:
-        ids = np.random.default_rng(0).integers(1000, 20000, (1, 128)).astype(np.int64)
-        np.savez(Path(d) / "in.npz", input_ids=ids, attention_mask=np.ones_like(ids), lat_128=ids)
-        for _ in range(rounds):
-            for k, p in paths.items():
-                res, _ = benchmark(p, runtime="onnxruntime", inputs=Path(d) / "in.npz", threads=1, warmup=20,
-                                   iterations=200, batch_sizes=[1], seq_lens=[128])
-                times[k].append(res["latency_by_seq"]["128"]["p50"])
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def pick_default(rows: list[dict], *, fidelity: float, speedup: float) -> tuple[dict, str]:
@@ -75,6 +54,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the interleaved timing")
     ap.add_argument("--reuse", action="store_true", help="skip configurations whose build is in --out already")
     args, extra = ap.parse_known_args()
+    import numpy as np
+
     from edgekd.report_plots import Point, save_frontier
 
     out = ROOT / args.out
@@ -99,7 +80,10 @@ def main() -> None:
     paths = {"teacher": onnx(reports[0], "teacher")}
     for i, r in enumerate(reports):
         paths.update({(i, m): onnx(r, m) for m in ("student-fp32", "student-int8")})
-    p50 = retime({str(k): v for k, v in paths.items()}, args.rounds)
+    # the builds' own benchmark stages ran minutes apart, under whatever else the machine was doing:
+    # all models are timed again here, against each other
+    p50 = {k: float(np.median(v)) for k, v in
+           interleaved_p50_128({str(k): v for k, v in paths.items()}, rounds=args.rounds, iterations=200).items()}
     t128 = p50["teacher"]
     rows, points = [], [Point("teacher", t128, 100.0, "teacher FP32")]
     for i, (overrides, r) in enumerate(zip(configs, reports)):

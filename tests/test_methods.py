@@ -1,6 +1,7 @@
 """Distillation methods (distill.method): features read through hooks, the FitNets hint loss, recipe
 validation, and every registered method on a tiny image build and a tiny text build. The builds of one
 task share an output folder, so the teacher, its targets and the baseline are trained once."""
+import functools
 import json
 from pathlib import Path
 
@@ -151,16 +152,10 @@ def _check(r: dict, method: str, first: dict | None) -> None:
 @pytest.fixture(scope="module")
 def image_builds(method_builds, build_root, tmp_path_factory):
     """Tiny MNIST builds sharing the stage cache of tests/conftest.py's tiny builds (response is theirs)."""
-    out, done = tmp_path_factory.mktemp("methods-image"), {}
+    out = tmp_path_factory.mktemp("methods-image")
     (build_root / ".cache").mkdir(exist_ok=True)
     (out / ".cache").symlink_to(build_root / ".cache", target_is_directory=True)
-
-    def get(method):
-        if method not in done:
-            done[method] = method_builds(out, [*TINY, *TINY_TARGET, *_overrides(method, "mnist-assistant")])
-        return done[method]
-
-    return get
+    return functools.cache(lambda method: method_builds(out, [*TINY, *TINY_TARGET, *_overrides(method, "mnist-assistant")]))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -196,14 +191,7 @@ def text_builds(method_builds, tmp_path_factory):
             "student.heads=2", "student.intermediate=32", "distill.epochs=1", "distill.lr=0.002",
             "distill.batch_size=16", "quantize.epochs=1", "quantize.calibration=16", "export.parity_samples=16",
             "export.int8_min_agreement=0.5", "target.iterations=10", "target.warmup=2"]
-    done = {}
-
-    def get(method):
-        if method not in done:
-            done[method] = method_builds(out, [*args, *_overrides(method, "2")])
-        return done[method]
-
-    return get
+    return functools.cache(lambda method: method_builds(out, [*args, *_overrides(method, "2")]))
 
 
 @pytest.mark.parametrize("method", METHODS)
