@@ -33,16 +33,15 @@ def interleaved_p50_128(paths: dict[str, Path], *, rounds: int, iterations: int)
 
     import numpy as np
 
-    from edgekd.bench import benchmark
+    from edgekd.bench import BenchInputs, benchmark
 
     times: dict[str, list[float]] = {k: [] for k in paths}
     with tempfile.TemporaryDirectory() as d:
-        inputs = Path(d) / "in.npz"
         ids = np.random.default_rng(0).integers(1000, 20000, (1, 128)).astype(np.int64)
-        np.savez(inputs, input_ids=ids, attention_mask=np.ones_like(ids), lat_128=ids)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        inputs = BenchInputs(eval=[feed], cases={"128": feed}, seconds_per_case=6.0, throughput=False)
         for _ in range(rounds):
             for k, p in paths.items():
-                res, _ = benchmark(p, runtime="onnxruntime", inputs=inputs, threads=1, warmup=20,
-                                   iterations=iterations, batch_sizes=[1], seq_lens=[128])
-                times[k].append(res["latency_by_seq"]["128"]["p50"])
+                res, _ = benchmark(p, inputs=inputs, threads=1, warmup=20, iterations=iterations, batch_sizes=[1])
+                times[k].append(res["latency_by_case"]["128"]["p50"])
     return times

@@ -145,7 +145,7 @@ def nncf_text(fp32: Path, out: Path, feeds: list[dict]) -> Path:
 
 
 def openvino_ir(src: Path, out: Path) -> Path:
-    from edgekd.export import to_openvino
+    from edgekd.backends.openvino_ir import make as to_openvino
 
     to_openvino(src, out)
     return out
@@ -176,7 +176,8 @@ def text_rows(build: Path, report: dict, rounds: int) -> tuple[list[dict], list[
     ctx = Context(recipe, load_target("cpu-int8"), "cpu", lambda *_: None,
                   data=load_data(recipe.data, seed=recipe.seed, base=recipe.base_dir))
     task.prepare(ctx)
-    inputs, lens = task.bench_inputs(ctx)
+    inputs = task.bench_inputs(ctx)
+    lens = [int(s) for s in inputs.cases]
     calib = _row_feeds({k: v[: recipe.quantize.calibration] for k, v in ctx.extra["tokens"]["train"].items()})
     cfg = json.loads((build / "hf" / "config.json").read_text())
     heads, hidden = cfg["num_attention_heads"], cfg["hidden_size"]
@@ -184,8 +185,6 @@ def text_rows(build: Path, report: dict, rounds: int) -> tuple[list[dict], list[
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        np.savez(d / "test.npz", **inputs)
-        inputs_npz = d / "test.npz"
 
         def feeds_for(path: Path) -> list[dict]:  # token_type_ids where the graph takes them
             import onnx
@@ -221,8 +220,7 @@ def text_rows(build: Path, report: dict, rounds: int) -> tuple[list[dict], list[
         timings: dict[str, list] = {}
         for _ in range(rounds):
             for name, runtime, path, _, _ in made:
-                res, out = benchmark(path, runtime=runtime, inputs=inputs_npz, threads=1, warmup=20, iterations=200,
-                                     batch_sizes=[1], seq_lens=lens)
+                res, out = benchmark(path, inputs=inputs, threads=1, warmup=20, iterations=200, batch_sizes=[1])
                 timings.setdefault(f"{name}|{runtime}", []).append((res["latency_by_seq"], out))
         teacher = timings["teacher FP32 (reference)|onnxruntime"][0][1]
         for name, runtime, path, seconds, kern in made:
@@ -271,7 +269,7 @@ def text_rows(build: Path, report: dict, rounds: int) -> tuple[list[dict], list[
         verdicts.append(v)
         print(f"{rt}: cosine {gap:+.4f} (±{se:.4f}) vs the best peer ({best['method']}); p50@{longest} {ratio:.2f}x "
               f"the fastest peer's ({fastest['method']})")
-    return rows, verdicts, {"sequence_lengths": lens, "test_texts": int(len(inputs["input_ids"])),
+    return rows, verdicts, {"sequence_lengths": lens, "test_texts": int(len(inputs.order)),
                             "calibration_texts": len(calib)}
 
 
@@ -360,9 +358,9 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from edgekd.bench import benchmark
+    from edgekd.bench import BenchInputs, benchmark, rows_in_batches
     from edgekd.data import load_data
-    from edgekd.export import to_openvino
+    from edgekd.backends.openvino_ir import make as to_openvino
     from edgekd.models import build_arch
     from edgekd.recipe import load_recipe
 
@@ -386,7 +384,6 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        np.savez(d / "test.npz", x=data.x_test)
         to_openvino(build / "student-int8.onnx", d / "edgekd-int8.xml")
         candidates = [("edgekd QAT-distilled INT8", "onnxruntime", lambda: build / "student-int8.onnx"),
                       ("edgekd QAT-distilled INT8", "openvino", lambda: d / "edgekd-int8.xml"),
@@ -408,8 +405,9 @@ def main() -> None:
         timings: dict[str, list] = {}
         for _ in range(args.rounds):
             for name, runtime, path, _, _ in made:
-                res, logits = benchmark(path, runtime=runtime, inputs=d / "test.npz", threads=1, warmup=200,
-                                        iterations=2000, batch_sizes=[1])
+                res, logits = benchmark(path, inputs=BenchInputs(eval=rows_in_batches(data.x_test),
+                                                                  cases={"1": {"x": data.x_test[:1]}}),
+                                        threads=1, warmup=200, iterations=2000, batch_sizes=[1])
                 timings.setdefault(f"{name}|{runtime}", []).append((res["latency_ms"], logits))
         for name, runtime, _, seconds, kern in made:
             t = timings[f"{name}|{runtime}"]

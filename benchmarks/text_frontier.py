@@ -56,7 +56,7 @@ def main() -> None:
     args, extra = ap.parse_known_args()
     import numpy as np
 
-    from edgekd.report_plots import Point, save_frontier
+    from edgekd.report.figures import Point, save_frontier
 
     out = ROOT / args.out
     configs = [c.split() for c in args.configs.split(";") if c.strip()]
@@ -113,8 +113,8 @@ def main() -> None:
     (RESULTS / "text-frontier.json").write_text(json.dumps(
         {"teacher_p50_ms_128": t128, "rounds": args.rounds, "rows": rows, "pick": pick, "pick_rule": why,
          "extra_overrides": extra, "environment": env}, indent=2))
-    from edgekd._markdown import markdown_to_html
-    from edgekd.report_plots import png_data_url, frontier_figure
+    from edgekd.report.figures import frontier_figure, png_data_url
+    from edgekd.report.html import markdown_to_html
 
     md = "\n".join([f"Default: **{pick['config']} {pick['model']}** ({why}). Teacher p50 at 128 tokens: {t128:.2f} ms.", "",
                     "| configuration | model | cosine | overlap@10 | p50 ms @128 | speed-up | MB |",

@@ -17,8 +17,9 @@ from pathlib import Path
 from . import __version__
 from .artifacts import sha256_file
 
-# Bump when a stage's code changes what it produces, so old cache entries are not reused.
-STAGE_VERSION = 6
+# Bump when a stage's code changes what it produces or a spec a stage reads gains a field, so old cache
+# entries are not reused. A stage's key is the whole of the specs it reads, never a curated subset.
+STAGE_VERSION = 7
 
 
 def _key(*parts) -> str:

@@ -14,23 +14,53 @@ import numpy as np
 from .errors import EdgeKDError
 
 
-def benchmark(model_path: Path, *, runtime: str, inputs: Path, threads: int, warmup: int, iterations: int,
-              batch_sizes: list[int], profile: bool = False, pin: bool = False,
-              seq_lens: list[int] | None = None) -> tuple[dict, np.ndarray]:
-    """Latency/throughput/peak-RSS summary and the model's outputs on `inputs`: an .npz with `x`, or
-    for text models `input_ids`/`attention_mask` (evaluation) and `lat_S` (S tokens, per seq_lens)."""
+@dataclass
+class BenchInputs:
+    """What a task gives the benchmark, as data: evaluation feeds (their outputs are stitched back into
+    row order by `order`, the row of each output) and named batch-1 timing cases, the last being the
+    headline latency. A feed is {input name: array}; a one-input feed goes to the model positionally."""
+    eval: list[dict]
+    cases: dict[str, dict]
+    order: np.ndarray | None = None
+    case_key: str = ""  # report.json key of the per-case latencies ("" when there is one case)
+    seconds_per_case: float | None = None  # a slow model stops a case after this long (once it has 100 runs)
+    throughput: bool = True  # time the target's larger batch sizes too
+
+    def save(self, path: Path) -> dict:
+        """Arrays to `path` (.npz); returns the worker's part of the config."""
+        arrays = {f"eval{i}.{k}": v for i, f in enumerate(self.eval) for k, v in f.items()}
+        arrays.update({f"case{i}.{k}": v for i, f in enumerate(self.cases.values()) for k, v in f.items()})
+        if self.order is not None:
+            arrays["order"] = np.asarray(self.order)
+        np.savez(path, **arrays)
+        return {"inputs": str(path), "cases": list(self.cases), "eval_batches": len(self.eval),
+                "seconds_per_case": self.seconds_per_case}
+
+
+def rows_in_batches(x: np.ndarray, size: int = 100) -> list[dict]:
+    """Evaluation feeds of a one-input model: `x` in batches of `size` rows."""
+    return [{"x": np.ascontiguousarray(x[i:i + size])} for i in range(0, len(x), size)]
+
+
+def benchmark(model_path: Path, *, inputs: BenchInputs, threads: int, warmup: int, iterations: int,
+              batch_sizes: list[int], profile: bool = False, pin: bool = False) -> tuple[dict, np.ndarray]:
+    """Latency/throughput/peak-RSS summary and the model's outputs on `inputs.eval`, measured in a
+    fresh process on the runtime of the file's format."""
     with tempfile.TemporaryDirectory() as d:
-        cfg = {"model": str(model_path), "runtime": runtime, "inputs": str(inputs), "threads": threads,
-               "warmup": warmup, "iterations": iterations, "batch_sizes": batch_sizes,
-               "outputs": str(Path(d) / "out.npy"), "profile": profile, "pin": pin, "seq_lens": seq_lens or []}
+        cfg = {"model": str(model_path), "threads": threads, "warmup": warmup, "iterations": iterations,
+               "batch_sizes": batch_sizes if inputs.throughput else [1], "outputs": str(Path(d) / "out.npy"),
+               "profile": profile, "pin": pin, **inputs.save(Path(d) / "in.npz")}
         cfg_path, res_path = Path(d) / "cfg.json", Path(d) / "res.json"
         cfg_path.write_text(json.dumps(cfg))
         proc = subprocess.run([sys.executable, "-m", "edgekd._bench_worker", str(cfg_path), str(res_path)],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not res_path.exists():
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgeKDError(f"benchmarking '{model_path.name}' on {runtime} failed: {tail}")
-        return json.loads(res_path.read_text()), np.load(cfg["outputs"])
+            raise EdgeKDError(f"benchmarking '{Path(model_path).name}' failed: {tail}")
+        res = json.loads(res_path.read_text())
+        if inputs.case_key:
+            res[inputs.case_key] = res["latency_by_case"]
+        return res, np.load(cfg["outputs"])
 
 
 @dataclass(frozen=True)
@@ -69,131 +99,98 @@ def bench_settings(texts: list[str]) -> BenchSettings:
     return BenchSettings(**kwargs)
 
 
-def check_model_file(path: Path) -> str:
-    """The runtime for an exported model file, after checking it is there and loads as a model."""
+def check_model_file(path: Path):
+    """The backend of an exported model file, after checking it is there and loads as a model."""
+    from . import backends
     from .errors import InputError
-    from .artifacts import runtime_for
 
     if not path.is_file():
         raise InputError(f"model file '{path}' does not exist")
-    if path.suffix not in (".onnx", ".ort", ".xml", ".pte"):
-        raise InputError(f"'{path}' is not a model edgekd can benchmark; give an .onnx, .ort, OpenVINO .xml "
-                         "or ExecuTorch .pte file")
-    if path.suffix == ".onnx":
-        import onnx
-
-        try:
-            onnx.checker.check_model(onnx.load(str(path)))
-        except Exception as e:  # noqa: BLE001 - protobuf decode errors and checker errors alike
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise InputError(f"'{path}' is not a valid ONNX model ({first}); re-export it") from None
-    return runtime_for(str(path))
+    b = backends.for_file(path)
+    if b.check is not None:
+        b.check(path)
+    return b
 
 
-def is_text_model(path: Path) -> bool:
-    """A text model takes input_ids (and attention_mask) instead of one float tensor."""
-    manifest = path.parent / "manifest.json"
-    if manifest.is_file():
-        return any(i["name"] == "input_ids" for i in json.loads(manifest.read_text()).get("inputs", []))
-    if path.suffix == ".xml":
-        import openvino as ov
-
-        return any("input_ids" in i.get_names() for i in ov.Core().read_model(str(path)).inputs)
-    if path.suffix == ".pte":
-        return False
-    import onnxruntime as ort
-
-    return any(i.name == "input_ids" for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs())
-
-
-def input_spec(path: Path) -> tuple[list[int], str]:
-    """(shape with batch 1, dtype) from manifest.json beside the model, else the model's signature."""
+def input_spec(path: Path) -> list[dict]:
+    """[{name, shape, dtype}] of a model's inputs: from manifest.json beside it, else its signature."""
+    from . import backends
     from .errors import InputError
 
     manifest = path.parent / "manifest.json"
     if manifest.is_file():
-        first = json.loads(manifest.read_text())["inputs"][0]
-        shape = [1 if not isinstance(d, int) else d for d in first["shape"]]
-        return shape, first.get("dtype", "float32")
-    if path.suffix == ".pte":
-        raise InputError(f"'{path}' has no manifest.json beside it; edgekd bench reads a .pte's input shape from the "
-                         "manifest its build wrote")
-    if path.suffix == ".xml":
-        import openvino as ov
+        return json.loads(manifest.read_text())["inputs"]
+    b = backends.for_file(path)
+    if b.signature is None:
+        raise InputError(f"'{path}' has no manifest.json beside it; edgekd bench reads a {b.extension} file's inputs "
+                         "from the manifest its build wrote")
+    return b.signature(path)
 
-        ps = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
-        return [d.get_length() if d.is_static else 1 for d in ps], "float32"
-    import onnxruntime as ort
 
-    inp = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0]
-    dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64"}.get(inp.type, "float32")
-    return [d if isinstance(d, int) else 1 for d in inp.shape], dtype
+def synthetic_inputs(spec: list[dict], seq_lens, *, seed: int = 0, rows: int = 16) -> BenchInputs:
+    """Inputs from a spec alone: float inputs standard normal; integer inputs all ones (a valid token id,
+    attention mask and segment id alike: latency does not depend on the values). A symbolic axis past
+    the batch is timed at each of `seq_lens`; the evaluation rows use the longest."""
+    rng = np.random.default_rng(seed)
+    variable = any(not isinstance(d, int) for i in spec for d in i["shape"][1:])
+    lens = sorted(seq_lens) if variable else [0]
+
+    def feed(n: int, s: int) -> dict:
+        out = {}
+        for i in spec:
+            shape = [n] + [d if isinstance(d, int) else s for d in i["shape"][1:]]
+            dtype = np.dtype(i.get("dtype", "float32"))
+            out[i["name"]] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
+                              else np.ones(shape, dtype))
+        return out
+
+    fixed = next((i["shape"][0] for i in spec if isinstance(i["shape"][0], int)), 0)
+    cases = {str(s) if variable else "1": feed(1, s) for s in lens}
+    return BenchInputs(eval=[feed(fixed or rows, max(lens))], cases=cases, throughput=not variable)
 
 
 def compare(models: list[Path], *, threads: list[int], warmup: int, iterations: int, batch_sizes: list[int],
             baseline: Path | None = None, seed: int = 0, seq_lens: list[int] = (16, 64, 128)) -> list[dict]:
     """Benchmark every model at every thread count, each run in a fresh process, models interleaved
     (round-robin) so machine drift hits them alike; speedups are against `baseline` (default: the first)."""
-    runtimes_ = {m: check_model_file(m) for m in models}
+    from .backends import file_size
+
+    found = {m: check_model_file(m) for m in models}
     base = baseline or models[0]
-    if base not in runtimes_:
-        runtimes_[base] = check_model_file(base)
+    if base not in found:
+        found[base] = check_model_file(base)
     order = [base] + [m for m in models if m != base]
+    inputs = {m: synthetic_inputs(input_spec(m), seq_lens, seed=seed) for m in order}
     rows = []
-    with tempfile.TemporaryDirectory() as d:
-        inputs, text = {}, {}
+    for t in threads:
         for m in order:
-            rng = np.random.default_rng(seed)
-            inputs[m] = Path(d) / f"in{len(inputs)}.npz"
-            text[m] = is_text_model(m)
-            if text[m]:  # token ids from the middle of a BERT-sized vocabulary; every length in seq_lens
-                ids = rng.integers(1000, 2000, (16, max(seq_lens))).astype(np.int64)
-                np.savez(inputs[m], input_ids=ids, attention_mask=np.ones_like(ids),
-                         **{f"lat_{s}": ids[:1, :s] for s in seq_lens})
-                continue
-            shape, dtype = input_spec(m)
-            x = rng.standard_normal((16, *shape[1:])).astype(dtype) if dtype.startswith("float") \
-                else rng.integers(0, 100, (16, *shape[1:])).astype(dtype)
-            np.savez(inputs[m], x=x)
-        for t in threads:
-            for m in order:
-                res, _ = benchmark(m, runtime=runtimes_[m], inputs=inputs[m], threads=t, warmup=warmup,
-                                   iterations=iterations, batch_sizes=batch_sizes,
-                                   seq_lens=sorted(seq_lens) if text[m] else None)
-                size = m.stat().st_size + (m.with_suffix(".bin").stat().st_size if m.suffix == ".xml" else 0)
-                rows.append({"model": str(m), "runtime": runtimes_[m], "threads": t, "size_bytes": size, **res})
+            res, _ = benchmark(m, inputs=inputs[m], threads=t, warmup=warmup, iterations=iterations,
+                               batch_sizes=batch_sizes)
+            rows.append({"model": str(m), "runtime": found[m].runtime, "threads": t, "size_bytes": file_size(m), **res})
     for r in rows:
         ref = next(x for x in rows if x["model"] == str(base) and x["threads"] == r["threads"])
         r["speedup_vs_baseline"] = ref["latency_ms"]["p50"] / r["latency_ms"]["p50"]
     return rows
 
 
-def bench_models(d: Path, export_dir: Path, target, inputs: dict[str, np.ndarray], *,
-               seq_lens: list[int] | None = None) -> dict:
+def bench_models(d: Path, export_dir: Path, target, inputs: BenchInputs) -> dict:
     """Every model in its own fresh process at each thread count (models interleaved within a count);
     saves each model's outputs on the evaluation inputs as <name>.outputs.npy."""
     from tqdm import tqdm
 
     from .artifacts import MODEL_NAMES, model_file
 
-    from .bench import benchmark
-
-    path = d / "inputs.npz"
-    np.savez(path, **inputs)
     results = {}
     files = {n: model_file(n, target) for n in MODEL_NAMES}
     counts = [target.threads] + [t for t in target.threads_sweep if t != target.threads]
     runs = [(t, n) for t in counts for n in MODEL_NAMES]  # models interleaved within each thread count
     for threads, name in tqdm(runs, desc="benchmark", leave=False, disable=None):
         primary = threads == target.threads
-        res, outs = benchmark(export_dir / files[name], runtime=target.runtime, inputs=path, threads=threads,
-                              warmup=target.warmup, iterations=target.iterations,
-                              batch_sizes=[1] if seq_lens else target.batch_sizes, pin=target.pin_cores,
-                              profile=primary and target.runtime == "onnxruntime" and name.startswith("student-"),
-                              seq_lens=seq_lens)
+        res, outs = benchmark(export_dir / files[name], inputs=inputs, threads=threads, warmup=target.warmup,
+                              iterations=target.iterations, batch_sizes=target.batch_sizes, pin=target.pin_cores,
+                              profile=primary and name.startswith("student-"))
         if primary:
             np.save(d / f"{name}.outputs.npy", outs)
             results[name] = res
         results[name].setdefault("latency_by_threads", {})[str(threads)] = res["latency_ms"]
-    path.unlink()
     return results

@@ -85,24 +85,25 @@ class _Search:
     trials: dict = field(default_factory=dict)  # frozenset(float layers) -> _Trial
 
     def outputs(self, onnx_path: Path, rows: int | None = None) -> np.ndarray:
-        from .runtimes import runtimes
+        from .backends import load
 
-        run = runtimes.get(self.runtime)(str(self.file_for(onnx_path)), threads=self.threads)
+        run = load(self.file_for(onnx_path), threads=self.threads)
         x = self.space.inputs[:rows]
         if isinstance(x, list):
             return np.concatenate([run(f) for f in x])
         return np.concatenate([run(np.ascontiguousarray(x[i:i + 256])) for i in range(0, len(x), 256)])
 
     def file_for(self, onnx_path: Path) -> Path:
-        """The file the target's runtime loads: the ONNX itself, or its OpenVINO IR."""
-        if self.runtime != "openvino":
-            return onnx_path
-        xml = onnx_path.with_suffix(".xml")
-        if not xml.exists():
-            from .export import to_openvino
+        """The file the target's runtime loads: the ONNX itself, or its runtime's own format (OpenVINO IR)."""
+        from .backends import for_runtime
 
-            to_openvino(onnx_path, xml)
-        return xml
+        b = for_runtime(self.runtime)
+        if b.make is None:
+            return onnx_path
+        out = onnx_path.with_suffix(b.extension)
+        if not out.exists():
+            b.make(onnx_path, out)
+        return out
 
     def trial(self, float_layers) -> _Trial:
         """The model with these layers float, scored on the whole validation split (cached)."""
@@ -132,12 +133,10 @@ def check_target(target) -> None:
     (ONNX, or OpenVINO IR from it); ExecuTorch's .pte is quantized by ExecuTorch's own quantizer."""
     import importlib.util
 
-    from .artifacts import target_format
-
-    if target_format(target) == "pte":
+    if not target.backend.edgekd_int8:
         raise InputError(f"quantize.max_accuracy_drop applies to the INT8 ONNX and OpenVINO models edgekd writes, not to "
-                         f"target '{target.name}' (ExecuTorch quantizes the .pte itself); remove the key or build "
-                         "cpu-int8, openvino-int8 or mobile-int8")
+                         f"target '{target.name}' ({target.backend.description}, quantized by its own quantizer); remove "
+                         "the key or build cpu-int8, cpu-int8-openvino or mobile-int8")
     missing = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
     if missing:
         raise InputError(f"quantize.max_accuracy_drop needs neural-compressor's tuner ({', '.join(missing)} not "
@@ -291,10 +290,10 @@ def _time(s: _Search, fp32: Path, full: _Trial, kept: _Trial, x, *, rounds: int 
     """p50 ms at batch 1 of FP32, all-INT8 and the chosen model on one input, in this process, models
     interleaved over rounds so that machine drift hits them alike: the fallback's latency cost next to
     the benchmark's fresh-process numbers of the delivered model."""
-    from .runtimes import runtimes
+    from .backends import load
 
     paths = {"fp32": fp32, "int8": full.path, "chosen": kept.path}
-    runs = {k: runtimes.get(s.runtime)(str(s.file_for(p)), threads=s.threads) for k, p in paths.items()}
+    runs = {k: load(s.file_for(p), threads=s.threads) for k, p in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in runs}
     for run in runs.values():
         for _ in range(20):  # warm-up

@@ -11,10 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .artifacts import MODEL_NAMES, companion_files, deliverable, model_file, sha256_file, target_format
+from .artifacts import MODEL_NAMES, deliverable, model_file, sha256_file
+from .backends import companion_files
 from .errors import InputError
 from .manifest import SCHEMA_VERSION, validate_manifest
-from .runtimes import SESSION_OPTIONS
 
 # folders of the export stage that travel with the models (a text model's tokenizer and config)
 FOLDERS = ("hf",)
@@ -50,8 +50,8 @@ def write_build(out_dir: Path, target, recipe, report: dict, st_export, manifest
             "sha256": sha256_file(tmp / main),
             "companions": [{"file": f.name, "sha256": sha256_file(f)} for f in companion_files(tmp / main)],
             "runtime": target.runtime,
-            "runtime_options": SESSION_OPTIONS[target.runtime],
-            "format": target_format(target),
+            "runtime_options": target.backend.options,
+            "format": target.format,
             "precision": target.precision,
             "task": recipe.task,
             **manifest_io,

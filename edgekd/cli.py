@@ -104,6 +104,10 @@ def build(settings, target_opt, recipe_opt, out, force, debug):
         names = target_names() if target == "all" else [t.strip() for t in (target or "cpu-int8").split(",") if t.strip()]
         tgts = [override_target(load_target(n), target_overrides) for n in names]
         recipe = apply_overrides(load_recipe(recipe_path), overrides)
+        if target == "all":  # every target this install can run for this task; each one left out says why
+            tgts, skipped = _runnable(tgts, recipe)
+            for name, why in skipped.items():
+                click.echo(f"[target] {name} left out: {why}", err=True)
         rank = _init_distributed()
         log = (lambda m: click.echo(m, err=True)) if rank == 0 else (lambda m: None)
         results, fresh = [], set()
@@ -126,6 +130,22 @@ def build(settings, target_opt, recipe_opt, out, force, debug):
             click.echo(str(write_combined(out, {r.report["target"]: r.report for r in results})))
 
     _run(debug, go)
+
+
+def _runnable(tgts: list, recipe) -> tuple[list, dict]:
+    """The targets whose backend is installed and carries this task's models; {name: why} for the rest."""
+    from .backends import check_target
+    from .errors import InputError
+    from .tasks import get
+
+    kind, keep, skipped = get(recipe.task).kind, [], {}
+    for t in tgts:
+        try:
+            check_target(t, kind=kind)
+            keep.append(t)
+        except InputError as e:
+            skipped[t.name] = str(e).removeprefix(f"target '{t.name}': ")
+    return keep, skipped
 
 
 def _init_distributed() -> int:
@@ -153,9 +173,9 @@ def _end_distributed() -> None:
 
 def _summary(report: dict) -> None:
     click.echo(f"\n[{report['target']}]", err=True)
-    from .report import quality
+    from .report import quality, task_of
 
-    head = "cosine" if report.get("quality_metric") == "fidelity_cosine" else "acc"
+    head = task_of(report).quality_short()
     click.echo(f"{'model':18s} {head:>7s} {'p50 ms':>8s} {'speedup':>8s} {'size':>10s} {'RSS MB':>7s}", err=True)
     for name, m in report["models"].items():
         click.echo(f"{name:18s} {quality(report, m)[0]:6.2f}% {m['latency_ms']['p50']:8.3f} "
@@ -168,7 +188,7 @@ def _summary(report: dict) -> None:
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the results as JSON.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def bench(args, baseline, json_out, debug):
-    """Benchmark exported models (.onnx, .ort, OpenVINO .xml, ExecuTorch .pte) with the build's harness.
+    """Benchmark exported models (.onnx, .ort, OpenVINO .xml, ExecuTorch .pte, LiteRT .tflite) with the build's harness.
     ARGS: model files, then key=value: target=NAME (defaults for the rest), threads=1,2,
     iterations=N, warmup=N, batch_sizes=1,32, seq_lens=16,64,128 (text models)."""
 
@@ -196,9 +216,9 @@ def bench(args, baseline, json_out, debug):
             click.echo(f"{Path(r['model']).name[:40]:40s} {r['threads']:3d} {lat['p50']:8.3f} {lat['p90']:8.3f} "
                        f"{lat['p99']:8.3f} {lat['std']:7.3f} {r['speedup_vs_baseline']:7.2f}x {r['peak_rss_mb']:7.0f} "
                        f"{r['rss_increase_mb']:6.0f} {r['size_bytes'] / 1e3:9.1f}")
-            if r.get("latency_by_seq"):
+            if len(r["latency_by_case"]) > 1:  # a model with a variable axis past the batch, timed at each length
                 click.echo("    p50 ms by sequence length: " + ", ".join(
-                    f"{s}: {v['p50']:.3f}" for s, v in r["latency_by_seq"].items()))
+                    f"{s}: {v['p50']:.3f}" for s, v in r["latency_by_case"].items()))
         if json_out:
             import json
 
@@ -306,7 +326,9 @@ def targets():
         width = max(map(len, names))
         for name in names:
             t = load_target(name)
-            click.echo(f"{name:{width}s} {t.runtime:12s} {t.precision:5s} {t.threads} thread(s)  {t.description}")
+            missing = t.backend.missing()
+            click.echo(f"{name:{width}s} {t.runtime:12s} {t.precision:5s} {t.threads} thread(s)  {t.description}"
+                       + (f"  [not runnable here: {missing}]" if missing else ""))
 
     _run(False, go)
 

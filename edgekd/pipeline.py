@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ._stages import Stages, StageOut
-from .artifacts import MODEL_NAMES, deliverable, model_file, sha256_file, target_format
+from .artifacts import MODEL_NAMES, deliverable, model_file, sha256_file
 from .errors import EdgeKDError, InputError, RecipeError
 from .recipe import Recipe
 from .targets import Target
@@ -48,6 +48,9 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
     from .train import resolve_precision
 
     task = get(recipe.task)
+    from .backends import check_target as check_backend
+
+    check_backend(target, kind=task.kind)  # before any training: the target's runtime is here and fits the task
     if recipe.quantize.max_accuracy_drop:  # before any training: can this target and install honour it?
         from .budget import check_target
 
@@ -83,15 +86,13 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
 
         # 2. The teacher's targets, computed once.
         st_targets = stages.run("soft-labels", lambda d, _: task.teacher_targets(ctx, teacher, d),
-                                inputs={"views": recipe.distill.views,
-                                        **({"precision": precision} if precision != "fp32" else {})},
+                                inputs={"views": recipe.distill.views, "precision": precision},
                                 after=(st_teacher,))
         task.load_targets(ctx, st_targets.dir)
 
         # 3. Baseline: no teacher signal, same data and budget.
-        student_in = {"student": asdict(recipe.student), "student_files": _model_files(recipe, recipe.student)}
-        if precision != "fp32":
-            student_in["precision"] = precision
+        student_in = {"student": asdict(recipe.student), "student_files": _model_files(recipe, recipe.student),
+                      "precision": precision}
         st_base = stages.run("baseline", lambda d, ck: _student(task, ctx, teacher, d, ck, distill=False),
                              inputs={**student_in, "distill": _distill_in(recipe.distill, baseline=True)},
                              after=(st_targets,))
@@ -108,9 +109,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         # 5. Quantization-aware distillation: the fake-quant INT8 student, the same mentor and losses.
         # The accuracy budget acts at export (which layers stay float), so it is the export's input.
         quantize_in = asdict(recipe.quantize)
-        max_drop = quantize_in.pop("max_accuracy_drop")
-        if quantize_in["weight_bits"] == 8:  # the default leaves the keys of existing caches as they were
-            del quantize_in["weight_bits"]
+        quantize_in.pop("max_accuracy_drop")  # read at export, not in training
         st_qat = stages.run("qat", lambda d, ck: _qat(task, ctx, student, teacher, d, ck, mentor=mentor),
                             inputs={"quantize": quantize_in, "reduce_range": reduce_range, "for": qat_for},
                             after=(st_dist,))
@@ -122,20 +121,21 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         stages.distributed = False  # no collective calls from here on: the other ranks have left
         models = {"teacher": teacher, "student-baseline": baseline, "student-fp32": student, "student-int8": qat}
         st_export = stages.run("export", lambda d, _: _export(task, ctx, models, d), after=(st_teacher, st_base, st_dist, st_qat),
-                               inputs={"export": asdict(recipe.export), "runtime": target.runtime, "format": target.format,
-                                       "precision": target.precision, **({"max_accuracy_drop": max_drop} if max_drop else {})})
+                               inputs={"export": asdict(recipe.export), "quantize": asdict(recipe.quantize),
+                                       "runtime": target.runtime, "format": target.format, "precision": target.precision})
         from .bench import bench_models
 
-        inputs, seq_lens = task.bench_inputs(ctx)
-        stages.run("benchmark", lambda d, _: bench_models(d, st_export.dir, target, inputs, seq_lens=seq_lens),
-                   inputs={"target": asdict(target), "seq_lens": seq_lens}, after=(st_export,))
+        bench_in = task.bench_inputs(ctx)
+        stages.run("benchmark", lambda d, _: bench_models(d, st_export.dir, target, bench_in),
+                   inputs={"target": asdict(target), "cases": list(bench_in.cases)}, after=(st_export,))
         from .models import count_params
         from .report import assemble, check_budget
 
         report = assemble(task, ctx, stages.done, data_seconds, {n: count_params(m) for n, m in models.items()})
         check_budget(report, target)
-        if target_format(target) == "ort" and target.precision == "int8" and ctx.data.kind == "image":
-            report["arm_verification"] = _verify_on_arm(st_export.dir / model_file("student-int8", target), ctx, log)
+        arm_inputs = task.arm_inputs(ctx) if target.backend.arm_check and target.precision == "int8" else None
+        if arm_inputs is not None:
+            report["arm_verification"] = _verify_on_arm(st_export.dir / model_file("student-int8", target), arm_inputs, log)
         from .builddir import write_build
 
         build_dir = write_build(out_dir, target, recipe, report, st_export, task.manifest(ctx, st_export.meta))
@@ -234,10 +234,10 @@ def _qat(task, ctx, student, teacher, d: Path, ckpt: Path, *, mentor=None) -> di
 
 
 def _export(task, ctx, models: dict, d: Path) -> dict:
-    from .export import target_meta
+    from .backends import describe
 
     meta = task.export(ctx, models, d)
-    target_meta(d, ctx.target, meta)
+    meta.update(describe(d, ctx.target, meta))
     return meta
 
 
@@ -253,8 +253,6 @@ def _load(module, path: Path):
 # Settings of the teacher signal: the baseline reads none of them, so one baseline serves every method.
 _SIGNAL = ("method", "assistants", "temperature", "alpha", "embedding_mse", "embedding_cos", "hidden_mse",
            "attention_kl", "rkd_distance", "rkd_angle", "similarity_mse", "layer_map")
-# Fields added with the methods: left out at their defaults, so existing caches keep their keys.
-_NEWER = {"method": "response", "assistants": "", "rkd_distance": 0.0, "rkd_angle": 0.0}
 
 
 def _distill_in(spec, *, baseline: bool = False, assistant: bool = False) -> dict:
@@ -266,7 +264,7 @@ def _distill_in(spec, *, baseline: bool = False, assistant: bool = False) -> dic
         return {k: v for k, v in d.items() if k not in _SIGNAL}
     if assistant:
         d = {k: v for k, v in d.items() if k not in ("method", "assistants")}
-    return {k: v for k, v in d.items() if not (k in _NEWER and v == _NEWER[k])}
+    return d
 
 
 def _files(recipe: Recipe, *paths: str) -> dict:
@@ -318,7 +316,7 @@ def _check_writable(out_dir: Path) -> None:
         raise InputError(f"output folder '{out_dir}' is not writable; pass --out to a folder you can write")
 
 
-def _verify_on_arm(model: Path, ctx, log) -> dict:
+def _verify_on_arm(model: Path, inputs: tuple, log) -> dict:
     """The INT8 deliverable's test accuracy on aarch64 onnxruntime kernels under user-mode emulation
     (edgekd verify-arm), when the emulator is installed; a note saying how to get it otherwise."""
     from .verify_arm import arm_available, verify_arm
@@ -327,7 +325,7 @@ def _verify_on_arm(model: Path, ctx, log) -> dict:
         return {"skipped": "ARM verification needs qemu-user-static and debootstrap (apt-get install "
                            "qemu-user-static debootstrap); then run edgekd verify-arm BUILD_DIR"}
     log("[verify-arm] running the INT8 model on aarch64 onnxruntime (emulated cortex-a76; outputs only)")
-    return verify_arm(model, ctx.data.x_test, ctx.data.y_test, log=log)
+    return verify_arm(model, *inputs, log=log)
 
 
 __all__ = ["build", "BuildResult", "MODEL_NAMES", "deliverable"]

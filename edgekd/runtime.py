@@ -26,9 +26,6 @@ from .manifest import read_manifest
 
 __all__ = ["load", "Model"]
 
-# what the runtime module of a build's runtime is installed as
-_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "executorch": "'edgekd[executorch]'"}
-
 
 def load(path, *, threads: int | None = None, verify: bool = True) -> "Model":
     """The model of a build folder (or of a manifest.json path). `threads` overrides the build's
@@ -44,8 +41,8 @@ class Model:
     `forward` for the two halves of `run` (a server validates requests with `prepare` alone)."""
 
     def __init__(self, manifest: dict, folder: Path, *, threads: int | None = None, verify: bool = True):
+        from . import backends
         from .artifacts import sha256_file
-        from .runtimes import runtimes
 
         self.manifest, self.folder = manifest, Path(folder)
         self.task: str = manifest["task"]
@@ -61,12 +58,12 @@ class Model:
                 raise InputError(f"'{f}' does not match the sha256 in manifest.json: the file was changed or "
                                  "damaged; copy it again from the build folder")
         self._prep = _ImagePrep(manifest) if self.kind == "image" else _TextPrep(manifest, self.folder)
-        rt = manifest["runtime"]
+        backend = backends.get(manifest["format"])
         try:
-            self._run = runtimes.get(rt)(str(self.folder / manifest["model"]), threads=self.threads)
+            self._run = backend.load(str(self.folder / manifest["model"]), threads=self.threads)
         except ModuleNotFoundError as e:
-            raise InputError(f"this build runs on {rt}, which is not installed ({e.name}): "
-                             f"pip install {_PACKAGES.get(rt, rt)}") from None
+            raise InputError(f"this build runs on {backend.runtime}, which is not installed ({e.name}): "
+                             f"pip install {backend.install}") from None
 
     @property
     def classifies(self) -> bool:

@@ -1,5 +1,6 @@
-"""Target profiles (`targets/<device>-<precision>.toml`): the runtime, precision and measurement
-settings a build benchmarks on."""
+"""Target profiles (`targets/<device>-<precision>[-<runtime>].toml`): the runtime, format, precision and
+measurement settings a build benchmarks on. The runtime is left out of a name when it is ONNX Runtime;
+the names of earlier releases stay accepted (ALIASES)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 from .errors import TargetError
 from .registry import closest
 
-RUNTIMES = ("onnxruntime", "openvino", "executorch")
 PRECISIONS = ("fp32", "int8")
+# earlier names -> the `<device>-<precision>[-<runtime>]` name
+ALIASES = {"openvino-int8": "cpu-int8-openvino", "mobile-xnnpack-int8": "mobile-int8-executorch"}
 
 
 def targets_dir() -> Path:
@@ -37,8 +39,7 @@ class Target:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     warmup: int = 200
     iterations: int = 2000
-    format: str = "onnx"  # "onnx", or "ort": ONNX Runtime's mobile format, converted for ARM,
-    # or "pte": an ExecuTorch program lowered to XNNPACK (runtime executorch, and only that format)
+    format: str = ""  # a registered backend's format (edgekd.backends); "" = the runtime's own format
     threads_sweep: list[int] = field(default_factory=list)  # more thread counts to time (host timings)
     pin_cores: bool = False  # pin each timed process to its first `threads` cores
     memory_budget_mb: float = 0.0  # peak RSS the deliverable model may use; 0 = no budget
@@ -47,8 +48,15 @@ class Target:
         def bad(key, want, got):
             raise TargetError(f"target '{self.name}': {key} must be {want}, got {got!r}")
 
-        if self.runtime not in RUNTIMES:
-            bad("runtime", " or ".join(RUNTIMES), self.runtime)
+        from . import backends
+
+        if self.runtime not in backends.runtime_names():
+            bad("runtime", " or ".join(backends.runtime_names()), self.runtime)
+        if not self.format:
+            object.__setattr__(self, "format", backends.for_runtime(self.runtime).format)
+        if self.format not in backends.names() or backends.get(self.format).runtime != self.runtime:
+            ok = [n for n in backends.names() if backends.get(n).runtime == self.runtime]
+            bad("format", f"one that runtime {self.runtime} runs ({', '.join(ok)})", self.format)
         if self.precision not in PRECISIONS:
             bad("precision", " or ".join(PRECISIONS), self.precision)
         if not isinstance(self.threads, int) or self.threads < 1:
@@ -59,15 +67,16 @@ class Target:
             bad("batch_sizes", "a list starting with 1 (latency is measured at batch 1)", self.batch_sizes)
         if self.warmup < 0 or self.iterations < 10:
             bad("warmup/iterations", ">= 0 / >= 10", (self.warmup, self.iterations))
-        if self.format not in ("onnx", "ort", "pte") or (self.format == "ort" and self.runtime != "onnxruntime") \
-                or ((self.format == "pte") != (self.runtime == "executorch")):
-            bad("format", "'onnx', 'ort' with runtime onnxruntime, or 'pte' with runtime executorch (which needs it)",
-                self.format)
         if any(not isinstance(t, int) or t < 1 for t in self.threads_sweep):
             bad("threads_sweep", "a list of integers >= 1", self.threads_sweep)
         if not isinstance(self.memory_budget_mb, (int, float)) or self.memory_budget_mb < 0:
             bad("memory_budget_mb", "a number >= 0", self.memory_budget_mb)
 
+    @property
+    def backend(self):
+        from . import backends
+
+        return backends.get(self.format)
 
 def target_names() -> list[str]:
     return sorted(p.stem for p in targets_dir().glob("*.toml"))
@@ -75,8 +84,9 @@ def target_names() -> list[str]:
 
 def load_target(name: str) -> Target:
     names = target_names()
+    name = ALIASES.get(name, name)
     if name not in names:
-        raise TargetError(f"target '{name}' is unknown{closest(name, names)} ({', '.join(names)})")
+        raise TargetError(f"target '{name}' is unknown{closest(name, names + list(ALIASES))} ({', '.join(names)})")
     path = targets_dir() / f"{name}.toml"
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

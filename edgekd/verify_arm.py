@@ -37,7 +37,7 @@ HWCAP2 = ("dcpodp sve2 sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint sv
           "svebf16 i8mm bf16 dgh rng bti mte ecv afp rpres mte3 sme sme_i16i64 sme_f64f64 sme_i8i32 "
           "sme_f16f32 sme_b16f32 sme_f32f32 sme_fa64 wfxt ebf16 sve_ebf16").split()
 
-# Run by the emulated python: the same session settings as edgekd.runtimes' onnxruntime runner.
+# Run by the emulated python: the same session settings as edgekd.backends' onnxruntime runner.
 _WORKER = """\
 import sys
 site, model, inputs, outputs, batch = sys.argv[1:6]
@@ -281,19 +281,20 @@ def verify_arm(model_path: Path, inputs: np.ndarray, labels: np.ndarray | None, 
     the same onnxruntime version, same session settings; accuracies, top-1 agreement, max |diff|."""
     import tempfile
 
-    from .runtimes import runtimes
+    from . import backends
 
     model_path = Path(model_path)
     _check_cpu(cpu)
-    if model_path.suffix not in (".onnx", ".ort") or not model_path.is_file():
-        raise InputError(f"'{model_path}' is not an .onnx or .ort model file; ARM verification runs onnxruntime")
+    if not model_path.is_file() or model_path.suffix not in _onnxruntime_extensions():
+        raise InputError(f"'{model_path}' is not a {' or '.join(_onnxruntime_extensions())} model file; ARM verification runs "
+                         "onnxruntime")
     x = np.ascontiguousarray(inputs, dtype=np.float32)
     if labels is not None and len(labels) != len(x):
         raise InputError(f"{len(labels)} labels for {len(x)} inputs")
     if len(x) == 0:
         raise InputError("no inputs to verify on")
     env = env or arm_environment(log=log)
-    x86 = _batches(runtimes.get("onnxruntime")(str(model_path), threads=1), x, batch)
+    x86 = _batches(backends.load(model_path, threads=1), x, batch)
     with tempfile.TemporaryDirectory(prefix="edgekd-arm-") as d:
         worker, xin, yout = Path(d) / "worker.py", Path(d) / "x.npy", Path(d) / "y.npy"
         worker.write_text(_WORKER)
@@ -354,7 +355,7 @@ def verify_build(build_dir: Path, *, cpu: str = "cortex-a76", samples: int | Non
     except (ValueError, OSError, KeyError, TypeError) as e:
         raise InputError(f"'{build_dir / 'manifest.json'}' is unreadable or lacks 'model' ({e!r}); rebuild") from None
     fmt, precision = manifest.get("format"), manifest.get("precision")
-    if fmt not in ("onnx", "ort") or model.suffix not in (".onnx", ".ort"):
+    if model.suffix not in _onnxruntime_extensions():
         raise InputError(f"the deliverable '{model.name}' is {fmt or 'not ONNX'}; ARM verification runs ONNX "
                          "Runtime's aarch64 kernels and needs an ONNX/.ort INT8 build (e.g. target=mobile-int8)")
     if precision != "int8":
@@ -384,3 +385,10 @@ def verify_build(build_dir: Path, *, cpu: str = "cortex-a76", samples: int | Non
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, dst)
     return result
+
+
+def _onnxruntime_extensions() -> list[str]:  # noqa: N802 - a derived constant
+    """Extensions of the formats onnxruntime runs (the formats whose ARM kernels this verifies)."""
+    from . import backends
+
+    return [backends.get(n).extension for n in backends.names() if backends.get(n).runtime == "onnxruntime"]

@@ -33,7 +33,7 @@ def test_bench_compares_exported_models(tiny_build, tmp_path):
 
 
 def test_bench_openvino_ir(tiny_build):
-    d = tiny_build("openvino-int8")
+    d = tiny_build("cpu-int8-openvino")
     res = edgekd("bench", str(d / "student-int8.xml"), "iterations=20", "warmup=2")
     assert res.returncode == 0, res.stderr
     assert "student-int8.xml" in res.stdout

@@ -32,7 +32,7 @@ def test_budget_refused_where_edgekd_does_not_write_the_int8_model():
 
     check_target(load_target("cpu-int8"))  # fine
     with pytest.raises(InputError) as e:
-        check_target(load_target("mobile-xnnpack-int8"))
+        check_target(load_target("mobile-int8-executorch"))
     assert "max_accuracy_drop" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -124,7 +124,7 @@ def test_image_task_exports_the_chosen_model(case, tmp_path):
     """The task hook returns the QAT model leaving the chosen layers float; its export runs float kernels
     there and matches that model (the parity check's reference)."""
     from edgekd.quantize import export_int8_onnx, optimized_op_types
-    from edgekd.runtimes import runtimes
+    from edgekd import backends
     from edgekd.tasks.image import ImageClassification
 
     ctx = SimpleNamespace(
@@ -133,7 +133,7 @@ def test_image_task_exports_the_chosen_model(case, tmp_path):
         extra={"reduce_range": True}, target=SimpleNamespace(runtime="onnxruntime", threads=1), log=lambda *_: None)
     model, r = ImageClassification()._fit_budget(ctx, case.q, case.folder, case.calib)
     export_int8_onnx(model, tmp_path / "int8.onnx", input_shape=SHAPE, opset=17, calib_x=case.calib, reduce_range=True)
-    out = runtimes.get("onnxruntime")(str(tmp_path / "int8.onnx"))(case.x_val)
+    out = backends.load(tmp_path / "int8.onnx")(case.x_val)
     assert float((out.argmax(1) == case.y_val).mean()) == pytest.approx(r["chosen_val_score"])
     with torch.no_grad():
         ref = model(torch.from_numpy(case.x_val)).numpy()
@@ -176,7 +176,7 @@ def test_four_bit_weights_are_exported_on_their_grid(case, tmp_path):
     from onnx import numpy_helper
 
     from edgekd.quantize import calibrate, export_int8_onnx, prepare_qat, qat_eval_mode
-    from edgekd.runtimes import runtimes
+    from edgekd import backends
 
     q = prepare_qat(Tiny().eval(), input_shape=SHAPE, reduce_range=False, weight_bits=4)
     calibrate(q, case.calib)
@@ -185,7 +185,7 @@ def test_four_bit_weights_are_exported_on_their_grid(case, tmp_path):
     ints = [numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "w4.onnx")).graph.initializer
             if i.data_type == onnx.TensorProto.INT8]
     assert len(ints) == 4 and max(int(abs(w).max()) for w in ints) == 7
-    out = runtimes.get("onnxruntime")(str(tmp_path / "w4.onnx"))(case.x_val)
+    out = backends.load(tmp_path / "w4.onnx")(case.x_val)
     with torch.no_grad():
         ref = q(torch.from_numpy(case.x_val)).numpy()
     assert float((out.argmax(1) == ref.argmax(1)).mean()) >= 0.99
@@ -201,7 +201,7 @@ def test_text_linears_left_float_run_float_matmuls(tmp_path):
     from edgekd.export import export_text_onnx
     from edgekd.quantize import (fake_quant_linears, leave_linears_float, linear_layers, optimized_op_types,
                                  quantize_onnx, set_observe, strip_fake_quant)
-    from edgekd.runtimes import runtimes
+    from edgekd import backends
 
     class Pooled(nn.Module):
         def __init__(self):
@@ -235,7 +235,7 @@ def test_text_linears_left_float_run_float_matmuls(tmp_path):
     ops = optimized_op_types(tmp_path / "q.onnx")
     assert ops.get("MatMulIntegerToFloat", 0) + ops.get("DynamicQuantizeMatMul", 0) == 5
     ref_model = leave_linears_float(q, keep_float)
-    run = runtimes.get("onnxruntime")(str(tmp_path / "q.onnx"))
+    run = backends.load(tmp_path / "q.onnx")
     with torch.no_grad():
         ref = np.concatenate([ref_model(torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"])).numpy()
                               for f in feeds])

@@ -67,7 +67,7 @@ def test_int8_onnx_runs_integer_kernels(tiny_build):
 
 
 def test_openvino_ir_runs_int8(tiny_build):
-    d = tiny_build("openvino-int8")
+    d = tiny_build("cpu-int8-openvino")
     precisions = read_report(d)["int8"]["openvino_precisions"]
     assert any(k.lower() in ("i8", "u8") for k in precisions), precisions
     assert (d / "student-int8.xml").is_file() and (d / "student-int8.bin").is_file()
@@ -189,9 +189,9 @@ def test_executorch_targets_report_delegation_and_run(tiny_build, target):
         assert set(m["latency_by_threads"]) == {"1", "2"}
     md = (d / "report.md").read_text()
     assert "Delegate coverage" in md and "host timings" in md and "No phone was measured" in md
-    from edgekd.runtimes import runtimes
+    from edgekd import backends
 
-    out = runtimes.get("executorch")(str(d / r["mobile"]["model"]))(np.zeros((2, 1, 28, 28), np.float32))
+    out = backends.load(d / r["mobile"]["model"])(np.zeros((2, 1, 28, 28), np.float32))
     assert out.shape == (2, 10)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import chromium, read_report
-from edgekd._markdown import drop_empty_columns, markdown_to_html
+from edgekd.report.html import drop_empty_columns, markdown_to_html
 from edgekd.report import plots, render_combined, render_markdown, verdict_lines
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,7 +167,7 @@ def test_html_puts_verdict_table_then_figures():
 
 def _figures(r: dict, monkeypatch) -> dict:
     """plots(r)'s matplotlib figures, drawn, before they become PNGs."""
-    import edgekd.report_plots as rp
+    import edgekd.report.figures as rp
 
     figs = []
     monkeypatch.setattr(rp, "png_data_url", lambda fig: figs.append(fig) or "")
@@ -214,7 +214,7 @@ def test_frontier_from_plain_points(tmp_path):
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from edgekd.report_plots import frontier_figure, save_frontier
+    from edgekd.report.figures import frontier_figure, save_frontier
 
     pts = [("teacher", 20.0, 99.0, "teacher"), ("L2 x128", 1.0, 96.0, "FP32"), ("L4 x128", 2.0, 98.0, "FP32"),
            ("L4 x256", 4.0, 97.5, "FP32"), ("L2 x128 INT8", 0.5, 95.5, "INT8"), ("L4 x128 INT8", 1.2, 97.9, "INT8")]

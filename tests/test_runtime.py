@@ -43,7 +43,7 @@ def _edit_manifest(build: Path, **changes) -> Path:
 
 # ---------------------------------------------------------------- parity with the build's report
 
-@pytest.mark.parametrize("target", ["cpu-int8", "openvino-int8"])
+@pytest.mark.parametrize("target", ["cpu-int8", "cpu-int8-openvino"])
 def test_image_predictions_equal_the_report(tiny_build, target):
     """The runtime's preprocessing of the raw uint8 digits gives the build's model inputs bit for bit,
     and its labels give the report's test accuracy."""
@@ -190,12 +190,12 @@ def test_schema_ships_in_the_package_and_is_valid():
 def test_every_build_manifest_matches_the_schema(tiny_build, tiny_text_build):
     from edgekd.manifest import read_manifest
 
-    for build in (tiny_build("cpu-int8"), tiny_build("openvino-int8"), tiny_text_build):
+    for build in (tiny_build("cpu-int8"), tiny_build("cpu-int8-openvino"), tiny_text_build):
         m = read_manifest(build)
         assert m["schema_version"] == 1 and (build / m["model"]).is_file()
         for c in m["companions"]:
             assert (build / c["file"]).is_file()
-    assert read_manifest(tiny_build("openvino-int8"))["companions"][0]["file"] == "student-int8.bin"
+    assert read_manifest(tiny_build("cpu-int8-openvino"))["companions"][0]["file"] == "student-int8.bin"
 
 
 @pytest.mark.parametrize("changes, match", [

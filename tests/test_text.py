@@ -161,7 +161,7 @@ def test_int8_linear_weights_are_the_fake_quantized_ones(minilm, tmp_path):
 
     _, one, tok = minilm
     q = fake_quant_linears(copy.deepcopy(one), reduce_range=True)
-    from edgekd.runtimes import complete_feed
+    from edgekd.backends import complete_feed
 
     info = export_text(strip_fake_quant(q), tmp_path / "f", opset=17, tokenizer=tok)
     enc = tok(["calibration text one", "two"], return_tensors="np", padding=True)
@@ -190,7 +190,7 @@ def test_embedding_tables_become_int8_rows(minilm, tmp_path):
 
     from edgekd.export_hf import export_text
     from edgekd.quantize import quantize_gather_tables
-    from edgekd.runtimes import complete_feed
+    from edgekd.backends import complete_feed
     from edgekd.tasks.text import row_cosines
 
     t, one, tok = minilm

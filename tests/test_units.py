@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from edgekd import backends
 from edgekd.errors import ParityError, RecipeError, TargetError
 from edgekd.export import check_parity, export_onnx
 from edgekd.losses import kd_loss
@@ -21,7 +22,7 @@ def build_arch(name):
 
 
 def test_import_is_light():
-    code = ("import sys, edgekd, edgekd.runtimes, edgekd.recipe, edgekd.targets, edgekd.tasks, edgekd.data, edgekd.models; "
+    code = ("import sys, edgekd, edgekd.backends, edgekd.runtime, edgekd.recipe, edgekd.targets, edgekd.tasks, edgekd.data, edgekd.models; "
             "edgekd.tasks.get('image-classification'); edgekd.recipe.Recipe(); "
             "print('torch' in sys.modules, 'onnxruntime' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -39,7 +40,7 @@ def test_registry_suggests_closest():
 @pytest.mark.parametrize("name", target_names())
 def test_every_target_loads(name):
     t = load_target(name)
-    assert t.runtime in ("onnxruntime", "openvino", "executorch") and t.batch_sizes[0] == 1 and t.iterations >= 10
+    assert t.runtime in backends.runtime_names() and t.batch_sizes[0] == 1 and t.iterations >= 10
 
 
 def test_target_errors():
@@ -97,7 +98,7 @@ def test_parity_check_fails_on_a_perturbed_model(tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from edgekd.runtimes import onnxruntime_runner
+    from edgekd.backends.onnxruntime_onnx import load as onnxruntime_runner
 
     torch.manual_seed(0)
     m = build_arch("mnist-student-tiny").eval()

@@ -93,7 +93,7 @@ def tiny_int8(tmp_path: Path, shape=(1, 8, 8), n=256, seed=0):
 @needs_arm
 @pytest.mark.parametrize("suffix", [".onnx", ".ort"])
 def test_int8_outputs_on_emulated_arm_match_x86(tmp_path, suffix):
-    from edgekd.export import to_ort
+    from edgekd.backends.onnxruntime_ort import make as to_ort
 
     model, x, y = tiny_int8(tmp_path)
     if suffix == ".ort":
@@ -114,7 +114,7 @@ def test_int8_outputs_on_emulated_arm_match_x86(tmp_path, suffix):
 def test_verify_arm_cli_on_a_build_folder(tmp_path):
     """A build folder as edgekd build writes it (manifest, recipe.lock.toml, .ort): the test split is
     rebuilt from the lock file, and arm_verification.json is written."""
-    from edgekd.export import to_ort
+    from edgekd.backends.onnxruntime_ort import make as to_ort
     from edgekd.recipe import apply_overrides, load_recipe, recipe_toml
 
     pytest.importorskip("mlxtend")

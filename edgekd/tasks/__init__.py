@@ -1,6 +1,6 @@
 """Tasks: what a build learns and measures. A task is one module registered here; it supplies the
 input/output signature, how the teacher's targets are made, the training step, the metrics, the parity
-check, the deliverable's manifest and its report rows. No module outside edgekd/tasks/ tests a task's
+check, the deliverable's manifest and its parts of the report. No module outside edgekd/tasks/ tests a task's
 name: the pipeline calls the hooks of `Task` in one order for every task."""
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ class Task:
         """Every model to the target's files in `folder`, each checked against its PyTorch model."""
         raise NotImplementedError
 
-    def bench_inputs(self, ctx: Context) -> tuple[dict, list[int] | None]:
-        """(arrays the benchmark evaluates and times, sequence lengths to time or None)."""
+    def bench_inputs(self, ctx: Context):
+        """-> edgekd.bench.BenchInputs: the test split's evaluation feeds and the batch-1 cases to time."""
         raise NotImplementedError
 
     def scores(self, ctx: Context, outputs, teacher_outputs) -> dict:
@@ -106,6 +106,64 @@ class Task:
     def report_extra(self, ctx: Context) -> dict:
         return {}
 
+    def arm_inputs(self, ctx: Context):
+        """(inputs, labels) on which an INT8 deliverable is compared between x86 and aarch64 kernels
+        (edgekd.verify_arm, for backends that offer it), or None when the task has no such check."""
+        return None
+
+    # report: edgekd.report renders report.md from report.json (`r`) alone: the generic sections (the
+    # headlines and their flags, the accuracy and memory budgets, the target's sections, stage times, the
+    # environment) around the task's parts. `x` is one model's entry of r["models"].
+    def quality_points(self, value: float) -> float:
+        """A value of `quality` in points: the unit of the verdict's differences, the figures' quality axis
+        and the CLI summary (a score in [0, 1] is 100 x value)."""
+        raise NotImplementedError
+
+    def quality_phrase(self, r: dict, x: dict) -> str:
+        """How a headline names x's quality: "-0.60 points test accuracy (98.40%)", "cosine fidelity
+        0.9312 to the teacher"."""
+        raise NotImplementedError
+
+    def quality_short(self) -> str:
+        """The quality column's heading where space is short (the CLI summary): "acc", "cosine"."""
+        raise NotImplementedError
+
+    def model_labels(self) -> dict[str, str]:
+        """The four models' names in this task's tables and figures (teacher, student-baseline, ...)."""
+        raise NotImplementedError
+
+    def latency_input(self, r: dict) -> str:
+        """The input the headline latency was timed on, in words ("48 tokens"); "" when the task times
+        one fixed input."""
+        return ""
+
+    def distillation_check(self, gain: float) -> str:
+        """The headline's flag when the distilled student is `gain` (< 0) points below its baseline."""
+        raise NotImplementedError
+
+    def distillation_verdict(self, r: dict) -> list[str]:
+        """The verdict's bullets after the headlines: distillation against its baseline, the teacher
+        against the student."""
+        raise NotImplementedError
+
+    def report_parts(self, r: dict) -> ReportParts:
+        """The sections of report.md this task writes."""
+        raise NotImplementedError
+
+
+
+@dataclass
+class ReportParts:
+    """A task's parts of report.md, markdown lines that edgekd.report places among the generic sections."""
+    title: str  # the page's first line
+    table: list[str]  # what was measured and how (a paragraph after the verdict), then the models table
+    gains: list[str]  # the section "What distillation and INT8 bought"
+    int8: list[str]  # the INT8 graph's bullets: what is quantized and how, the kernels that run
+    parity: list[str]  # the section on each export against its PyTorch model
+    training: list[str]  # the section of validation scores and chosen epochs
+    # the target's sections (latency by thread count, mobile, named-device estimates, the ARM check):
+    # the text reports have never shown them
+    target_sections: bool = True
 
 def get(name: str) -> Task:
     _register_builtin()

@@ -50,10 +50,10 @@ class ImageClassification(Task):
             raise InputError(f"task {self.name} needs at least two labelled classes; data.source "
                              f"'{ctx.recipe.data.source}' gave {d.num_classes}")
         ctx.io = ModelIO("image", d.input_shape, d.num_classes, list(d.labels))
-        if ctx.recipe.quantize.weight_bits != 8 and ctx.target.format == "pte":
+        if ctx.recipe.quantize.weight_bits != 8 and not ctx.target.backend.edgekd_int8:
             raise InputError(f"quantize.weight_bits = {ctx.recipe.quantize.weight_bits} applies to the INT8 ONNX models "
-                             f"edgekd writes, not to target '{ctx.target.name}' (ExecuTorch quantizes the .pte at 8 "
-                             "bits); remove it or build cpu-int8, openvino-int8 or mobile-int8")
+                             f"edgekd writes, not to target '{ctx.target.name}' (its own quantizer writes 8 bits); "
+                             "remove it or build cpu-int8, cpu-int8-openvino or mobile-int8")
 
     # teacher ---------------------------------------------------------------------------------------
     def load_teacher(self, ctx: Context):
@@ -244,10 +244,11 @@ class ImageClassification(Task):
         return accuracy(predict(model, ctx.data.x_val), ctx.data.y_val)
 
     def new_qat(self, ctx: Context, student):
-        from ..quantize import calibrate, prepare_qat
+        from ..quantize import QuantizeSpec, calibrate, prepare
 
-        q = prepare_qat(student, input_shape=ctx.io.input_shape, reduce_range=ctx.extra["reduce_range"],
-                        runtime=ctx.extra["qat_runtime"], weight_bits=ctx.recipe.quantize.weight_bits)
+        spec = QuantizeSpec(reduce_range=ctx.extra["reduce_range"], runtime=ctx.extra["qat_runtime"],
+                            weight_bits=ctx.recipe.quantize.weight_bits)
+        q = prepare(student, spec, input_shape=ctx.io.input_shape)
         calibrate(q, ctx.data.x_train[: ctx.recipe.quantize.calibration])
         return q
 
@@ -258,12 +259,11 @@ class ImageClassification(Task):
         transformers models go through optimum's exporter (pixel_values -> logits, as optimum names them;
         the INT8 graph of such a student keeps those names); an .onnx deliverable of a transformers student
         also gets hf/, the folder optimum and transformers.pipeline load (edgekd.export_hf)."""
-        from ..artifacts import target_format
-        from ..export import check_integer_kernels, check_parity, convert_for_target, export_onnx
+        from .. import backends
+        from ..export import check_integer_kernels, check_parity, export_onnx
         from ..export_hf import PIXELS, export_image, write_image_folder
         from ..models.hf_image import ImageClassifier
         from ..quantize import export_int8_onnx
-        from ..runtimes import runtimes
         from ..train import predict
 
         es, d, target = ctx.recipe.export, ctx.data, ctx.target
@@ -291,21 +291,17 @@ class ImageClassification(Task):
                 export_onnx(model, folder / f"{name}.onnx", ctx.io.input_shape, opset=es.opset)
                 meta["exporters"][name] = {"exporter": "torch.onnx", "why": "not a transformers model",
                                            "input": "input", "output": "logits"}
-            if name == "student-fp32" and hf_student and target_format(target) == "onnx":
+            if name == "student-fp32" and hf_student and target.format == "onnx":
                 meta["hf"] = write_image_folder(model, folder / "hf", preprocessing=d.preprocessing)
             ref = predict(model, xp)
-            files = convert_for_target(folder, name, target)
-            if target_format(target) == "pte":
-                from ..export_pte import export_pte
-
-                # the QAT-tuned float weights, quantized by ExecuTorch's own XNNPACK quantizer (PT2E): its
-                # scheme (signed INT8 activations, 8-bit weights) is what the XNNPACK delegate runs
-                cov = export_pte(model.float_model() if int8 else model, folder / f"{name}.pte", ctx.io.input_shape,
-                                 int8=int8, calib_x=calib if int8 else None)
-                meta.setdefault("delegation", {})[f"{name}.pte"] = cov
-                files.append((f"{name}.pte", "executorch"))
-            for fname, rt in files:
-                out = runtimes.get(rt)(str(folder / fname), threads=1)(xp)
+            # a format made from the PyTorch model quantizes the QAT-tuned float weights with its own
+            # quantizer (the scheme its runtime's kernels run)
+            files, made = backends.make_files(folder, name, target, model=model, int8=int8,
+                                              calib_x=calib if int8 else None, input_shape=ctx.io.input_shape)
+            if made:
+                meta.setdefault("made", {})[files[-1]] = made
+            for fname in files:
+                out = backends.load(folder / fname, threads=1)(xp)
                 meta["parity"][fname] = check_parity(
                     fname, out, ref, min_agreement=es.int8_min_agreement if int8 else es.fp32_min_agreement,
                     max_abs_diff=None if int8 else es.fp32_max_abs_diff).to_dict()
@@ -329,7 +325,10 @@ class ImageClassification(Task):
         return leave_float(q, r["float_layers"]), r
 
     def bench_inputs(self, ctx: Context):
-        return {"x": ctx.data.x_test}, None
+        from ..bench import BenchInputs, rows_in_batches
+
+        x = ctx.data.x_test
+        return BenchInputs(eval=rows_in_batches(x), cases={"1": {"x": np.ascontiguousarray(x[:1])}})
 
     def scores(self, ctx: Context, outputs, teacher_outputs) -> dict:
         y = ctx.data.y_test
@@ -337,9 +336,9 @@ class ImageClassification(Task):
                 "agreement": float((outputs.argmax(1) == teacher_outputs.argmax(1)).mean())}
 
     def manifest(self, ctx: Context, export_meta: dict) -> dict:
-        from ..artifacts import deliverable, target_format
+        from ..artifacts import deliverable
 
-        batch = 1 if target_format(ctx.target) == "pte" else "batch"  # ExecuTorch programs are batch-1
+        batch = ctx.target.backend.fixed_batch or "batch"  # a program compiled for one batch size says so
         names = (export_meta.get("exporters") or {}).get(deliverable(ctx.target), {})
         return {
             "inputs": [{"name": names.get("input", "input"), "shape": [batch, *ctx.io.input_shape], "dtype": "float32"}],
@@ -351,6 +350,87 @@ class ImageClassification(Task):
 
     def report_extra(self, ctx: Context) -> dict:
         return {"data_origin": ctx.data.origin, "augment": ctx.data.augment}
+
+    def arm_inputs(self, ctx: Context):
+        return ctx.data.x_test, ctx.data.y_test
+
+    # report (edgekd.report places these among its generic sections) --------------------------------------
+    def quality_points(self, value: float) -> float:
+        return 100 * value  # accuracy: a share of the test split
+
+    def quality_phrase(self, r: dict, x: dict) -> str:
+        from ._report import quality_phrase
+
+        return quality_phrase(self, r, x)
+
+    def quality_short(self) -> str:
+        return "acc"
+
+    def model_labels(self) -> dict[str, str]:
+        from ..report import LABELS
+
+        return LABELS
+
+    def distillation_check(self, gain: float) -> str:
+        from ._report import distillation_check
+
+        return distillation_check(gain)
+
+    def distillation_verdict(self, r: dict) -> list[str]:
+        from ._report import distillation_verdict
+
+        return distillation_verdict(self, r)
+
+    def report_parts(self, r: dict):
+        from ..report.markdown import exporter_lines, format_size, kernel_time_lines, ops_line, reduce_range_note
+        from . import ReportParts
+        from ._report import parity_table
+
+        tp, m, labels = r["target_profile"], r["models"], self.model_labels()
+        pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731 - a share of the test split
+        table = [f"Recipe `{r['recipe']}`, runtime **{tp['runtime']}**, {tp['threads']} thread(s), batch 1, "
+                 f"{tp['iterations']} timed runs after {tp['warmup']} warm-up, each model in a fresh process. "
+                 f"Accuracy on {r['test_samples']} held-out test images ({r.get('data_origin', '')}), computed from "
+                 "the runtime's outputs.", "",
+                 "| model | params | accuracy | agreement w/ teacher | p50 ms | p90 ms | p99 ms | speedup vs teacher "
+                 "| size | size ratio | peak RSS |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, x in m.items():
+            lat = x["latency_ms"]
+            table.append(f"| {labels.get(name, name)} | {x['params']:,} | {pct(x['accuracy'])} | {pct(x['agreement'])} "
+                         f"| {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | {x['speedup_vs_teacher']:.1f}x "
+                         f"| {format_size(x['size_bytes'])} | {x['size_ratio_vs_teacher']:.3f} | {x['peak_rss_mb']:.0f} MB |")
+        s8, s32, t = m["student-int8"], m["student-fp32"], m["teacher"]
+        one = self.quality_points(1 / r["test_samples"])
+        gains = ["", "## What distillation and INT8 bought", "",
+                 f"- Distillation vs the same student on hard labels (same data, views and epochs): "
+                 f"**{r['distillation_gain_pts']:+.2f} points** ({pct(s32['accuracy'])} vs "
+                 f"{pct(m['student-baseline']['accuracy'])}). One test image is {one:.2g} point{'s' if one > 1 else ''}.",
+                 f"- INT8 vs teacher: {self.quality_points(s8['accuracy'] - t['accuracy']):+.2f} points, "
+                 f"{s8['speedup_vs_teacher']:.1f}x faster at p50, {1 / s8['size_ratio_vs_teacher']:.0f}x smaller."]
+        ratio = s32["latency_ms"]["p50"] / s8["latency_ms"]["p50"]
+        if ratio >= 1:
+            gains.append(f"- INT8 vs FP32 student on this CPU: {ratio:.2f}x faster at p50.")
+        else:
+            gains.append(f"- **INT8 is not faster than FP32 here** ({s8['latency_ms']['p50']:.3f} vs "
+                         f"{s32['latency_ms']['p50']:.3f} ms): at this size, per-op and quantize/dequantize overhead "
+                         "outweighs the cheaper integer arithmetic. Where the time goes is below.")
+        int8 = [f"- Weights per-channel symmetric INT8{reduce_range_note(r)}, activations per-tensor UINT8.", ops_line(r)]
+        if r["int8"].get("openvino_precisions"):
+            int8.append(f"- OpenVINO runtime precision of conv/matmul layers: {r['int8']['openvino_precisions']}.")
+        training = ["", "## Training", "", "| stage | val accuracy | chosen epoch (best on validation) |", "|---|---:|---:|"]
+        for n, t_ in r["training"].items():
+            if t_.get("val_score") is not None:
+                training.append(f"| {n} | {pct(t_['val_score'])} | {t_.get('chosen_epoch', '-')} |")
+        qat = r["training"].get("qat", {})
+        if qat.get("method") == "qat" and qat.get("chosen_epoch") == 0:
+            training.append("\nQuantization-aware fine-tuning did not beat its calibrated starting point on validation, "
+                            "so the calibrated weights (epoch 0) were kept: at this model size post-training "
+                            "calibration is already close to lossless.")
+        return ReportParts(
+            title=f"# edgekd build: {r['target']}", table=table, gains=gains + kernel_time_lines(r), int8=int8,
+            parity=["", "## Parity of every export against its PyTorch model (held-out inputs)", "", *exporter_lines(r),
+                    *parity_table(r)],
+            training=training)
 
 
 tasks.register(ImageClassification.name)(ImageClassification())

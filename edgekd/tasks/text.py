@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeKDError, InputError, RecipeError
-from . import Context, Task, tasks
+from . import Context, Task, _text_report, tasks
 
 SEQ_LENS = (16, 64, 128)
 FEATURE_ONLY = ("hidden_mse", "attention_kl")  # losses that need the teacher online
@@ -62,9 +62,6 @@ class _TextTask(Task):
             raise InputError(f"task {self.name} needs labelled texts in at least two classes; data.source "
                              f"'{ctx.recipe.data.source}' gave no '{ctx.recipe.data.label_field}' labels "
                              "(set data.label_field to the label column)")
-        if ctx.target.format == "pte":
-            raise InputError(f"target '{ctx.target.name}' (ExecuTorch .pte) is for image models; build a text model "
-                             "for cpu-int8, cpu-fp32, openvino-int8 or mobile-int8")
         ctx.io = ModelIO("text", (), d.num_classes if self.classify else 0, list(d.labels) if self.classify else [])
         spec = ctx.recipe.teacher
         ref = resolve_ref(spec.ref, ctx.base)
@@ -260,10 +257,9 @@ class _TextTask(Task):
         return r
 
     def new_qat(self, ctx: Context, student):
-        from ..quantize import fake_quant_linears, set_observe
+        from ..quantize import QuantizeSpec, prepare, set_observe
 
-        q = fake_quant_linears(copy.deepcopy(student), reduce_range=ctx.extra["reduce_range"])
-        q.eval()
+        q = prepare(student, QuantizeSpec(reduce_range=ctx.extra["reduce_range"]))  # the Linear route, in eval mode
         set_observe(q, True)
         n = ctx.recipe.quantize.calibration
         encode(q, {k: v[:n] for k, v in ctx.extra["tokens"]["train"].items()})  # one pass: ranges from data
@@ -277,10 +273,10 @@ class _TextTask(Task):
         on held-out texts fed one at a time at their own length, as an app runs them."""
         import shutil
 
-        from ..export import check_integer_kernels, check_parity, convert_for_target, embedding_parity
+        from .. import backends
+        from ..export import check_integer_kernels, check_parity, embedding_parity
         from ..export_hf import export_text
         from ..quantize import quantize_onnx, strip_fake_quant
-        from ..runtimes import runtimes
 
         import copy
 
@@ -299,7 +295,7 @@ class _TextTask(Task):
             info = export_text(strip_fake_quant(model) if int8 else model, sub, opset=es.opset, tokenizer=tok)
             meta["exporters"][name] = info
             if int8:
-                from ..runtimes import complete_feed
+                from ..backends import complete_feed
 
                 feeds_in = [complete_feed(f, info["inputs"]) for f in calib]
                 float_layers: list[str] = []
@@ -326,8 +322,8 @@ class _TextTask(Task):
                 shutil.copytree(sub, folder / "hf")
             shutil.rmtree(sub, ignore_errors=True)
             ref = encode(model, xp)
-            for fname, rt in convert_for_target(folder, name, ctx.target):
-                run = runtimes.get(rt)(str(folder / fname), threads=1)
+            for fname in backends.make_files(folder, name, ctx.target)[0]:
+                run = backends.load(folder / fname, threads=1)
                 out = np.concatenate([run(f) for f in feeds])
                 lo = es.int8_min_agreement if int8 else es.fp32_min_agreement
                 if self.classify:
@@ -362,6 +358,8 @@ class _TextTask(Task):
                           runtime=ctx.target.runtime, threads=ctx.target.threads, time_input=feeds[0], log=ctx.log)
 
     def bench_inputs(self, ctx: Context):
+        from ..bench import BenchInputs
+
         tok, texts = ctx.extra["tokenizer"], ctx.data.x_test
         joined = " ".join(texts)
         lat = {}
@@ -371,9 +369,17 @@ class _TextTask(Task):
             enc = tok([joined], truncation=True, max_length=s, return_tensors="np")["input_ids"].astype(np.int64)
             if enc.shape[1] < s:
                 raise InputError(f"the test texts hold fewer than {s} tokens; raise data.n_test")
-            lat[f"lat_{s}"] = enc
+            lat[str(s)] = {"input_ids": enc, "attention_mask": np.ones_like(enc)}
         ctx.extra["sequence_lengths"] = lengths
-        return {**ctx.extra["tokens"]["test"], **lat}, lengths
+        ids, mask = ctx.extra["tokens"]["test"]["input_ids"], ctx.extra["tokens"]["test"]["attention_mask"]
+        order = np.argsort(mask.sum(1), kind="stable")
+        feeds = []
+        for i in range(0, len(ids), 32):  # batches of similar length, trimmed to their longest text
+            idx = order[i:i + 32]
+            n_tok = max(1, int(mask[idx].sum(1).max()))
+            feeds.append({"input_ids": ids[idx, :n_tok], "attention_mask": mask[idx, :n_tok]})
+        return BenchInputs(eval=feeds, cases=lat, order=order, case_key="latency_by_seq", seconds_per_case=6.0,
+                           throughput=False)
 
     def manifest(self, ctx: Context, export_meta: dict) -> dict:
         info, tok = export_meta["exporters"]["student-fp32"], ctx.extra["tokenizer"]
@@ -398,6 +404,31 @@ class _TextTask(Task):
     def report_extra(self, ctx: Context) -> dict:
         return {"teacher_filtering": ctx.extra.get("filtering"), "data_origin": ctx.data.origin,
                 "sequence_lengths": ctx.extra.get("sequence_lengths", list(SEQ_LENS))}
+
+    # report: the sections and phrases of edgekd.tasks._text_report ------------------------------------------
+    def quality_points(self, value: float) -> float:
+        return 100 * value  # accuracy and cosine fidelity: in [0, 1]
+
+    def quality_phrase(self, r: dict, x: dict) -> str:
+        return _text_report.quality_phrase(self, r, x)
+
+    def quality_short(self) -> str:
+        return "acc" if self.classify else "cosine"
+
+    def model_labels(self) -> dict[str, str]:
+        return _text_report.LABELS
+
+    def latency_input(self, r: dict) -> str:
+        return f"{r['sequence_lengths'][-1]} tokens"  # the longest length timed: the headline latency
+
+    def distillation_check(self, gain: float) -> str:
+        return _text_report.distillation_check(self, gain)
+
+    def distillation_verdict(self, r: dict) -> list[str]:
+        return _text_report.distillation_verdict(self, r)
+
+    def report_parts(self, r: dict):
+        return _text_report.report_parts(self, r)
 
 
 class TextClassification(_TextTask):

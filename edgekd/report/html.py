@@ -1,5 +1,5 @@
-"""The subset of Markdown the reports use (headings, paragraphs, bullets, tables, code fences, **bold**,
-`code`): tables without their empty columns, and the page report.html is."""
+"""Markdown to a self-contained HTML page, for the subset of Markdown the reports use (headings, paragraphs,
+bullets, tables, code fences, **bold**, `code`), and tables without their empty columns."""
 
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""ExecuTorch `.pte` with the XNNPACK delegate: the `mobile-xnnpack-int8` target's export.
+"""ExecuTorch `.pte` with the XNNPACK delegate: the mobile-int8-executorch target.
 
-ExecuTorch is an optional extra (`pip install 'edgekd[executorch]'`); nothing here is imported unless
+ExecuTorch is an optional extra (`pip install 'edgekd[executorch]'`); nothing here imports it unless
 a target asks for a `.pte`. Route, as ExecuTorch documents it for XNNPACK: torch.export, for INT8
 PT2E post-training quantization with XNNPACKQuantizer (weights symmetric per-channel INT8,
 activations per-tensor INT8), then `to_edge_transform_and_lower` with XnnpackPartitioner and
 `to_executorch`. The XNNPACK quantizer's scheme differs from the QDQ ONNX scheme (INT8 rather than
-UINT8 activations, full 8-bit weights), so INT8 is calibrated afresh on the float model here.
+UINT8 activations, full 8-bit weights), so INT8 is calibrated afresh on the QAT-tuned float weights.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EdgeKDError
+from . import Backend, first_line, register
+from ..errors import EdgeKDError, InputError
 
-NEEDS_EXECUTORCH = "the mobile-xnnpack-int8 target needs ExecuTorch: pip install 'edgekd[executorch]'"
+NEEDS_EXECUTORCH = "a .pte needs ExecuTorch: pip install 'edgekd[executorch]'"
 
 # Nodes that only unpack a tuple (a delegate's outputs, batch norm's result): no kernel runs for them.
 _NOT_KERNELS = ("getitem",)
@@ -126,3 +127,77 @@ def delegation(graph_module) -> dict:
             "delegated_ops": delegated, "portable_ops": portable,
             "delegated_share": round(delegated / (delegated + portable), 4) if delegated + portable else 0.0,
             "by_op": by_op}
+
+
+def load(path: str, *, threads: int = 1, profile_prefix: str | None = None):
+    """An ExecuTorch `.pte` through ExecuTorch's Python runtime (host timings only: it loads libtorch
+    and ExecuTorch's exporter, so its RSS is not a phone's). `profile_prefix` is ignored: the pip
+    build has no event tracer. Threads: the count of the process-wide threadpool that XNNPACK
+    delegates use, set through ExecuTorch's private `_unsafe_reset_threadpool`, and only before the
+    program loads (a program loaded before a reset deadlocks). Portable kernels run on the calling
+    thread; nothing else (spinning, affinity) is controlled."""
+    import os
+    import sys
+    import warnings
+
+    import torch  # ExecuTorch's Python runtime is built on libtorch and takes torch tensors
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental API" and deprecation notices
+        try:
+            from executorch.extension.pybindings import portable_lib
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise InputError("running a .pte needs ExecuTorch: pip install 'edgekd[executorch]'") from None
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:  # the threadpool's first use logs CPU-probing lines to fd 2: diagnostics, not the user's concern
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            if portable_lib._threadpool_get_thread_count() != threads:
+                portable_lib._unsafe_reset_threadpool(threads)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    try:
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+    except Exception as e:  # noqa: BLE001 - the runtime raises untyped errors for bad files
+        raise InputError(f"ExecuTorch cannot load '{path}': {first_line(e)}; "
+                         "is it a complete .pte file?") from None
+    fixed = method.metadata.input_tensor_meta(0).sizes()[0]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if len(x) == fixed:
+            return method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
+        # a fixed batch-1 program (export_pte): one row at a time
+        return np.concatenate([method.execute([torch.from_numpy(np.ascontiguousarray(x[i:i + fixed]))])[0].numpy()
+                               for i in range(0, len(x), fixed)])
+
+    run.method = method
+    return run
+
+
+def make(model, path: Path, *, int8: bool, calib_x, input_shape) -> dict:
+    """The .pte of a PyTorch model (for the INT8 student: its QAT-tuned float model, quantized by the
+    XNNPACK quantizer) -> {"delegation": ...}."""
+    float_model = model.float_model() if int8 and hasattr(model, "float_model") else model
+    return {"delegation": export_pte(float_model, path, input_shape, int8=int8, calib_x=calib_x)}
+
+
+def describe(folder: Path, name: str, meta: dict, target) -> dict:
+    from ._mobile import device_estimates
+
+    return {"mobile": {"model": f"{name}.pte", "delegation": meta.get("made", {}).get(f"{name}.pte", {}).get("delegation"),
+                       **device_estimates(folder, target)}}
+
+
+def _available() -> str:
+    import importlib.util
+
+    return "" if importlib.util.find_spec("executorch") else NEEDS_EXECUTORCH
+
+
+BACKEND = register(Backend(
+    format="pte", runtime="executorch", extension=".pte", source="torch", kinds=("image",), fixed_batch=1,
+    description="ExecuTorch program lowered to XNNPACK", load=load, package="executorch.runtime",
+    install="'edgekd[executorch]'", make=make, describe=describe, edgekd_int8=False, available=_available))

@@ -1,5 +1,6 @@
 """The report's figures: the accuracy-speed frontier (drawn from plain points, so a benchmark that sweeps
-student configurations draws its own with the same code), file sizes and latency distributions.
+student configurations draws its own with the same code), file sizes and latency distributions; `plots`
+and `combined_plot` draw them from report.json.
 
 Log axes get their ticks here, not from matplotlib's defaults: those label every minor tick of a
 narrow range ("3x10^-2 4x10^-2 ...") and overlap. A few round values (1-2-5, then 1-3, then 1 per decade)
@@ -11,6 +12,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import NamedTuple, Sequence
+
+from .markdown import SHORT, latency_note, quality, task_of
 
 
 class Point(NamedTuple):
@@ -228,3 +231,34 @@ def png_data_url(fig) -> str:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# the report's figures -----------------------------------------------------------------------------------
+
+def plots(r: dict) -> dict[str, str]:
+    """The report's figures as data: URLs (PNG), in the order the page shows them: the accuracy-speed
+    frontier, latency distributions, file sizes."""
+    m, runtime = r["models"], r["target_profile"]["runtime"]
+    labels = task_of(r).model_labels()
+    qname = quality(r, next(iter(m.values())))[1]
+    at = latency_note(r, ", {}")
+    pts = [Point(SHORT.get(n, n), x["latency_ms"]["p50"], quality(r, x)[0], labels.get(n, n)) for n, x in m.items()]
+    return {
+        "frontier": png_data_url(frontier_figure(pts, quality_label=f"{qname}, %", title=f"{qname} vs latency",
+                                                 latency_label=f"p50 latency ({runtime}, batch 1{at})")),
+        "latency": png_data_url(latency_figure(
+            {SHORT.get(n, n): x["latency_percentiles_ms"] for n, x in m.items() if x.get("latency_percentiles_ms")},
+            title=f"latency distribution ({runtime}, batch 1{at})")),
+        "sizes": png_data_url(sizes_figure({SHORT.get(n, n): x["size_bytes"] for n, x in m.items()})),
+    }
+
+
+def combined_plot(reports: dict[str, dict]) -> dict[str, str]:
+    """The accuracy-speed frontier over every model of every target (one marker per target)."""
+    pts = [Point(f"{SHORT.get(n, n)} ({t})", x["latency_ms"]["p50"], quality(r, x)[0], t)
+           for t, r in reports.items() for n, x in r["models"].items()]
+    names = {quality(r, x)[1] for r in reports.values() for x in r["models"].values()}
+    qname = names.pop() if len(names) == 1 else "quality (accuracy or cosine fidelity)"
+    return {"frontier": png_data_url(frontier_figure(pts, quality_label=f"{qname}, %",
+                                                     latency_label="p50 latency (each target's runtime, batch 1)",
+                                                     title=f"{qname} vs latency, every target"))}

@@ -1,0 +1,59 @@
+"""ONNX Runtime's mobile format (`.ort`), converted for ARM by onnxruntime's own tool: the mobile-*
+targets. Its INT8 deliverable is verified on aarch64 kernels under emulation (edgekd.verify_arm), and
+the report carries onnxruntime's NNAPI/CoreML usability check and named-device latency estimates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import Backend, register
+from .onnxruntime_onnx import OPTIONS, load, signature
+
+
+def make(onnx_path: Path, ort_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from ..errors import EdgeKDError
+
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / onnx_path.name
+        shutil.copy2(onnx_path, src)
+        proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort",
+                               "--target_platform", "arm", "--optimization_style", "Fixed",
+                               "--output_dir", str(Path(d) / "out"), str(src)],
+                              capture_output=True, text=True)
+        made = list((Path(d) / "out").glob("*.ort"))
+        if proc.returncode != 0 or len(made) != 1:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EdgeKDError(f"converting {onnx_path.name} to .ort failed: {tail}")
+        shutil.move(str(made[0]), ort_path)
+
+
+def mobile_usability(onnx_path: Path) -> str:
+    """onnxruntime's own verdict on NNAPI and CoreML coverage (ops, partitions), as text."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability",
+                           str(onnx_path)], capture_output=True, text=True)
+    text = (proc.stdout + proc.stderr).strip().replace(str(onnx_path), onnx_path.name)
+    if proc.returncode != 0:
+        return f"(the check failed: {text.splitlines()[-1] if text else proc.returncode})"
+    return "\n".join(line.removeprefix("INFO:  ").rstrip() for line in text.splitlines())
+
+
+def describe(folder: Path, name: str, meta: dict, target) -> dict:
+    from ..export import op_types
+    from ._mobile import device_estimates
+
+    return {"mobile": {"model": f"{name}.ort", "usability_check": mobile_usability(folder / f"{name}.onnx"),
+                       "op_types": op_types(folder / f"{name}.onnx"), **device_estimates(folder, target)}}
+
+
+BACKEND = register(Backend(
+    format="ort", runtime="onnxruntime", extension=".ort", description="ONNX Runtime's mobile format, for ARM",
+    load=load, package="onnxruntime", install="onnxruntime", make=make, describe=describe, options=OPTIONS,
+    profiles=True, arm_check=True, signature=signature))

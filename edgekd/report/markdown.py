@@ -1,0 +1,354 @@
+"""report.md from report.json alone: the generic sections (the verdict, the INT8 graph, the accuracy and
+memory budgets, the target's sections, stage times, the environment) around the parts the build's task
+writes (edgekd.tasks: Task.report_parts and the quality hooks)."""
+
+from __future__ import annotations
+
+from .html import drop_empty_columns
+
+# the models' names where builds of several tasks share one table; a task names them in its own report
+# (Task.model_labels)
+LABELS = {"teacher": "teacher", "student-baseline": "student, hard labels (baseline)",
+          "student-fp32": "student, distilled FP32", "student-int8": "student, distilled + QAT INT8"}
+
+# the names in verdict lines and on figures
+SHORT = {"teacher": "teacher", "student-baseline": "baseline", "student-fp32": "student FP32",
+         "student-int8": "student INT8"}
+
+# Without quantize.max_accuracy_drop the verdict still flags an INT8 loss a reader would notice: one point
+# of the task's metric against the FP32 student on the test split.
+INT8_DROP_FLAG_PTS = 1.0
+
+
+def task_of(r: dict):
+    """The edgekd.tasks.Task that wrote report.json `r` (its "task" field)."""
+    from ..tasks import get
+
+    return get(r["task"])
+
+
+def quality(r: dict, x: dict) -> tuple[float, str]:
+    """The model's headline quality as (value in points, name), as the build's task names it."""
+    task = task_of(r)
+    return task.quality_points(x[task.quality]), task.quality_label
+
+
+def latency_note(r: dict, form: str) -> str:
+    """`form` filled with the input the headline latency was timed on ("48 tokens"), or "" for a task
+    that times one fixed input."""
+    at = task_of(r).latency_input(r)
+    return form.format(at) if at else ""
+
+
+def format_size(b: float) -> str:
+    return f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
+
+
+def reduce_range_note(r: dict) -> str:
+    """What the INT8 weights' width says about this CPU (empty on a CPU with VNNI)."""
+    return " (7-bit, reduce_range: x86 CPU without VNNI)" if r["int8"]["reduce_range"] else ""
+
+
+def ops_line(r: dict) -> str:
+    """The INT8 graph's bullet of the op types onnxruntime runs."""
+    ops = r["int8"].get("onnxruntime_ops") or {}
+    return f"- Ops onnxruntime runs after optimization: {', '.join(f'{k} x{v}' for k, v in sorted(ops.items()))}."
+
+
+def kernel_time_lines(r: dict) -> list[str]:
+    """Each student's kernel time by op type (onnxruntime's profiler), where the benchmark profiled it."""
+    at = latency_note(r, " at {}")
+    lines = []
+    for name in ("student-fp32", "student-int8"):
+        prof = r["models"][name].get("op_profile")
+        if prof:
+            top = ", ".join(f"{op} {100 * share:.0f}%" for op, share in list(prof.items())[:8])
+            lines.append(f"- Kernel time by op type{at}, {name} (onnxruntime profiler): {top}")
+    return lines
+
+
+def exporter_lines(r: dict) -> list[str]:
+    """Which exporter wrote each ONNX model, in one line, and what hf/ holds (followed by a blank line)."""
+    ex = r.get("exporters")
+    if not isinstance(ex, dict):  # a build before exporters were recorded per model
+        return []
+    by: dict = {}
+    for name, info in ex.items():
+        by.setdefault((info["exporter"], info.get("why")), []).append(name)
+    lines = ["- Exported with " + "; ".join(f"{e} ({', '.join(names)}{': ' + why if why else ''})"
+                                            for (e, why), names in by.items()) + "."]
+    hf = r.get("hf_folder")
+    if hf:
+        lines.append(f"- `{hf['folder']}/`: model.onnx (the deliverable, hard-linked), {', '.join(hf['files'])}; loads with "
+                     f"optimum's {hf['loads_with']} and transformers.pipeline. {hf['note']}.")
+    return [*lines, ""]
+
+
+def render_markdown(r: dict) -> str:
+    """report.md: the verdict, the task's table and sections, the INT8 graph and the budgets, the target's
+    sections, parity, training, stage times and the environment."""
+    parts = task_of(r).report_parts(r)
+    lines = [parts.title, "", *verdict_lines(r), *parts.table, *parts.gains, "", "## INT8 graph", "", *parts.int8,
+             *accuracy_budget_lines(r)]
+    if parts.target_sections:
+        lines += _thread_lines(r)
+    lines += _memory_lines(r)
+    if parts.target_sections:
+        lines += _mobile_lines(r) + _arm_lines(r) + _ort_lines(r)
+    return drop_empty_columns("\n".join(lines + parts.parity + parts.training + _stages_and_environment(r)))
+
+
+# the verdict ---------------------------------------------------------------------------------------------
+
+def deliverable_name(r: dict) -> str:
+    """Which model the build's target ships (artifacts.deliverable, from report.json alone)."""
+    return "student-int8" if r["target_profile"]["precision"] == "int8" else "student-fp32"
+
+
+def headline(r: dict, name: str, *, target: str = "") -> str:
+    """One line: a model against the teacher (p50 speed, quality, file size, peak RSS); led by ⚠ and
+    ending in what to check when something went wrong."""
+    x = r["models"][name]
+    s = x["speedup_vs_teacher"]
+    speed = f"{s:.1f}x faster" if s >= 1 else f"{1 / s:.1f}x slower"
+    k = 1 / x["size_ratio_vs_teacher"]
+    size = f"{k:.0f}x smaller file" if k >= 10 else f"{k:.1f}x smaller file" if k >= 1 else f"{1 / k:.1f}x larger file"
+    who = f"{target}: " if target else ""
+    ships = ", the deliverable" if name == deliverable_name(r) and not target else ""
+    line = (f"**{who}{SHORT.get(name, name)}** ({x['runtime']}{ships}): {speed} than the teacher at p50"
+            f"{latency_note(r, ' ({})')}, {task_of(r).quality_phrase(r, x)}, {size}, {x['peak_rss_mb']:.0f} MB peak RSS")
+    checks = _checks(r, name)
+    return f"⚠ {line}. **Check:** {'; '.join(checks)}." if checks else f"{line}."
+
+
+def _checks(r: dict, name: str) -> list[str]:
+    """What went wrong for one student: distillation below its baseline, INT8 losing more than the budget,
+    float fallback layers, the memory budget missed, an export never checked against PyTorch."""
+    m, x = r["models"], r["models"][name]
+    out = []
+    gain = quality(r, m["student-fp32"])[0] - quality(r, m["student-baseline"])[0]
+    if gain < 0:
+        out.append(task_of(r).distillation_check(gain))
+    if (r.get("teacher_check") or {}).get("below_baseline"):
+        out.append("the teacher is worse than the hard-label student on validation")
+    ab = (r.get("int8") or {}).get("accuracy_budget")
+    if name == "student-int8":
+        budget = ab["max_accuracy_drop_pts"] if ab else INT8_DROP_FLAG_PTS
+        drop = quality(r, m["student-fp32"])[0] - quality(r, x)[0]
+        if drop > budget:
+            out.append(f"INT8 loses {drop:.2f} points against the FP32 student on the test split (more than "
+                       + (f"the budget of {budget:g})" if ab else f"{budget:g}; no quantize.max_accuracy_drop set)"))
+        if ab and not ab["met"]:
+            out.append(f"INT8 accuracy budget missed on validation ({ab['chosen_drop_pts']:.2f} points lost, "
+                       f"budget {ab['max_accuracy_drop_pts']:g})")
+        if ab and ab["float_layers"]:
+            out.append(f"fallback: {len(ab['float_layers'])} of {ab['layers']} layers left float")
+    mem = r.get("memory_budget")
+    if mem and not mem["fits"] and name == deliverable_name(r):
+        out.append(f"{mem.get('measured', 'peak RSS')} {mem.get('measured_mb', mem['peak_rss_mb']):.0f} MB is over "
+                   f"the target's {mem['budget_mb']:g} MB budget")
+    if x.get("file") and "parity" in r and x["file"] not in r["parity"]:
+        out.append(f"{x['file']} was not checked against its PyTorch model")
+    return out
+
+
+def verdict_lines(r: dict) -> list[str]:
+    """The first lines a reader needs: each student against the teacher (the deliverable first), flagged
+    where something went wrong; then the task's word on distillation and the teacher (did distillation
+    beat its baseline, does the teacher beat the student), then the INT8 accuracy budget."""
+    first = deliverable_name(r)
+    lines = []
+    for name in (first, *(n for n in ("student-int8", "student-fp32") if n != first)):
+        lines += [headline(r, name), ""]
+    lines += task_of(r).distillation_verdict(r)
+    ab = (r.get("int8") or {}).get("accuracy_budget")
+    if ab:
+        lines.append(f"- {budget_verdict(ab)}")
+    return lines + [""]
+
+
+# budgets -------------------------------------------------------------------------------------------------
+
+def budget_verdict(ab: dict) -> str:
+    """One line: did the INT8 student meet quantize.max_accuracy_drop, and at what price."""
+    n, total = len(ab["float_layers"]), ab["layers"]
+    where = f"on the validation split, {ab['runtime']}"
+    if not ab["met"]:
+        return (f"**No INT8 model met the accuracy budget** of {ab['max_accuracy_drop_pts']:g} points: all-INT8 lost "
+                f"{ab['int8_drop_pts']:.2f}, and the most accurate variant tried, delivered here, keeps {n} of {total} "
+                f"layers float and loses {ab['chosen_drop_pts']:.2f} points ({where}).")
+    if not n:
+        return (f"INT8 accuracy budget met without fallback: {ab['int8_drop_pts']:.2f} points lost against the FP32 "
+                f"student, budget {ab['max_accuracy_drop_pts']:g} ({where}).")
+    return (f"**INT8 accuracy budget met with {n} of {total} layers left float** ({', '.join(ab['float_layers'])}): "
+            f"{ab['chosen_drop_pts']:.2f} points lost against the FP32 student instead of {ab['int8_drop_pts']:.2f} "
+            f"all-INT8, budget {ab['max_accuracy_drop_pts']:g} ({where}).")
+
+
+def accuracy_budget_lines(r: dict) -> list[str]:
+    """The report section of quantize.max_accuracy_drop: the outcome, every configuration tried, the
+    layers' sensitivity and what the fallback costs in latency."""
+    ab = (r.get("int8") or {}).get("accuracy_budget")
+    if not ab:
+        return []
+    pts = lambda v: f"{100 * v:.2f}"  # noqa: E731 - a validation score in [0, 1] in the budget's points (edgekd.budget)
+    metric = ab["metric"].replace("_", " ")
+    lines = ["", "## INT8 accuracy budget", "",
+             f"- Budget: at most {ab['max_accuracy_drop_pts']:g} absolute points of {metric} lost against the FP32 "
+             f"student, measured on {ab['runtime']} on the validation split: FP32 {pts(ab['fp32_val_score'])}, all-INT8 "
+             f"{pts(ab['int8_val_score'])} ({ab['int8_drop_pts']:.2f} points lost).",
+             f"- {budget_verdict(ab)}"]
+    if ab["float_layers"]:
+        lines.append("- Layers left float: " + ", ".join(f"{k} ({v})" for k, v in ab["float_layer_types"].items())
+                     + ". A float layer reads its input unquantized, so the layer feeding it alone may also lose its "
+                     "integer kernel: the op counts above say which kernels run.")
+    lat = ab.get("latency")
+    if lat:
+        p = lat["p50_ms"]
+        lines.append(f"- Latency cost of the fallback ({lat['method']}): p50 FP32 {p['fp32']:.3f} ms, all-INT8 "
+                     f"{p['int8']:.3f} ms, delivered {p['chosen']:.3f} ms ({100 * lat['fallback_cost']:+.0f}% over "
+                     "all-INT8); the table at the top times the delivered model in a fresh process.")
+    t = ab["tuner"]
+    lines += ["", f"Configurations tried by {t['name']} {t['version']} (tolerable_loss {t['tolerable_loss']:.4g}, "
+                  "relative; it stops at the first within the budget, or keeps the most accurate):", "",
+              f"| float layers | validation {metric} | points lost | within budget |", "|---|---:|---:|---|"]
+    for x in ab["tried"]:
+        names = ", ".join(x["float_layers"]) or "none (all INT8)"
+        lines.append(f"| {names} | {pts(x['val_score'])} | {x['drop_pts']:.2f} | {'yes' if x['within_budget'] else 'no'} |")
+    if ab["sensitivity"]:
+        sens = ab["sensitivity"]
+        lines += ["", f"Sensitivity, each layer alone float, on {sens[0]['rows']} validation inputs (the share of the "
+                      "all-INT8 output error it removes; most sensitive first, the order of the fallback):", "",
+                  "| layer | type | output error removed |", "|---|---|---:|"]
+        int8_err = max(sens[0]["error_removed"] + sens[0]["output_error"], 1e-30)
+        for x in sens[:12]:
+            lines.append(f"| {x['layer']} | {x['type']} | {100 * x['error_removed'] / int8_err:.1f}% |")
+        if len(sens) > 12:
+            lines.append(f"| ... {len(sens) - 12} more in report.json | | |")
+    return lines
+
+
+def _memory_lines(r: dict) -> list[str]:
+    budget = r.get("memory_budget")
+    if not budget:
+        return []
+    return ["", f"Memory budget: {budget['model']}: {budget.get('measured', 'peak RSS')} "
+                f"{budget.get('measured_mb', budget['peak_rss_mb']):.1f} MB in a fresh process (peak RSS "
+                f"{budget['peak_rss_mb']:.1f} MB); the target allows {budget['budget_mb']:g} MB: "
+                f"{'fits' if budget['fits'] else 'does NOT fit'}."]
+
+
+# the target's sections -----------------------------------------------------------------------------------
+
+def _thread_lines(r: dict) -> list[str]:
+    """Host latency at every thread count the target sweeps (none when it times one)."""
+    m, labels = r["models"], task_of(r).model_labels()
+    by_threads = {n: x.get("latency_by_threads") or {} for n, x in m.items()}
+    counts = sorted({t for v in by_threads.values() for t in v}, key=int)
+    if len(counts) <= 1:
+        return []
+    pinned = " (each process pinned to its first N cores)" if r["target_profile"].get("pin_cores") else ""
+    lines = ["", "## Latency by thread count", "",
+             f"Host timings on {r['environment'].get('cpu', 'this CPU')}{pinned}: p50 / p99 ms at batch 1.", "",
+             "| model | " + " | ".join(f"{t} thread(s)" for t in counts) + " |",
+             "|---|" + "---:|" * len(counts)]
+    for n, v in by_threads.items():
+        lines.append(f"| {labels.get(n, n)} | " + " | ".join(
+            f"{v[t]['p50']:.3f} / {v[t]['p99']:.3f}" if t in v else "-" for t in counts) + " |")
+    return lines
+
+
+def _mobile_lines(r: dict) -> list[str]:
+    """A mobile target's deliverable: ExecuTorch delegate coverage or onnxruntime's mobile usability check,
+    and named-device latency estimates."""
+    mob, lines = r.get("mobile"), []
+    if mob and "delegation" in mob:
+        cov = mob["delegation"]
+        lines += ["", "## Mobile (ExecuTorch)", "",
+                  f"- Deliverable: `{mob['model']}`, an ExecuTorch program lowered to the XNNPACK delegate (INT8 by "
+                  "ExecuTorch's XNNPACK quantizer, PT2E, per-channel weights, from the QAT-tuned float weights).",
+                  f"- Delegate coverage: {cov['delegated_ops']} of {cov['delegated_ops'] + cov['portable_ops']} ops "
+                  f"({100 * cov['delegated_share']:.0f}%) in {cov['delegated_subgraphs']} XNNPACK subgraph(s); "
+                  f"not delegated: {', '.join(k for k, v in cov['by_op'].items() if v['portable']) or 'none'}.",
+                  "- **All timings in this report are host timings on this x86 machine**, through ExecuTorch's Python "
+                  "runtime. They say nothing about a phone's speed. No phone was measured."]
+    est = (mob or {}).get("device_estimates")
+    if est:
+        e0 = est["estimates"][0]
+        lines += ["", "## Named-device latency: estimates, not measurements", "",
+                  f"{est['macs']:,} multiply-accumulates per input (counted on the FP32 graph). Method: "
+                  f"{e0['method']}", "",
+                  "| core | precision | peak GMAC/s | at peak (lower bound), ms | at the assumed utilisation, ms |",
+                  "|---|---|---:|---:|---:|"]
+        for e in est["estimates"]:
+            lines.append(f"| {e['device']} | {e['precision']} | {e['peak_gmacs']:.1f} | {e['estimate_ms_at_peak']:.4f} "
+                         f"| {e['estimate_ms_assumed']:.4f} ({100 * e['utilisation_assumed']:.0f}%) |")
+    return lines
+
+
+def _arm_lines(r: dict) -> list[str]:
+    """The INT8 deliverable on aarch64 kernels under emulation (edgekd.verify_arm)."""
+    arm, lines = r.get("arm_verification"), []
+    if arm:
+        lines += ["", "## INT8 on ARM kernels (emulated)", ""]
+        if "skipped" in arm:
+            lines.append(f"- Not run: {arm['skipped']}.")
+        else:
+            acc = (f"test accuracy x86 {100 * arm['x86_accuracy']:.2f}% vs ARM {100 * arm['arm_accuracy']:.2f}%; "
+                   if arm.get("arm_accuracy") is not None else "")
+            lines.append(f"- {arm['samples']} test inputs on aarch64 onnxruntime {arm['onnxruntime']} under "
+                         f"{arm['emulator']} -cpu {arm['cpu']}: {acc}top-1 agreement "
+                         f"{100 * arm['top1_agreement_x86_arm']:.2f}%, max |x86 - ARM| {arm['max_abs_diff']:.3g}. "
+                         "Outputs only: timing under emulation means nothing and is not reported.")
+    return lines
+
+
+def _ort_lines(r: dict) -> list[str]:
+    """An .ort deliverable: its op types and onnxruntime's mobile usability check."""
+    mob, lines = r.get("mobile"), []
+    if mob and "usability_check" in mob:
+        lines += ["", "## Mobile", "",
+                  f"- Deliverable: `{mob['model']}`, ONNX Runtime's mobile format converted for ARM "
+                  "(INT8 QDQ with per-channel weights where the target is INT8: the form XNNPACK/NNAPI/CoreML consume).",
+                  "- **All timings in this report are host timings on this x86 machine.** They say nothing about a "
+                  "phone's speed: ARM kernels and mobile execution providers behave differently (on an x86 AVX2 "
+                  "host, mobile INT8 kernels can even be slower than FP32). No phone was measured.",
+                  "- Op types of the final model: " + ", ".join(f"{k} x{v}" for k, v in sorted(mob["op_types"].items())) + ".",
+                  *[f"- {v.strip()}" for v in mob["usability_check"].splitlines() if v.startswith("Model should perform well with")],
+                  "- onnxruntime's mobile usability check in full (NNAPI and CoreML coverage; it does not cover XNNPACK):", "",
+                  "```", *mob["usability_check"].splitlines(), "```"]
+    return lines
+
+
+def _stages_and_environment(r: dict) -> list[str]:
+    env = r["environment"]
+    lines = ["", "## Stage times", "", "| stage | seconds | from cache |", "|---|---:|---|"]
+    for n, s in r["stages"].items():
+        lines.append(f"| {n} | {s['seconds']:.1f} | {'yes (the time of the run that made it)' if s['cached'] else ''} |")
+    isa = ", ".join(k for k, v in (env.get("isa") or {}).items() if v) or "unknown"
+    vers = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
+    return lines + ["", "## Environment", "",
+                    f"CPU {env.get('cpu', '?')} ({isa}); {env.get('logical_cpus')} logical CPUs, {env['threads']} used; "
+                    f"{vers}; Python {env['python']}; edgekd {env['edgekd']}"
+                    f"{', commit ' + env['git_commit'] if env.get('git_commit') else ''}; seed {env['seed']}.", ""]
+
+
+# several targets -----------------------------------------------------------------------------------------
+
+def render_combined(reports: dict[str, dict]) -> str:
+    """The verdict of every target's deliverable, then one table across targets: every model on every
+    target's runtime."""
+    lines = ["# edgekd build: " + ", ".join(reports), ""]
+    for t, r in reports.items():
+        lines += [headline(r, deliverable_name(r), target=t), ""]
+    lines += ["Each target's models benchmarked on that target's runtime (batch 1). Per-target details: "
+              + ", ".join(f"`{t}/report.md`" for t in reports) + ".", "",
+              "| target | runtime | model | quality | p50 ms | p99 ms | speedup vs teacher | size | peak RSS |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for t, r in reports.items():
+        for name, x in r["models"].items():
+            q, qname = quality(r, x)
+            lines.append(f"| {t} | {x['runtime']} | {LABELS.get(name, name)} | {qname} {q:.2f}% "
+                         f"| {x['latency_ms']['p50']:.3f} | {x['latency_ms']['p99']:.3f} | {x['speedup_vs_teacher']:.1f}x "
+                         f"| {format_size(x['size_bytes'])} | {x['peak_rss_mb']:.0f} MB |")
+    return drop_empty_columns("\n".join(lines)) + "\n"
