@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel. A looser requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[train,serve,dev,hf,executorch,peers,budget]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[train,serve,dev,hf,executorch,peers,budget,litert]'
 	$(PY) -m pip check
 	touch $(STAMP)
 

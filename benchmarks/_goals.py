@@ -29,19 +29,16 @@ def interleaved_p50_128(paths: dict[str, Path], *, rounds: int, iterations: int)
     """{name: p50 ms per round} at 128 tokens (onnxruntime, 1 thread, batch 1) of text models timed
     against each other: interleaved within each round, each run in a fresh process, so that the
     machine's drift lands on all of them alike."""
-    import tempfile
-
     import numpy as np
 
     from edgekd.bench import BenchInputs, benchmark
 
     times: dict[str, list[float]] = {k: [] for k in paths}
-    with tempfile.TemporaryDirectory() as d:
-        ids = np.random.default_rng(0).integers(1000, 20000, (1, 128)).astype(np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        inputs = BenchInputs(eval=[feed], cases={"128": feed}, seconds_per_case=6.0, throughput=False)
-        for _ in range(rounds):
-            for k, p in paths.items():
-                res, _ = benchmark(p, inputs=inputs, threads=1, warmup=20, iterations=iterations, batch_sizes=[1])
-                times[k].append(res["latency_by_case"]["128"]["p50"])
+    ids = np.random.default_rng(0).integers(1000, 20000, (1, 128)).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    inputs = BenchInputs(eval=[feed], cases={"128": feed}, seconds_per_case=6.0, throughput=False)
+    for _ in range(rounds):
+        for k, p in paths.items():
+            res, _ = benchmark(p, inputs=inputs, threads=1, warmup=20, iterations=iterations, batch_sizes=[1])
+            times[k].append(res["latency_by_case"]["128"]["p50"])
     return times

@@ -130,7 +130,7 @@ def depth_map(n_student: int, n_teacher: int) -> dict[int, int]:
 
 
 class Hints(nn.Module):
-    """Pairs of (student map, teacher map) for edgekd.losses.hint_mse: `pairs` maps student point i to
+    """Pairs of (student map, teacher map) for edgekd.losses.fitnets_hint: `pairs` maps student point i to
     teacher point j (1-based, in `feature_points` order); each pair gets a 1x1 convolution C_s -> C_t
     (FitNets' regressor) where the channel counts differ, trained beside the student."""
 

@@ -1,20 +1,89 @@
-"""Distillation losses. Each docstring gives the formula, the shapes and the paper."""
+"""Distillation losses, one registry of `Loss` records. Each docstring gives the formula, the shapes and
+the paper; a recipe turns losses on by name (distill.losses = {kd = 1.0, rkd_angle = 2.0}).
+
+Every loss is called the same way, `fn(s, t, mask, **options)`: s and t are the student's and the
+teacher's features, dicts keyed by what losses read ("logits" (B, K); "embedding" (B, D), the
+penultimate or pooled representation; text "hidden" and "attention", as
+edgekd.models.hf_text.TextEncoder.features makes them; images "feature_maps", edgekd.features.Hints);
+mask is the attention mask (text) or None (images); options are labels, temperature, alpha (kd),
+layer_map and proj (tinybert_hidden), and each loss ignores the others."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
 
-def kd_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha: float):
-    """Knowledge distillation (Hinton, Vinyals, Dean 2015, "Distilling the Knowledge in a Neural Network").
+from .errors import RecipeError
+from .registry import Registry
+
+FAMILIES = ("response", "feature", "relation")
+READS = ("logits", "embedding", "hidden", "attention", "feature_maps")
+KINDS = ("image", "text")
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+    fn: Callable
+    family: str  # "response": the teacher's outputs; "feature": its intermediate representations;
+    # "relation": its relations between the samples of a batch (distill.method picks a family)
+    reads: str  # which feature of both models it reads, one of READS
+    online: bool  # what it reads is never among the teacher's cached targets: the teacher runs in the
+    # step (a task also runs it for a loss reading what its targets do not hold: a classifier's embedding)
+    kinds: tuple[str, ...]  # the data kinds it applies to ("image", "text")
+    # its weight when the recipe does not name it: a response loss always, a feature or relation loss
+    # when distill.method chooses its family without naming any of the family's losses
+    default: float = 0.0
+
+    def __post_init__(self):
+        if self.family not in FAMILIES or self.reads not in READS or not self.kinds or not set(self.kinds) <= set(KINDS):
+            raise ValueError(f"loss {self.name}: family {self.family!r} (one of {FAMILIES}), reads {self.reads!r} "
+                             f"(one of {READS}), kinds {self.kinds!r} (some of {KINDS})")
+
+
+registry: Registry[Loss] = Registry("distillation loss", error=RecipeError)
+
+# Old recipe names: hidden_mse was one key for two losses, told apart by the data.
+ALIASES = {"hidden_mse": {"image": "fitnets_hint", "text": "tinybert_hidden"}}
+
+
+def register(*, family: str, reads: str, kinds: tuple[str, ...], online: bool = False, default: float = 0.0):
+    """Register the decorated function as the loss of its own name."""
+    def add(fn):
+        registry.register(fn.__name__)(Loss(fn.__name__, fn, family, reads, online, tuple(kinds), default))
+        return fn
+
+    return add
+
+
+def get(name: str, kind: str = "") -> Loss:
+    """The loss a recipe's `name` means. An old name is resolved by the data's `kind` ("image", "text");
+    without one, by its first meaning (both meanings of hidden_mse are feature losses)."""
+    if name in ALIASES:
+        name = ALIASES[name].get(kind) or next(iter(ALIASES[name].values()))
+    return registry.get(name)
+
+
+def names() -> list[str]:
+    return registry.names()
+
+
+# response ------------------------------------------------------------------------------------------
+
+@register(family="response", reads="logits", kinds=("image", "text"), default=1.0)
+def kd(s: dict, t: dict, mask, *, labels, temperature: float, alpha: float, **_):
+    """Knowledge distillation of the logits (Hinton, Vinyals, Dean 2015, "Distilling the Knowledge in a
+    Neural Network"); classifiers learn it unless distill.losses sets kd = 0:
 
         L = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
 
-    student_logits s, teacher_logits t: (B, K); labels y: (B,) int64. KL is averaged over the batch.
+    s = s["logits"], t = t["logits"]: (B, K); labels y: (B,) int64. KL is averaged over the batch.
     The T^2 factor keeps the soft-target gradients' magnitude independent of T (Hinton et al., sec. 2).
     """
     import torch.nn.functional as F
 
     T = temperature
-    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()  # bf16 autocast: the loss in fp32
+    student_logits, teacher_logits = s["logits"].float(), t["logits"].float()  # bf16 autocast: the loss in fp32
     soft = F.kl_div(
         F.log_softmax(student_logits / T, dim=1),
         F.log_softmax(teacher_logits / T, dim=1),
@@ -25,34 +94,7 @@ def kd_loss(student_logits, teacher_logits, labels, *, temperature: float, alpha
     return alpha * T * T * soft + (1 - alpha) * hard
 
 
-def hint_mse(pairs) -> "object":
-    """Hint learning of FitNets (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets", eq. 3) over
-    several guided/hint layer pairs:
-
-        L = 1/P sum_p mean_{b, c, h, w} (r_p(F_s^p) - F_t^p)^2
-
-    pairs: P tuples (r_p(F_s^p), F_t^p), both (B, C_t, H, W): the student's feature map after its
-    learned regressor r_p (a 1x1 convolution from C_s to C_t channels where widths differ) and the
-    teacher's, pooled to the smaller of the two spatial sizes (edgekd.features.Hints). FitNets trains
-    the hint first and KD after; here the hint is added to the KD loss from the first step, as most
-    later uses of it do. The mean, not FitNets' 1/2 sum, keeps the weight independent of map size."""
-    total = 0.0
-    for s, t in pairs:
-        total = total + (s.float() - t.float()).pow(2).mean()  # bf16 autocast: the loss in fp32
-    return total / len(pairs)
-
-
-# Losses on features, each turned on by the recipe field of the same name (distill.embedding_cos = 1.0,
-# ...). They take the student's and the teacher's features (dicts: "embedding" (B, D), the penultimate
-# representation; text also "hidden", "attention", as edgekd.models.hf_text.TextEncoder.features makes
-# them) plus the attention mask (text; None for images).
-
-from .registry import Registry  # noqa: E402
-
-feature_losses: Registry = Registry("distillation loss")
-
-
-@feature_losses.register("embedding_mse")
+@register(family="response", reads="embedding", kinds=("text",))
 def embedding_mse(s: dict, t: dict, mask, **_):
     """Squared distance of sentence embeddings (the loss of Reimers & Gurevych 2020, "Making Monolingual
     Sentence Embeddings Multilingual using Knowledge Distillation"):
@@ -62,7 +104,7 @@ def embedding_mse(s: dict, t: dict, mask, **_):
     return (s["embedding"] - t["embedding"]).pow(2).sum(-1).mean()
 
 
-@feature_losses.register("embedding_cos")
+@register(family="response", reads="embedding", kinds=("text",))
 def embedding_cos(s: dict, t: dict, mask, **_):
     """Cosine distance of sentence embeddings (the cosine term of DistilBERT's loss, Sanh et al. 2019,
     "DistilBERT, a distilled version of BERT", applied to the pooled embedding):
@@ -74,15 +116,37 @@ def embedding_cos(s: dict, t: dict, mask, **_):
     return (1 - F.cosine_similarity(s["embedding"], t["embedding"], dim=-1)).mean()
 
 
-@feature_losses.register("hidden_mse")
-def hidden_mse(s: dict, t: dict, mask, *, layer_map: dict[int, int], proj=None, **_):
+# feature -------------------------------------------------------------------------------------------
+
+@register(family="feature", reads="feature_maps", kinds=("image",), online=True, default=1.0)
+def fitnets_hint(s: dict, t: dict, mask, **_):
+    """Hint learning of FitNets (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets", eq. 3) over
+    several guided/hint layer pairs:
+
+        L = 1/P sum_p mean_{b, c, h, w} (r_p(F_s^p) - F_t^p)^2
+
+    s["feature_maps"], t["feature_maps"]: P maps each, r_p(F_s^p) and F_t^p, both (B, C_t, H, W): the
+    student's feature map after its learned regressor r_p (a 1x1 convolution from C_s to C_t channels
+    where widths differ) and the teacher's, pooled to the smaller of the two spatial sizes
+    (edgekd.features.Hints). FitNets trains the hint first and KD after; here the hint is added to the
+    KD loss from the first step, as most later uses of it do. The mean, not FitNets' 1/2 sum, keeps the
+    weight independent of map size. Weight 1 when distill.method = "feature" names no feature loss."""
+    total = 0.0
+    for fs, ft in zip(s["feature_maps"], t["feature_maps"]):
+        total = total + (fs.float() - ft.float()).pow(2).mean()  # bf16 autocast: the loss in fp32
+    return total / len(s["feature_maps"])
+
+
+@register(family="feature", reads="hidden", kinds=("text",), online=True, default=1.0)
+def tinybert_hidden(s: dict, t: dict, mask, *, layer_map: dict[int, int], proj=None, **_):
     """Hidden-state distillation (TinyBERT, Jiao et al. 2020, eq. 8) over a layer map m:
 
         L = 1/|m| sum_{i in m} mean_{b, tokens} || W h_s^i - h_t^{m(i)} ||^2 / D_t
 
-    h_s^i: (B, S, D_s) output of student layer i (1-based; 0 = embeddings), h_t^j: (B, S, D_t);
-    W: (D_s -> D_t), a learned projection where widths differ (identity otherwise). Padding
-    tokens (mask 0) do not count."""
+    h_s^i = s["hidden"][i]: (B, S, D_s) output of student layer i (1-based; 0 = embeddings), h_t^j:
+    (B, S, D_t); W: (D_s -> D_t), a learned projection where widths differ (identity otherwise). Padding
+    tokens (mask 0) do not count. Weight 1 (TinyBERT's) when distill.method = "feature" names no
+    feature loss."""
     m = mask.unsqueeze(-1).to(s["hidden"][0].dtype)  # (B, S, 1)
     total = 0.0
     for i, j in layer_map.items():
@@ -94,7 +158,7 @@ def hidden_mse(s: dict, t: dict, mask, *, layer_map: dict[int, int], proj=None, 
     return total / len(layer_map)
 
 
-@feature_losses.register("attention_kl")
+@register(family="feature", reads="attention", kinds=("text",), online=True)
 def attention_kl(s: dict, t: dict, mask, **_):
     """Self-attention distribution transfer of the last layer (MiniLM, Wang et al. 2020, eq. 4):
 
@@ -112,7 +176,9 @@ def attention_kl(s: dict, t: dict, mask, **_):
     return (kl * q).sum() / (q.sum() * kl.shape[1])
 
 
-@feature_losses.register("similarity_mse")
+# relation: on the penultimate (images) or pooled (text) embeddings -----------------------------------
+
+@register(family="relation", reads="embedding", kinds=("image", "text"))
 def similarity_mse(s: dict, t: dict, mask, **_):
     """Relational distillation of the batch's similarity structure (Tung & Mori 2019, "Similarity-
     Preserving Knowledge Distillation"; the angle-wise idea of Park et al. 2019, RKD), on cosines:
@@ -137,7 +203,7 @@ def _pdist(e):
     return torch.where(off, d2.clamp(min=1e-12).sqrt(), torch.zeros_like(d2)), off
 
 
-@feature_losses.register("rkd_distance")
+@register(family="relation", reads="embedding", kinds=("image", "text"), default=1.0)
 def rkd_distance(s: dict, t: dict, mask, **_):
     """Distance-wise relational distillation (RKD-D; Park, Kim, Lu, Cho 2019, "Relational Knowledge
     Distillation", eq. 4-5): the student keeps the teacher's pairwise distances, each scaled by its
@@ -146,7 +212,8 @@ def rkd_distance(s: dict, t: dict, mask, **_):
         psi(e)_ij = ||e_i - e_j|| / mu(e),   mu(e) = mean_{i != j} ||e_i - e_j||
         L = mean_{i != j} huber(psi(e_s)_ij - psi(e_t)_ij)              (Huber with delta 1)
 
-    e_s: (B, D_s), e_t: (B, D_t), the penultimate embeddings (s["embedding"], t["embedding"])."""
+    e_s: (B, D_s), e_t: (B, D_t), the penultimate embeddings (s["embedding"], t["embedding"]). Weight 1,
+    that of Park et al.'s released code, when distill.method = "relation" names no relation loss."""
     import torch.nn.functional as F
 
     ds, off = _pdist(s["embedding"])
@@ -155,7 +222,7 @@ def rkd_distance(s: dict, t: dict, mask, **_):
     return F.smooth_l1_loss(ds / ds.mean().clamp(min=1e-12), dt / dt.mean().clamp(min=1e-12))
 
 
-@feature_losses.register("rkd_angle")
+@register(family="relation", reads="embedding", kinds=("image", "text"), default=2.0)
 def rkd_angle(s: dict, t: dict, mask, **_):
     """Angle-wise relational distillation (RKD-A; Park et al. 2019, eq. 6-7): the student keeps the
     angles the teacher's embeddings form in every triplet:
@@ -164,7 +231,8 @@ def rkd_angle(s: dict, t: dict, mask, **_):
         L = mean_{i, j, k} huber(psi(e_s)_ijk - psi(e_t)_ijk)           (Huber with delta 1)
 
     e_s: (B, D_s), e_t: (B, D_t). As in the paper's code the mean runs over all B^3 triplets; those
-    with i = j or k = j have a zero difference vector, psi = 0 for both models."""
+    with i = j or k = j have a zero difference vector, psi = 0 for both models. Weight 2, that of the
+    paper's released code, when distill.method = "relation" names no relation loss."""
     import torch.nn.functional as F
 
     def angles(e):

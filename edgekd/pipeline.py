@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ._stages import Stages, StageOut
@@ -163,7 +163,7 @@ def _mentor(stages: Stages, task, ctx, teacher, base: tuple, st_targets: StageOu
         mentor, st_mentor = _load(task.new_student(ctx, teacher, spec=spec), st.dir / "model.pt"), st
         chain.append({"assistant": item, "model": spec.model, "val_score": st.meta.get("val_score"),
                       "params": st.meta.get("params"), "stage": st.dir.name})
-    how = {"method": method, "loss_weights": recipe.distill.loss_weights(),
+    how = {"method": method, "loss_weights": recipe.loss_weights(),
            "mentor": "baseline" if method == "self" else f"assistant-{len(chain)}" if chain else "teacher",
            **({"assistants": chain} if chain else {})}
     return mentor, st_mentor, how
@@ -250,18 +250,14 @@ def _load(module, path: Path):
 
 # inputs of the cache keys ----------------------------------------------------------------------------
 
-# Settings of the teacher signal: the baseline reads none of them, so one baseline serves every method.
-_SIGNAL = ("method", "assistants", "temperature", "alpha", "embedding_mse", "embedding_cos", "hidden_mse",
-           "attention_kl", "rkd_distance", "rkd_angle", "similarity_mse", "layer_map")
-
-
 def _distill_in(spec, *, baseline: bool = False, assistant: bool = False) -> dict:
     """The distill section as a stage reads it: the method as resolved ("auto" with no family weights
-    trains what "response" does); the baseline without the teacher signal; an assistant without the
-    chain (it learns the response from the model before it, so "4" and "4,3" share it)."""
+    trains what "response" does); the baseline without the settings of the teacher signal (the fields
+    edgekd.recipe marks "signal"), so one baseline serves every method; an assistant without the chain
+    (it learns the response from the model before it, so "4" and "4,3" share it)."""
     d = {**asdict(spec), "method": spec.resolved_method}
     if baseline:
-        return {k: v for k, v in d.items() if k not in _SIGNAL}
+        return {f.name: d[f.name] for f in fields(spec) if not f.metadata.get("signal")}
     if assistant:
         d = {k: v for k, v in d.items() if k not in ("method", "assistants")}
     return d

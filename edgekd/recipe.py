@@ -3,6 +3,8 @@ typed `key=value` strings. A build writes the fully resolved recipe as `recipe.l
 
 from __future__ import annotations
 
+import logging
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -171,33 +173,34 @@ TEACHER = ModelSpec(model="mnist-teacher")
 STUDENT = ModelSpec(model="mnist-student")
 
 
-# Distillation families (edgekd.losses has each loss's formula and paper). Every family keeps the
-# response term (logit KD, or the output-embedding losses of text-embedding) and changes what else the
-# student learns or from whom:
+# Distillation families (edgekd.losses has each loss's formula, paper and family). Every family keeps
+# the response term (logit KD, or the output-embedding losses of text-embedding) and changes what else
+# the student learns or from whom:
 #   response     the teacher's outputs alone
-#   feature      + the teacher's intermediate representations (weights below: hidden_mse, attention_kl)
+#   feature      + the teacher's intermediate representations (fitnets_hint, tinybert_hidden, attention_kl)
 #   relation     + the teacher's relations between the samples of a batch (rkd_*, similarity_mse)
 #   self         born-again: the hard-label baseline (the student's own architecture) is the teacher
 #   progressive  teacher-assistant chain: each of distill.assistants learns from the one before
 METHODS = ("response", "feature", "relation", "self", "progressive")
-FAMILY_WEIGHTS = {"feature": ("hidden_mse", "attention_kl"),
-                  "relation": ("rkd_distance", "rkd_angle", "similarity_mse")}
-# A family chosen without any of its weights gets these: TinyBERT's hidden-state weight (1), the RKD
-# weights of Park et al.'s released code (distance 1, angle 2).
-DEFAULT_WEIGHTS = {"feature": {"hidden_mse": 1.0}, "relation": {"rkd_distance": 1.0, "rkd_angle": 2.0}}
+# Settings of the teacher signal: the baseline reads none of them, so one baseline serves every method.
+_SIGNAL = {"signal": True}
+# The per-loss weights of older recipes (distill.hidden_mse = 1.0), kept for one release: each fills
+# distill.losses when the section is built and is None after.
+_ALIAS = {"signal": True, "alias": True}
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class DistillSpec:
-    # One of METHODS, or "auto": the family whose weights the recipe gives (recipes written before
+    # One of METHODS, or "auto": the family of the losses the recipe names (recipes written before
     # methods existed set distill.hidden_mse alone), else "response". `resolved_method` says which.
-    method: str = "auto"
+    method: str = field(default="auto", metadata=_SIGNAL)
     # progressive: the assistants from largest to smallest, comma-separated; each is a layer count (text
     # students built from the teacher: the student's recipe with that many layers, e.g. "4" for
     # 6 -> 4 -> 2) or a model as student.model takes it (an architecture name or SCHEME:REF)
-    assistants: str = ""
-    temperature: float = 4.0
-    alpha: float = 0.9
+    assistants: str = field(default="", metadata=_SIGNAL)
+    temperature: float = field(default=4.0, metadata=_SIGNAL)
+    alpha: float = field(default=0.9, metadata=_SIGNAL)
     epochs: int = 40
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -206,20 +209,13 @@ class DistillSpec:
     # sees. The teacher's logits for `views` augmented copies of each image are computed once and
     # cached, so an epoch costs one student pass, not a teacher pass too.
     views: int = 8
-    # Weights of the losses added to the logit KD loss (classification) or used alone (embedding);
-    # edgekd.losses gives each one's formula and paper. The response term of text-embedding:
-    embedding_mse: float = 0.0
-    embedding_cos: float = 0.0
-    # feature: hidden states (text, TinyBERT) or hooked feature maps (images, FitNets); last attention (text)
-    hidden_mse: float = 0.0
-    attention_kl: float = 0.0
-    # relation, on the penultimate embedding: RKD distance and angle; cosine similarity matrix
-    rkd_distance: float = 0.0
-    rkd_angle: float = 0.0
-    similarity_mse: float = 0.0
+    # {registered loss name: weight} (edgekd.losses: each one's formula and paper); weight 0 turns a
+    # loss off. Classifiers learn kd (weight 1) unless it is named; a family chosen by distill.method
+    # without any of its losses named gets their default weights (Recipe.loss_weights).
+    losses: dict[str, float] = field(default_factory=dict, metadata=_SIGNAL)
     # feature: which teacher layer each student layer learns from, 1-based "1:2,2:4,3:6" (images: the
     # feature maps found in each model, edgekd.features); default: the same relative depth
-    layer_map: str = ""
+    layer_map: str = field(default="", metadata=_SIGNAL)
     # classification: drop training texts the teacher gets wrong / is less sure of than this
     drop_teacher_wrong: bool = False
     min_teacher_confidence: float = 0.0
@@ -227,8 +223,29 @@ class DistillSpec:
     # (quantization-aware training stays float32: it simulates the runtime's rounding); "auto": bf16
     # where the training device computes it natively (AVX512-BF16 or AMX CPUs, recent GPUs)
     precision: str = "fp32"
+    # deprecated: distill.losses entries of the same name (hidden_mse: fitnets_hint on images,
+    # tinybert_hidden on text)
+    embedding_mse: float | None = field(default=None, metadata=_ALIAS)
+    embedding_cos: float | None = field(default=None, metadata=_ALIAS)
+    hidden_mse: float | None = field(default=None, metadata=_ALIAS)
+    attention_kl: float | None = field(default=None, metadata=_ALIAS)
+    rkd_distance: float | None = field(default=None, metadata=_ALIAS)
+    rkd_angle: float | None = field(default=None, metadata=_ALIAS)
+    similarity_mse: float | None = field(default=None, metadata=_ALIAS)
 
     def __post_init__(self):
+        from . import losses
+
+        old = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.metadata.get("alias") and getattr(self, f.name) is not None}
+        if old:
+            table = ", ".join(f"{k} = {float(v)}" for k, v in old.items())
+            _log.warning(f"{', '.join('distill.' + k for k in old)} {'is' if len(old) == 1 else 'are'} deprecated; "
+                        f"write distill.losses = {{{table}}}"
+                        + (" with hidden_mse renamed fitnets_hint (images) or tinybert_hidden (text)" if "hidden_mse" in old else ""))
+            for k in old:
+                object.__setattr__(self, k, None)
+        object.__setattr__(self, "losses", {**self.losses, **{k: float(v) for k, v in old.items()}})  # a copy
         _check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
         _check(0 <= self.alpha <= 1, "distill.alpha", "in [0, 1]", self.alpha)
         _check(self.epochs >= 0, "distill.epochs", ">= 0", self.epochs)
@@ -236,20 +253,24 @@ class DistillSpec:
         _check(self.lr > 0, "distill.lr", "> 0", self.lr)
         _check(self.batch_size > 0, "distill.batch_size", "> 0", self.batch_size)
         _check(self.views >= 1, "distill.views", ">= 1", self.views)
-        for k in ("embedding_mse", "embedding_cos", *FAMILY_WEIGHTS["feature"], *FAMILY_WEIGHTS["relation"]):
-            _check(getattr(self, k) >= 0, f"distill.{k}", ">= 0", getattr(self, k))
+        for name, w in self.losses.items():
+            if name not in losses.registry and name not in losses.ALIASES:
+                raise RecipeError(f"distill.losses.{name} is not a registered loss{closest(name, losses.names())} "
+                                  f"({', '.join(losses.names())})")
+            _check(0 <= w < math.inf, f"distill.losses.{name}", "a weight >= 0 (0 turns it off)", w)
         _check(self.precision in ("fp32", "bf16", "auto"), "distill.precision", "'fp32', 'bf16' or 'auto'",
                self.precision)
         _check(self.method in ("auto", *METHODS), "distill.method", "'auto' or " + ", ".join(map(repr, METHODS)),
                self.method)
-        given = {fam: [k for k in keys if getattr(self, k) > 0] for fam, keys in FAMILY_WEIGHTS.items()}
-        if given["feature"] and given["relation"]:
-            raise RecipeError(f"distill gives weights of two families, feature ({', '.join(given['feature'])}) and "
-                              f"relation ({', '.join(given['relation'])}); a build distills one: set the other's to 0")
+        given = self._named()
+        if "feature" in given and "relation" in given:
+            raise RecipeError(f"distill.losses names losses of two families, feature ({', '.join(given['feature'])}) "
+                              f"and relation ({', '.join(given['relation'])}); a build distills one: set the other's to 0")
         for fam, keys in given.items():
-            if keys and self.method not in ("auto", fam):
-                raise RecipeError(f"distill.{keys[0]} = {getattr(self, keys[0])} is a {fam}-distillation weight, but "
-                                  f"distill.method = '{self.method}'; set distill.method = '{fam}' or distill.{keys[0]} = 0")
+            if fam != "response" and self.method not in ("auto", fam):
+                raise RecipeError(f"distill.losses.{keys[0]} = {self.losses[keys[0]]} is a {fam}-distillation loss, but "
+                                  f"distill.method = '{self.method}'; set distill.method = '{fam}' or "
+                                  f"distill.losses.{keys[0]} = 0")
         items = self.assistant_list()
         if self.method == "progressive":
             _check(bool(items) and all(items), "distill.assistants",
@@ -266,22 +287,21 @@ class DistillSpec:
         if self.layer_map:
             parse_layer_map(self.layer_map)
 
+    def _named(self) -> dict[str, list[str]]:
+        """{family: the names in distill.losses with a weight > 0}."""
+        from . import losses
+
+        out: dict[str, list[str]] = {}
+        for name, w in self.losses.items():
+            if w > 0:
+                out.setdefault(losses.get(name).family, []).append(name)
+        return out
+
     @property
     def resolved_method(self) -> str:
         if self.method != "auto":
             return self.method
-        return next((fam for fam, keys in FAMILY_WEIGHTS.items() if any(getattr(self, k) > 0 for k in keys)),
-                    "response")
-
-    def loss_weights(self) -> dict[str, float]:
-        """{loss name: weight} of every loss in edgekd.losses' registry that this recipe turns on, with
-        the family's default weights when its method is chosen without any."""
-        names = ("embedding_mse", "embedding_cos", *FAMILY_WEIGHTS["feature"], *FAMILY_WEIGHTS["relation"])
-        out = {k: getattr(self, k) for k in names if getattr(self, k) > 0}
-        fam = self.resolved_method
-        if fam in FAMILY_WEIGHTS and not any(k in out for k in FAMILY_WEIGHTS[fam]):
-            out.update(DEFAULT_WEIGHTS[fam])
-        return out
+        return next((fam for fam in ("feature", "relation") if fam in self._named()), "response")
 
     def assistant_list(self) -> list[str]:
         return [v.strip() for v in self.assistants.split(",")] if self.assistants.strip() else []
@@ -373,10 +393,44 @@ class Recipe:
     def __post_init__(self):
         from .tasks import get as get_task
 
+        from . import losses
+
         object.__setattr__(self, "task", TASK_ALIASES.get(self.task, self.task))
-        get_task(self.task).check_recipe(self)  # each task says what it needs of the data and models
+        task = get_task(self.task)
+        table = {losses.get(name, task.kind).name: w for name, w in self.distill.losses.items()}
+        if list(table) != list(self.distill.losses):  # old names, resolved for this task's data
+            object.__setattr__(self, "distill", replace(self.distill, losses=table))
+        task.check_recipe(self)  # each task says what it needs of the data and models
+        if not self.loss_weights():
+            example = next(n for n in losses.names() if losses.get(n).family == "response" and not _misfit(losses.get(n), task))
+            raise RecipeError(f"distill.losses turns no loss on for task '{task.name}'; give at least one loss a weight "
+                              f"> 0, e.g. distill.losses = {{{example} = 1.0}}")
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
                "'auto', 'cpu', 'cuda' or 'cuda:N'", self.device)
+
+    def loss_weights(self) -> dict[str, float]:
+        """{registered loss name: weight > 0} of the losses the distilled student learns: distill.losses
+        (old names resolved for the task's data), every response loss with a default weight the recipe does
+        not name (a classifier's kd), and the default weights of the family distill.method chooses when
+        the recipe names none of its losses. A loss this task cannot train with raises RecipeError."""
+        from . import losses
+        from .tasks import get as get_task
+
+        task, d = get_task(self.task), self.distill
+        named = {losses.get(name, task.kind).name: w for name, w in d.losses.items()}
+        for name in named:
+            why = _misfit(losses.get(name), task)
+            if why:
+                fit = [n for n in losses.names() if not _misfit(losses.get(n), task)]
+                raise RecipeError(f"distill.losses.{name} {why}; remove it (the losses for this task: {', '.join(fit)})")
+        method, given = d.resolved_method, d._named()
+        unnamed = [loss for loss in map(losses.get, losses.names())
+                   if loss.default and loss.name not in named and not _misfit(loss, task)]
+        out = {loss.name: loss.default for loss in unnamed if loss.family == "response"}
+        out.update(named)
+        if method not in given:  # a family chosen without naming any of its losses: their defaults
+            out.update({loss.name: loss.default for loss in unnamed if loss.family == method})
+        return {name: w for name, w in out.items() if w > 0}
 
     def to_dict(self) -> dict:
         return _to_dict(self)
@@ -402,6 +456,15 @@ class Recipe:
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
+def _misfit(loss, task) -> str:
+    """Why `task` cannot train a student with `loss`, or ""."""
+    if task.kind not in loss.kinds:
+        return f"applies to {' and '.join(loss.kinds)} tasks, not task '{task.name}'"
+    if loss.reads == "logits" and task.response != "logits":
+        return f"reads logits, and the students of task '{task.name}' answer with {task.response}s"
+    return ""
+
+
 def parse_layer_map(text: str) -> dict[int, int]:
     """"1:2,2:4,3:6" -> {1: 2, 2: 4, 3: 6}: student layer -> teacher layer, both 1-based."""
     out = {}
@@ -419,7 +482,7 @@ def parse_layer_map(text: str) -> dict[int, int]:
 def _to_dict(obj) -> dict:
     out = {}
     for f in fields(obj):
-        if f.metadata.get("internal"):
+        if f.metadata.get("internal") or f.metadata.get("alias"):  # aliases are None once built
             continue
         v = getattr(obj, f.name)
         out[f.name] = _to_dict(v) if is_dataclass(v) else v
@@ -440,6 +503,8 @@ def _build(cls, data: dict, prefix: str, *, from_text: bool = False, base=None):
         if key not in names:
             raise RecipeError(f"unknown recipe key '{full}'{closest(full, _all_keys(cls, prefix))}")
         typ = hints[key]
+        if type(None) in typing.get_args(typ):  # X | None: a deprecated alias, None when not given
+            typ = next(a for a in typing.get_args(typ) if a is not type(None))
         if is_dataclass(typ):
             if not isinstance(value, dict):
                 raise RecipeError(f"{full} must be a table ([{full}]), got {value!r}")
@@ -447,6 +512,8 @@ def _build(cls, data: dict, prefix: str, *, from_text: bool = False, base=None):
             # default model differs from a student's though both are ModelSpecs)
             sub_base = getattr(base, key) if base is not None else _section_default(cls, key)
             kwargs[key] = _build(typ, value, f"{full}.", from_text=from_text, base=sub_base)
+        elif typing.get_origin(typ) is dict:
+            kwargs[key] = _table(full, value, from_text=from_text, base=getattr(base, key) if base is not None else {})
         else:
             kwargs[key] = coerce(full, typ, value, from_text=from_text)
     try:
@@ -459,6 +526,30 @@ def _build(cls, data: dict, prefix: str, *, from_text: bool = False, base=None):
         raise
     except TypeError as e:  # defensive: a dataclass refusing its arguments is our bug, say so plainly
         raise RecipeError(f"{prefix or 'recipe'}: {e}") from None
+
+
+def _table(key: str, value, *, from_text: bool, base: dict) -> dict:
+    """A {name: number} table (distill.losses): a TOML table; as overrides, `KEY={a = 1, b = 2}` (the
+    whole table, TOML inline syntax) or `KEY.a=1` (one entry, kept with the recipe's others)."""
+    merge = from_text and isinstance(value, dict)
+    if from_text and isinstance(value, str):
+        try:
+            value, from_text = tomllib.loads(f"v = {value}")["v"], False
+        except tomllib.TOMLDecodeError:
+            pass
+    if not isinstance(value, dict):
+        raise RecipeError(f"{key} must be a table of weights such as {{kd = 1.0, rkd_angle = 2.0}}, got {value!r}")
+    table = {k: coerce(f"{key}.{k}", float, v, from_text=from_text) for k, v in value.items()}
+    return {**base, **table} if merge else table
+
+
+def _is_table(cls, key: str) -> bool:
+    """Whether dotted `key` names a table field of `cls`, whose entries `KEY.NAME=VALUE` sets."""
+    head, _, rest = key.partition(".")
+    typ = _hints(cls).get(head)
+    if typ is not None and is_dataclass(typ):
+        return _is_table(typ, rest)
+    return not rest and typing.get_origin(typ) is dict
 
 
 def _section_default(cls, key: str):
@@ -507,11 +598,13 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     for text in overrides:
         key, value = parse_override(text)
         parts = key.split(".")
-        if key not in recipe_keys():
+        if key not in recipe_keys() and not _is_table(Recipe, key.rpartition(".")[0]):
             raise RecipeError(f"unknown recipe key '{key}'{closest(key, recipe_keys())}")
         d = nested
         for part in parts[:-1]:
             d = d.setdefault(part, {})
+        if not isinstance(d, dict):
+            raise RecipeError(f"'{text}': {key.rpartition('.')[0]} was set whole before; set it whole or entry by entry")
         d[parts[-1]] = value
     if not nested:
         return recipe

@@ -96,3 +96,30 @@ def chromium(*, width: int, height: int):
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """Real MNIST digits (normalized) and a tiny student trained on them for a few seconds."""
+    import torch
+
+    from edgekd.data import load_data
+    from edgekd.models import build_arch
+    from edgekd.recipe import DataSpec
+
+    s = load_data(DataSpec(n_train=1200, n_val=100, n_test=300), seed=0, base=".")
+    torch.manual_seed(0)
+    model = build_arch("mnist-student-tiny", in_channels=1, num_classes=10)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    x, y = torch.from_numpy(s.x_train), torch.from_numpy(s.y_train)
+    model.train()
+    for _ in range(3):
+        for i in range(0, len(x), 64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(s.x_test)).numpy()
+    assert (ref.argmax(1) == s.y_test).mean() > 0.5  # it has learned digits (chance: 0.1)
+    return s, model, ref

@@ -49,6 +49,10 @@ class Backend:
     available: Callable[[], str] | None = None  # -> "" when it can run here, else one line saying what is missing
     check: Callable | None = None  # check(path): raise InputError when the file is not a valid model
     signature: Callable | None = None  # signature(path) -> [{name, shape, dtype}] (None: read from manifest.json)
+    report_section: Callable | None = None  # report_section(report.json) -> markdown lines about the deliverable
+    # what a memory budget is held against: the process's peak RSS, or its increase over the imported runtime
+    # where the Python runtime carries far more than an app links (ExecuTorch's imports torch and its exporter)
+    memory_measure: str = "peak_rss_mb"
 
     def missing(self) -> str:
         """'' when this backend can run here; otherwise what to install, in one line."""

@@ -191,6 +191,21 @@ def describe(folder: Path, name: str, meta: dict, target) -> dict:
                        **device_estimates(folder, target)}}
 
 
+def report_section(r: dict) -> list[str]:
+    mob = r.get("mobile") or {}
+    cov = mob.get("delegation")
+    if not cov:
+        return []
+    return ["", "## Mobile (ExecuTorch)", "",
+            f"- Deliverable: `{mob['model']}`, an ExecuTorch program lowered to the XNNPACK delegate (INT8 by "
+            "ExecuTorch's XNNPACK quantizer, PT2E, per-channel weights, from the QAT-tuned float weights).",
+            f"- Delegate coverage: {cov['delegated_ops']} of {cov['delegated_ops'] + cov['portable_ops']} ops "
+            f"({100 * cov['delegated_share']:.0f}%) in {cov['delegated_subgraphs']} XNNPACK subgraph(s); "
+            f"not delegated: {', '.join(k for k, v in cov['by_op'].items() if v['portable']) or 'none'}.",
+            "- **All timings in this report are host timings on this x86 machine**, through ExecuTorch's Python "
+            "runtime. They say nothing about a phone's speed. No phone was measured."]
+
+
 def _available() -> str:
     import importlib.util
 
@@ -200,4 +215,5 @@ def _available() -> str:
 BACKEND = register(Backend(
     format="pte", runtime="executorch", extension=".pte", source="torch", kinds=("image",), fixed_batch=1,
     description="ExecuTorch program lowered to XNNPACK", load=load, package="executorch.runtime",
-    install="'edgekd[executorch]'", make=make, describe=describe, edgekd_int8=False, available=_available))
+    install="'edgekd[executorch]'", make=make, describe=describe, edgekd_int8=False, available=_available,
+    report_section=report_section, memory_measure="rss_increase_mb"))

@@ -171,7 +171,27 @@ def describe(folder: Path, name: str, meta: dict, target) -> dict:
     return {"mobile": {"model": f"{name}.tflite", "op_types": made.get("op_types"), **device_estimates(folder, target)}}
 
 
+def report_section(r: dict) -> list[str]:
+    mob = r.get("mobile") or {}
+    ops = mob.get("op_types")
+    if not ops:
+        return []
+    weighted = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL")
+    integer = sum(v for k, v in ops.items() if k.split()[0] in weighted and k.endswith("INT8"))
+    total = sum(v for k, v in ops.items() if k.split()[0] in weighted)
+    return ["", "## Mobile (LiteRT)", "",
+            f"- Deliverable: `{mob['model']}`, a LiteRT flatbuffer converted by litert-torch"
+            + (" (full-integer INT8 by litert-torch's PT2E quantizer, per-channel weights, from the QAT-tuned float "
+               f"weights): {integer} of {total} convolution/matmul ops take INT8 inputs." if r["target_profile"].get(
+                   "precision") == "int8" else "."),
+            "- Ops of the program (with their first input's type): "
+            + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items())) + ".",
+            "- **All timings in this report are host timings on this x86 machine**, through ai-edge-litert's "
+            "interpreter (XNNPACK delegate). They say nothing about a phone's speed. No phone was measured."]
+
+
 BACKEND = register(Backend(
     format="tflite", runtime="litert", extension=".tflite", source="torch", kinds=("image",), fixed_batch=1,
     description="LiteRT flatbuffer (Android's runtime)", load=load, package="ai_edge_litert.interpreter",
-    install="'edgekd[litert]'", make=make, describe=describe, edgekd_int8=False, available=_available))
+    install="'edgekd[litert]'", make=make, describe=describe, edgekd_int8=False, available=_available,
+    report_section=report_section))

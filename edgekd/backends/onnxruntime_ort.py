@@ -53,7 +53,23 @@ def describe(folder: Path, name: str, meta: dict, target) -> dict:
                        "op_types": op_types(folder / f"{name}.onnx"), **device_estimates(folder, target)}}
 
 
+def report_section(r: dict) -> list[str]:
+    mob = r.get("mobile") or {}
+    if "usability_check" not in mob:
+        return []
+    return ["", "## Mobile", "",
+            f"- Deliverable: `{mob['model']}`, ONNX Runtime's mobile format converted for ARM "
+            "(INT8 QDQ with per-channel weights where the target is INT8: the form XNNPACK/NNAPI/CoreML consume).",
+            "- **All timings in this report are host timings on this x86 machine.** They say nothing about a "
+            "phone's speed: ARM kernels and mobile execution providers behave differently (on an x86 AVX2 "
+            "host, mobile INT8 kernels can even be slower than FP32). No phone was measured.",
+            "- Op types of the final model: " + ", ".join(f"{k} x{v}" for k, v in sorted(mob["op_types"].items())) + ".",
+            *[f"- {v.strip()}" for v in mob["usability_check"].splitlines() if v.startswith("Model should perform well with")],
+            "- onnxruntime's mobile usability check in full (NNAPI and CoreML coverage; it does not cover XNNPACK):", "",
+            "```", *mob["usability_check"].splitlines(), "```"]
+
+
 BACKEND = register(Backend(
     format="ort", runtime="onnxruntime", extension=".ort", description="ONNX Runtime's mobile format, for ARM",
     load=load, package="onnxruntime", install="onnxruntime", make=make, describe=describe, options=OPTIONS,
-    profiles=True, arm_check=True, signature=signature))
+    profiles=True, arm_check=True, signature=signature, report_section=report_section))

@@ -118,7 +118,7 @@ class TextEncoder(nn.Module):
             att = out.attentions[-1] if out.attentions else None
             if att is None:
                 raise RecipeError(f"{type(self.base).__name__} returns no attention probabilities; "
-                                  "set distill.attention_kl = 0")
+                                  "remove attention_kl from distill.losses")
         result = {"hidden": list(out.hidden_states), "embedding": self.pool(h, attention_mask), "attention": att}
         if self.hf_head:
             result["logits"] = out.logits

@@ -128,10 +128,8 @@ def check_budget(report: dict, target) -> None:
 
     name = deliverable(target)
     m = report["models"][name]
-    # ExecuTorch's Python runtime imports torch and its exporter (~350 MB) where an app links the small
-    # C++ runtime: the model's own cost is the increase over that import, not the process's peak.
-    key, what = (("rss_increase_mb", "RSS increase over the imported runtime") if target.runtime == "executorch"
-                 else ("peak_rss_mb", "peak RSS"))
+    key = target.backend.memory_measure
+    what = {"rss_increase_mb": "RSS increase over the imported runtime"}.get(key, "peak RSS")
     used = m[key]
     report["memory_budget"] = {"budget_mb": target.memory_budget_mb, "model": m["file"], "peak_rss_mb": m["peak_rss_mb"],
                                "measured": what, "measured_mb": used, "fits": used <= target.memory_budget_mb}

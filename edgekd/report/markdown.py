@@ -94,7 +94,7 @@ def render_markdown(r: dict) -> str:
         lines += _thread_lines(r)
     lines += _memory_lines(r)
     if parts.target_sections:
-        lines += _mobile_lines(r) + _arm_lines(r) + _ort_lines(r)
+        lines += _backend_lines(r) + _arm_lines(r)
     return drop_empty_columns("\n".join(lines + parts.parity + parts.training + _stages_and_environment(r)))
 
 
@@ -258,21 +258,15 @@ def _thread_lines(r: dict) -> list[str]:
     return lines
 
 
-def _mobile_lines(r: dict) -> list[str]:
-    """A mobile target's deliverable: ExecuTorch delegate coverage or onnxruntime's mobile usability check,
-    and named-device latency estimates."""
-    mob, lines = r.get("mobile"), []
-    if mob and "delegation" in mob:
-        cov = mob["delegation"]
-        lines += ["", "## Mobile (ExecuTorch)", "",
-                  f"- Deliverable: `{mob['model']}`, an ExecuTorch program lowered to the XNNPACK delegate (INT8 by "
-                  "ExecuTorch's XNNPACK quantizer, PT2E, per-channel weights, from the QAT-tuned float weights).",
-                  f"- Delegate coverage: {cov['delegated_ops']} of {cov['delegated_ops'] + cov['portable_ops']} ops "
-                  f"({100 * cov['delegated_share']:.0f}%) in {cov['delegated_subgraphs']} XNNPACK subgraph(s); "
-                  f"not delegated: {', '.join(k for k, v in cov['by_op'].items() if v['portable']) or 'none'}.",
-                  "- **All timings in this report are host timings on this x86 machine**, through ExecuTorch's Python "
-                  "runtime. They say nothing about a phone's speed. No phone was measured."]
-    est = (mob or {}).get("device_estimates")
+def _backend_lines(r: dict) -> list[str]:
+    """The deliverable's format says what is worth knowing about it (edgekd.backends: delegate coverage,
+    mobile usability, integer kernels), then named-device latency estimates for mobile targets."""
+    from .. import backends
+
+    fmt = backends.for_file(r["models"][deliverable_name(r)]["file"]).format
+    b = backends.get(fmt)
+    lines = b.report_section(r) if b.report_section else []
+    est = (r.get("mobile") or {}).get("device_estimates")
     if est:
         e0 = est["estimates"][0]
         lines += ["", "## Named-device latency: estimates, not measurements", "",
@@ -300,23 +294,6 @@ def _arm_lines(r: dict) -> list[str]:
                          f"{arm['emulator']} -cpu {arm['cpu']}: {acc}top-1 agreement "
                          f"{100 * arm['top1_agreement_x86_arm']:.2f}%, max |x86 - ARM| {arm['max_abs_diff']:.3g}. "
                          "Outputs only: timing under emulation means nothing and is not reported.")
-    return lines
-
-
-def _ort_lines(r: dict) -> list[str]:
-    """An .ort deliverable: its op types and onnxruntime's mobile usability check."""
-    mob, lines = r.get("mobile"), []
-    if mob and "usability_check" in mob:
-        lines += ["", "## Mobile", "",
-                  f"- Deliverable: `{mob['model']}`, ONNX Runtime's mobile format converted for ARM "
-                  "(INT8 QDQ with per-channel weights where the target is INT8: the form XNNPACK/NNAPI/CoreML consume).",
-                  "- **All timings in this report are host timings on this x86 machine.** They say nothing about a "
-                  "phone's speed: ARM kernels and mobile execution providers behave differently (on an x86 AVX2 "
-                  "host, mobile INT8 kernels can even be slower than FP32). No phone was measured.",
-                  "- Op types of the final model: " + ", ".join(f"{k} x{v}" for k, v in sorted(mob["op_types"].items())) + ".",
-                  *[f"- {v.strip()}" for v in mob["usability_check"].splitlines() if v.startswith("Model should perform well with")],
-                  "- onnxruntime's mobile usability check in full (NNAPI and CoreML coverage; it does not cover XNNPACK):", "",
-                  "```", *mob["usability_check"].splitlines(), "```"]
     return lines
 
 

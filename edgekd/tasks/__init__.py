@@ -34,7 +34,8 @@ class Context:
 class Task:
     """The hooks a task implements. Models are torch modules; arrays are numpy."""
     name = ""
-    kind = ""  # "image" or "text": which data sources and model sources fit
+    kind = ""  # "image" or "text": which data sources, model sources and losses fit
+    response = ""  # what its students answer with and the teacher's cached targets hold: "logits" or "embedding"
     quality = ""  # the headline metric of report.json's models ("accuracy", "fidelity_cosine")
     quality_label = ""  # how the report names it
 
@@ -77,7 +78,7 @@ class Task:
     def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False,
                       mentor=None):
         """Baseline (distill False: no teacher signal), distillation, or quantization-aware distillation,
-        with the losses ctx.recipe.distill.loss_weights() turns on. The response is learned from the
+        with the losses ctx.recipe.loss_weights() turns on. The response is learned from the
         teacher's cached targets, or, when `mentor` is given (an assistant, the born-again baseline), from
         the mentor's outputs computed in the step; feature and relation terms always read the teacher."""
         raise NotImplementedError

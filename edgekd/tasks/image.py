@@ -24,15 +24,17 @@ _VIEWS_BYTES = 2 << 30
 class ImageClassification(Task):
     name = "image-classification"
     kind = "image"
+    response = "logits"
     quality = "accuracy"
     quality_label = "test accuracy"
 
     def check_recipe(self, recipe) -> None:
+        from .. import losses
+
         ds = recipe.distill
-        text_only = [k for k in ("embedding_mse", "embedding_cos", "attention_kl") if getattr(ds, k) > 0]
-        if text_only:
-            raise RecipeError(f"distill.{text_only[0]} applies to text tasks; set it to 0 for task = '{self.name}' "
-                              "(image feature and relation distillation: distill.method = 'feature' or 'relation')")
+        if not any(losses.get(k).reads == "logits" for k in recipe.loss_weights()):
+            raise RecipeError("distill.losses.kd = 0 leaves quantization-aware training nothing to learn (an image "
+                              "student's fake-quant graph has no layers to hook: it learns the logits alone); keep kd > 0")
         counts = [v for v in ds.assistant_list() if v.isdigit()]
         if counts:
             raise RecipeError(f"distill.assistants item '{counts[0]}' is a layer count, which applies to text students "
@@ -167,7 +169,7 @@ class ImageClassification(Task):
         import torch.nn.functional as F
 
         from ..features import capture
-        from ..losses import feature_losses, hint_mse, kd_loss
+        from ..losses import get as get_loss
         from ..quantize import qat_eval_mode, qat_train_mode
         from ..recipe import parse_layer_map
         from ..train import FitSpec, fit, steps_for
@@ -181,18 +183,20 @@ class ImageClassification(Task):
                      seed=ctx.recipe.seed + (2 if qat else 0), desc="qat" if qat else ("distill" if distill else "baseline"),
                      precision="fp32" if qat else ctx.extra.get("precision", "fp32"))
         T, alpha = ds.temperature, ds.alpha
-        weights = ds.loss_weights() if distill and not qat else {}
-        hint_w = weights.pop("hidden_mse", 0.0)
+        terms = [(get_loss(k), w) for k, w in ctx.recipe.loss_weights().items()] if distill else []
+        if qat:  # the QAT student is a captured graph with no submodules to hook: the response alone
+            terms = [(loss, w) for loss, w in terms if loss.reads == "logits"]
+        reads = {loss.reads for loss, _ in terms}
         shape = ctx.io.input_shape
         extra, s_pts, t_pts, info = {}, {}, {}, {}
-        if hint_w:
+        if "feature_maps" in reads:
             from ..features import Hints
 
             torch.manual_seed(ctx.recipe.seed)
             hints = extra["hints"] = Hints(student, teacher, shape, parse_layer_map(ds.layer_map) if ds.layer_map else None)
             s_pts, t_pts = hints.student_points(), hints.teacher_points()
             info["feature_pairs"] = hints.describe()
-        if weights:  # relation losses, on the penultimate embeddings
+        if "embedding" in reads:  # relation losses, on the penultimate embeddings
             from ..features import classifier_input
 
             s_pts["embedding"] = (classifier_input(student, shape)[0], "input")
@@ -215,12 +219,15 @@ class ImageClassification(Task):
             if mentor is not None:
                 with torch.no_grad():
                     soft = [mentor(x)]
-            loss = kd_loss(logits, soft[0], y, temperature=T, alpha=alpha)
-            if hint_w:
-                loss = loss + hint_w * hint_mse(extra["hints"].pairs(f_s, f_t))
-            for k, w in weights.items():
-                loss = loss + w * feature_losses.get(k)({"embedding": f_s["embedding"].float()},
-                                                        {"embedding": f_t["embedding"].float()}, None)
+            s, t = {"logits": logits}, {"logits": soft[0]}
+            if "feature_maps" in reads:
+                pairs = extra["hints"].pairs(f_s, f_t)  # P x ((B, C_t, H, W) regressed student map, teacher map)
+                s["feature_maps"], t["feature_maps"] = [p for p, _ in pairs], [q for _, q in pairs]
+            if "embedding" in reads:
+                s["embedding"], t["embedding"] = f_s["embedding"].float(), f_t["embedding"].float()
+            loss = 0.0
+            for term, w in terms:
+                loss = loss + w * term.fn(s, t, None, labels=y, temperature=T, alpha=alpha)
             return loss
 
         try:

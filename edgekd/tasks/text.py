@@ -6,7 +6,7 @@ family (edgekd.losses, each with its formula and paper) that read both models' h
 or pooled embeddings (then the teacher runs in the step):
 
     L = alpha * KD(s, t; T) + (1 - alpha) * CE(s, y)          (classification)
-      + sum_k w_k * L_k(features_s, features_t)                (k: distill.loss_weights())
+      + sum_k w_k * L_k(features_s, features_t)                (k: Recipe.loss_weights())
 
 With a mentor other than the teacher (an assistant, the born-again baseline), t is the mentor's
 output, computed in the step.
@@ -23,9 +23,6 @@ from ..errors import EdgeKDError, InputError, RecipeError
 from . import Context, Task, _text_report, tasks
 
 SEQ_LENS = (16, 64, 128)
-FEATURE_ONLY = ("hidden_mse", "attention_kl")  # losses that need the teacher online
-# ... and for a classifier, whose cached targets are logits: the losses on its pooled embedding
-EMBEDDING_READERS = ("embedding_mse", "embedding_cos", "similarity_mse", "rkd_distance", "rkd_angle")
 
 
 class _TextTask(Task):
@@ -182,7 +179,7 @@ class _TextTask(Task):
                       mentor=None):
         import torch
 
-        from ..losses import feature_losses, kd_loss
+        from ..losses import get as get_loss
         from ..quantize import qat_eval_mode, qat_train_mode
         from ..train import FitSpec, fit, steps_for
 
@@ -193,15 +190,18 @@ class _TextTask(Task):
         tokens = {k: v[keep] for k, v in ctx.extra["tokens"]["train"].items()}
         target = torch.from_numpy(np.ascontiguousarray(ctx.extra["targets"]["train"][keep]))
         y = torch.from_numpy(d.y_train[keep]) if self.classify else None
-        weights = ds.loss_weights() if distill else {}
+        # the classifier's baseline: kd at alpha 0, the labels' cross-entropy alone
+        weights = ctx.recipe.loss_weights() if distill else {"kd": 1.0} if self.classify else {}
         alpha = ds.alpha if distill else 0.0
-        online = any(k in weights for k in FEATURE_ONLY + (EMBEDDING_READERS if self.classify else ()))
+        terms = [(get_loss(k), w) for k, w in weights.items()]
+        reads = {loss.reads for loss, _ in terms}
+        response = self.response  # what the cached targets hold; any other feature needs the teacher online
+        online = any(loss.online or loss.reads != response for loss, _ in terms)
         mentor = mentor if distill else None
-        response = "logits" if self.classify else "embedding"  # what the cached targets hold
-        attention = "attention_kl" in weights
+        attention = "attention" in reads
         layer_map = self._layer_map(ctx, student, teacher)
         extra = {}
-        if "hidden_mse" in weights and student.hidden_size != teacher.hidden_size:
+        if "hidden" in reads and student.hidden_size != teacher.hidden_size:
             torch.manual_seed(ctx.recipe.seed)
             extra["proj"] = torch.nn.Linear(student.hidden_size, teacher.hidden_size)  # TinyBERT's W_h
         if online:
@@ -229,12 +229,11 @@ class _TextTask(Task):
                 with torch.no_grad():
                     tgt = mentor.features(ids, mask)[response].float()
             ft[response] = tgt
+            labels = y[idx.cpu()].to(ids.device) if self.classify else None
             loss = fs_["embedding"].new_zeros(())
-            if self.classify:
-                loss = loss + kd_loss(fs_["logits"], tgt, y[idx.cpu()].to(ids.device), temperature=ds.temperature,
-                                      alpha=alpha)
-            for k, w in weights.items():
-                loss = loss + w * feature_losses.get(k)(fs_, ft, mask, layer_map=layer_map, proj=extra.get("proj"))
+            for term, w in terms:
+                loss = loss + w * term.fn(fs_, ft, mask, labels=labels, temperature=ds.temperature, alpha=alpha,
+                                          layer_map=layer_map, proj=extra.get("proj"))
             return loss
 
         val_tokens, val_target = ctx.extra["tokens"]["val"], ctx.extra["targets"]["val"]
@@ -433,6 +432,7 @@ class _TextTask(Task):
 
 class TextClassification(_TextTask):
     name = "text-classification"
+    response = "logits"
     quality = "accuracy"
     quality_label = "test accuracy"
     classify = True
@@ -445,15 +445,13 @@ class TextClassification(_TextTask):
 
 class TextEmbedding(_TextTask):
     name = "text-embedding"
+    response = "embedding"
     quality = "fidelity_cosine"
     quality_label = "cosine fidelity to teacher"
 
     def check_recipe(self, recipe) -> None:
         super().check_recipe(recipe)
         d = recipe.distill
-        if not d.loss_weights():
-            raise RecipeError("distill must give at least one loss weight for task = 'text-embedding', got all zero "
-                              "(e.g. distill.embedding_cos = 1)")
         if d.resolved_method == "self":
             raise RecipeError("distill.method = 'self' needs labels to train the first generation on, and task = "
                               "'text-embedding' has none; use 'response', 'feature', 'relation' or 'progressive'")
