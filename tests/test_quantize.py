@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from edgekd.quantize import (INTEGER_OPS, ActFakeQuant, calibrate, export_int8_onnx, prepare_qat,  # noqa: E402
+from edgekd.quantize import (INTEGER_OPS, ActFakeQuant, calibrate, export_int8_onnx, optimized_op_types, prepare_qat,  # noqa: E402
                              qat_eval_mode, qat_train_mode)
 
 SHAPE = (1, 28, 28)
@@ -226,6 +226,10 @@ def test_int8_runtime_agrees_with_fake_quant_torch(name, digits, students, tmp_p
     assert info["activation_ranges_calibrated"] == [] and info["activation_ranges_from_qat"] > 0
     assert "QLinearConv" in info["integer_ops"] and set(info["integer_ops"]) <= set(INTEGER_OPS)
     assert not {"Conv", "FusedConv"} & set(info["float_compute_ops"])  # every convolution runs in INT8
+    # TF-style "SAME" padding (MobileNetV2's tf_padding) is folded into the convolutions: no float Pad
+    # between a DequantizeLinear and a QuantizeLinear breaks the integer chain
+    assert "Pad" not in optimized_op_types(path)
+    assert (info["pads_folded_into_convs"] > 0) == (name == "hf-mobilenet-v2")
 
     out, ov_out = _ort(path, held), _openvino(path, held)
     print(f"{name}: top-1 agreement with fake-quant torch: onnxruntime {_agreement(out, ref):.4f} "

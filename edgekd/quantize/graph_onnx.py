@@ -61,8 +61,9 @@ def export_int8_onnx(q: QATModel, path: Path, *, input_shape, opset: int, calib_
     path = Path(path)
     export_onnx(body, path, tuple(input_shape), opset=opset, input_name=input_name)
     _integer_initializers(path)
+    folded = _fold_pads(path)
     ops = optimized_op_types(path)
-    return {"route": "qat-qdq", "activation_ranges_from_qat": len(fqs) - len(unseen),
+    return {"route": "qat-qdq", "activation_ranges_from_qat": len(fqs) - len(unseen), "pads_folded_into_convs": folded,
             "activation_ranges_calibrated": unseen, "int8_weights": n_weights,
             "integer_ops": {k: v for k, v in ops.items() if k in INTEGER_OPS},
             "float_compute_ops": {k: v for k, v in ops.items() if k in _FLOAT_COMPUTE}}
@@ -162,3 +163,125 @@ def _integer_initializers(path: Path) -> None:
 
 def _attr_i(node, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def _fold_pads(path: Path) -> int:
+    """In place: a zero Pad of the spatial axes in front of a convolution (transformers' TF-style "SAME"
+    padding writes one before each) becomes the convolution's own `pads`, which ONNX allows to be
+    asymmetric. Left as a node, the Pad sits between a DequantizeLinear and a QuantizeLinear, so every
+    such convolution dequantizes, pads in float and quantizes again; folded, the QDQ chain is unbroken
+    and onnxruntime runs QLinearConv straight from the previous integer op. Exact: zero padding is the
+    zero point, which every activation range here contains. Returns how many Pads were folded."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute[0].name == "value":
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    producer = {o: n for n in g.node for o in n.output}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+
+    def same_grid(a, b) -> bool:  # two Q/DQ nodes with equal scale and zero point
+        return all(np.array_equal(consts.get(x), consts.get(y)) and x in consts for x, y in zip(a.input[1:3], b.input[1:3]))
+
+    folded = 0
+    for pad in [n for n in g.node if n.op_type == "Pad"]:
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        pads = _constant(g, producer, consts, pad.input[1], opset) if len(pad.input) > 1 else None
+        value = _constant(g, producer, consts, pad.input[2], opset) if len(pad.input) > 2 and pad.input[2] else np.zeros(())
+        if mode != b"constant" or pads is None or value is None or np.any(value != 0) or len(pad.input) > 3 \
+                or len(pads) != 8 or np.any(pads[[0, 1, 4, 5]] != 0) or pad.output[0] in outputs:
+            continue
+        chain, out = [], pad.output[0]  # an optional Q -> DQ pair between the Pad and the convolutions
+        if len(users.get(out, [])) == 1 and users[out][0].op_type == "QuantizeLinear":
+            q = users[out][0]
+            dq = users.get(q.output[0], [])
+            if len(dq) != 1 or dq[0].op_type != "DequantizeLinear":
+                continue
+            chain, out = [q, dq[0]], dq[0].output[0]
+        convs = users.get(out, [])
+        if not convs or any(c.op_type != "Conv" or c.input[0] != out or out in outputs
+                            or next((a.s for a in c.attribute if a.name == "auto_pad"), b"NOTSET") != b"NOTSET"
+                            for c in convs):
+            continue
+        t, left, b, r = (int(v) for v in pads[[2, 3, 6, 7]])
+        for c in convs:
+            attr = next((a for a in c.attribute if a.name == "pads"), None)
+            old = list(attr.ints) if attr is not None else [0, 0, 0, 0]
+            new = [old[0] + t, old[1] + left, old[2] + b, old[3] + r]
+            if attr is None:
+                c.attribute.append(onnx.helper.make_attribute("pads", new))
+            else:
+                attr.ints[:] = new
+        src = pad.input[0]
+        before = producer.get(src)
+        if chain and before is not None and before.op_type == "DequantizeLinear" and same_grid(before, chain[0]):
+            new_in, drop = src, [pad, *chain]  # DQ -> [Pad, Q, DQ] -> Conv: the grid is the same, keep one DQ
+        elif chain:
+            new_in, drop = chain[1].output[0], [pad]
+            chain[0].input[0] = src
+        else:
+            new_in, drop = src, [pad]
+        for c in convs:
+            c.input[0] = new_in
+        for n in drop:
+            g.node.remove(n)
+        folded += 1
+    if folded:
+        used = {i for n in g.node for i in n.input}
+        changed = True
+        while changed:  # the Pads' shape arithmetic, left without a reader
+            changed = False
+            for n in list(g.node):
+                if n.op_type != "Constant" and not any(o in used or o in outputs for o in n.output) \
+                        and n.op_type in ("Cast", "Reshape", "Transpose", "Slice", "Concat", "ConstantOfShape"):
+                    g.node.remove(n)
+                    changed = True
+            used = {i for n in g.node for i in n.input}
+        for n in list(g.node):
+            if n.op_type == "Constant" and n.output[0] not in used:
+                g.node.remove(n)
+        for init in list(g.initializer):
+            if init.name not in used:
+                g.initializer.remove(init)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+    return folded
+
+
+def _constant(g, producer: dict, consts: dict, name: str, opset: int = 17):
+    """The value of tensor `name` when it depends on constants alone (the exporter writes a Pad's
+    amounts as Constant -> Concat -> Reshape -> Slice -> Transpose -> Cast), else None."""
+    if name in consts:
+        return consts[name]
+    initializers = {i.name for i in g.initializer}
+    nodes, todo, seen = [], [name], set()
+    while todo:
+        t = todo.pop()
+        if t in seen or t in initializers or not t:
+            continue
+        seen.add(t)
+        n = producer.get(t)
+        if n is None:  # a graph input: not a constant
+            return None
+        nodes.append(n)
+        todo += list(n.input)
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    order = [n for n in g.node if n in nodes]  # the graph's own (topological) order
+    inits = [i for i in g.initializer if any(i.name in n.input for n in order)]
+    sub = helper.make_graph(order, "constant", [], [helper.make_tensor_value_info(name, 0, None)], inits)
+    try:
+        model = helper.make_model(sub, opset_imports=[helper.make_opsetid("", opset)])
+        return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+    except Exception:  # noqa: BLE001 - an op the reference evaluator lacks: leave the Pad as it is
+        return None
