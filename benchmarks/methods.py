@@ -56,7 +56,7 @@ def tasks(data: Path, quick: bool) -> dict:
             "data.n_train=160" if q else "data.n_train=800", "data.n_val=60" if q else "data.n_val=150",
             "data.n_test=80" if q else "data.n_test=300", "data.max_length=64", "data.train_comments=false",
             "data.train_packages=0", "teacher.fine_tune=probe", "teacher.epochs=8", "teacher.lr=0.01", "student.layers=2",
-            "distill.embedding_cos=0", f"distill.epochs={1 if q else 3}", "distill.lr=1e-3", "distill.batch_size=32",
+            "distill.losses.embedding_cos=0", f"distill.epochs={1 if q else 3}", "distill.lr=1e-3", "distill.batch_size=32",
             "quantize.epochs=1", "quantize.calibration=64", "quantize.train_texts=200", "export.parity_samples=32",
             "export.int8_min_agreement=0.8"]
     embedding = ["data.n_train=160" if q else "data.n_train=1200", "data.n_val=60" if q else "data.n_val=200",

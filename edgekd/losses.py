@@ -68,6 +68,20 @@ def names() -> list[str]:
     return registry.names()
 
 
+def misfit(loss: Loss, task) -> str:
+    """Why `task` (an edgekd.tasks.Task) cannot train a student with `loss`, or ""."""
+    if task.kind not in loss.kinds:
+        return f"applies to {' and '.join(loss.kinds)} tasks, not task '{task.name}'"
+    if loss.reads == "logits" and task.response != "logits":
+        return f"reads logits, and the students of task '{task.name}' answer with {task.response}s"
+    return ""
+
+
+def fitting(task, *, family: str = "") -> list[str]:
+    """The names of the losses (of `family`, when given) `task` can train a student with."""
+    return [n for n in names() if not misfit(get(n), task) and family in ("", get(n).family)]
+
+
 # response ------------------------------------------------------------------------------------------
 
 @register(family="response", reads="logits", kinds=("image", "text"), default=1.0)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import tomllib
 import typing
 
 from .errors import RecipeError
@@ -26,6 +27,16 @@ def coerce(key: str, typ, value, *, from_text: bool, error=RecipeError):
         if not isinstance(values, list):
             raise error(f"{key} must be a list, got {value!r}")
         return [coerce(key, item, v, from_text=from_text, error=error) for v in values]
+    if typing.get_origin(typ) is dict:  # {name: number}: a TOML table; as text "{a = 1, b = 2}" or entries
+        if from_text and isinstance(value, str):
+            try:
+                value, from_text = tomllib.loads(f"v = {value}")["v"], False
+            except tomllib.TOMLDecodeError:
+                pass
+        if not isinstance(value, dict):
+            raise error(f"{key} must be a table such as {{name = 1.0, other = 2.0}}, got {value!r}")
+        _, item = typing.get_args(typ)
+        return {k: coerce(f"{key}.{k}", item, v, from_text=from_text, error=error) for k, v in value.items()}
     if from_text:
         text = value.strip()
         if typ is bool:

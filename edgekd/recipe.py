@@ -241,8 +241,8 @@ class DistillSpec:
         if old:
             table = ", ".join(f"{k} = {float(v)}" for k, v in old.items())
             _log.warning(f"{', '.join('distill.' + k for k in old)} {'is' if len(old) == 1 else 'are'} deprecated; "
-                        f"write distill.losses = {{{table}}}"
-                        + (" with hidden_mse renamed fitnets_hint (images) or tinybert_hidden (text)" if "hidden_mse" in old else ""))
+                         f"write distill.losses = {{{table}}}" + (" with hidden_mse renamed fitnets_hint (images) "
+                                                                  "or tinybert_hidden (text)" if "hidden_mse" in old else ""))
             for k in old:
                 object.__setattr__(self, k, None)
         object.__setattr__(self, "losses", {**self.losses, **{k: float(v) for k, v in old.items()}})  # a copy
@@ -391,9 +391,8 @@ class Recipe:
     base_dir: str = field(default=".", compare=False, metadata={"internal": True})
 
     def __post_init__(self):
-        from .tasks import get as get_task
-
         from . import losses
+        from .tasks import get as get_task
 
         object.__setattr__(self, "task", TASK_ALIASES.get(self.task, self.task))
         task = get_task(self.task)
@@ -402,9 +401,8 @@ class Recipe:
             object.__setattr__(self, "distill", replace(self.distill, losses=table))
         task.check_recipe(self)  # each task says what it needs of the data and models
         if not self.loss_weights():
-            example = next(n for n in losses.names() if losses.get(n).family == "response" and not _misfit(losses.get(n), task))
             raise RecipeError(f"distill.losses turns no loss on for task '{task.name}'; give at least one loss a weight "
-                              f"> 0, e.g. distill.losses = {{{example} = 1.0}}")
+                              f"> 0, e.g. distill.losses = {{{losses.fitting(task, family='response')[0]} = 1.0}}")
         _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
                "'auto', 'cpu', 'cuda' or 'cuda:N'", self.device)
 
@@ -419,13 +417,11 @@ class Recipe:
         task, d = get_task(self.task), self.distill
         named = {losses.get(name, task.kind).name: w for name, w in d.losses.items()}
         for name in named:
-            why = _misfit(losses.get(name), task)
-            if why:
-                fit = [n for n in losses.names() if not _misfit(losses.get(n), task)]
-                raise RecipeError(f"distill.losses.{name} {why}; remove it (the losses for this task: {', '.join(fit)})")
+            if why := losses.misfit(losses.get(name), task):
+                raise RecipeError(f"distill.losses.{name} {why}; remove it (the losses for this task: "
+                                  f"{', '.join(losses.fitting(task))})")
         method, given = d.resolved_method, d._named()
-        unnamed = [loss for loss in map(losses.get, losses.names())
-                   if loss.default and loss.name not in named and not _misfit(loss, task)]
+        unnamed = [losses.get(n) for n in losses.fitting(task) if losses.get(n).default and n not in named]
         out = {loss.name: loss.default for loss in unnamed if loss.family == "response"}
         out.update(named)
         if method not in given:  # a family chosen without naming any of its losses: their defaults
@@ -454,15 +450,6 @@ class Recipe:
         """A path from the recipe, relative to the recipe file's folder."""
         p = Path(value).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
-
-
-def _misfit(loss, task) -> str:
-    """Why `task` cannot train a student with `loss`, or ""."""
-    if task.kind not in loss.kinds:
-        return f"applies to {' and '.join(loss.kinds)} tasks, not task '{task.name}'"
-    if loss.reads == "logits" and task.response != "logits":
-        return f"reads logits, and the students of task '{task.name}' answer with {task.response}s"
-    return ""
 
 
 def parse_layer_map(text: str) -> dict[int, int]:
@@ -512,8 +499,8 @@ def _build(cls, data: dict, prefix: str, *, from_text: bool = False, base=None):
             # default model differs from a student's though both are ModelSpecs)
             sub_base = getattr(base, key) if base is not None else _section_default(cls, key)
             kwargs[key] = _build(typ, value, f"{full}.", from_text=from_text, base=sub_base)
-        elif typing.get_origin(typ) is dict:
-            kwargs[key] = _table(full, value, from_text=from_text, base=getattr(base, key) if base is not None else {})
+        elif typing.get_origin(typ) is dict and from_text and isinstance(value, dict):  # `KEY.NAME=V`: one entry
+            kwargs[key] = {**getattr(base, key), **coerce(full, typ, value, from_text=True)}
         else:
             kwargs[key] = coerce(full, typ, value, from_text=from_text)
     try:
@@ -526,21 +513,6 @@ def _build(cls, data: dict, prefix: str, *, from_text: bool = False, base=None):
         raise
     except TypeError as e:  # defensive: a dataclass refusing its arguments is our bug, say so plainly
         raise RecipeError(f"{prefix or 'recipe'}: {e}") from None
-
-
-def _table(key: str, value, *, from_text: bool, base: dict) -> dict:
-    """A {name: number} table (distill.losses): a TOML table; as overrides, `KEY={a = 1, b = 2}` (the
-    whole table, TOML inline syntax) or `KEY.a=1` (one entry, kept with the recipe's others)."""
-    merge = from_text and isinstance(value, dict)
-    if from_text and isinstance(value, str):
-        try:
-            value, from_text = tomllib.loads(f"v = {value}")["v"], False
-        except tomllib.TOMLDecodeError:
-            pass
-    if not isinstance(value, dict):
-        raise RecipeError(f"{key} must be a table of weights such as {{kd = 1.0, rkd_angle = 2.0}}, got {value!r}")
-    table = {k: coerce(f"{key}.{k}", float, v, from_text=from_text) for k, v in value.items()}
-    return {**base, **table} if merge else table
 
 
 def _is_table(cls, key: str) -> bool:

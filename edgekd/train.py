@@ -9,7 +9,7 @@ import contextlib
 import copy
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -34,6 +34,9 @@ class FitSpec:
     # "bf16": forward passes under bfloat16 autocast (matmuls and convolutions in bf16; weights,
     # gradients' accumulation, optimizer state and validation stay float32); "fp32": none
     precision: str = "fp32"
+    # a run whose loss diverges, or whose best epoch is one of the first of many (the learning rate
+    # overshoots; later epochs only get worse), is run once more from the start at lr / RETRY_LR_DIVISOR
+    retry: bool = False
 
 
 @dataclass
@@ -50,6 +53,19 @@ class FitResult:
                 "history": self.history, **self.info}
 
 
+RETRY_LR_DIVISOR = 5
+
+
+class _Diverged(EdgeKDError):
+    pass
+
+
+def peaked_early(chosen_epoch: int, epochs: int) -> bool:
+    """The best validation score came in the first tenth of 10+ epochs, or never beat the start of 3+
+    epochs: the signature of a learning rate too high for this model and data."""
+    return (epochs >= 10 and chosen_epoch <= max(1, epochs // 10)) or (epochs >= 3 and chosen_epoch == 0)
+
+
 Batch = tuple
 # step(forward, batch) -> scalar loss; `forward` is the model, or its DDP wrapper under torchrun
 Step = Callable[[Callable, Batch], "object"]
@@ -60,6 +76,53 @@ def fit(model, spec: FitSpec, *, batches: Callable[[int, "object"], Iterable[Bat
         checkpoint: Path | None = None, log=None, device: str = "cpu") -> FitResult:
     """Train `model` for spec.epochs and keep the weights of the epoch with the best validation score
     (epoch 0, the starting weights, included: fine-tuning never returns worse weights than it got).
+    With spec.retry, a diverging or early-peaking run is repeated once from the same start at a lower
+    learning rate (one log line says so; FitResult.info records both runs); diverging again stops with
+    one line. Other arguments: see _fit_once."""
+    import torch
+
+    kw = dict(batches=batches, step=step, validate=validate, extra=extra, train_mode=train_mode,
+              eval_mode=eval_mode, checkpoint=checkpoint, log=log, device=device)
+    if not spec.retry:
+        return _fit_once(model, spec, **kw)
+    start = (copy.deepcopy(model.state_dict()), {k: copy.deepcopy(m.state_dict()) for k, m in (extra or {}).items()})
+    attempt = 0
+    if checkpoint is not None and checkpoint.exists():  # resuming: in the run the checkpoint belongs to
+        attempt = int(torch.load(checkpoint, map_location="cpu", weights_only=True).get("attempt", 0))
+    first = None
+    while True:
+        lr = spec.lr / RETRY_LR_DIVISOR ** attempt
+        try:
+            r = _fit_once(model, replace(spec, lr=lr), attempt=attempt, **kw)
+            why = "" if attempt or not peaked_early(r.chosen_epoch, spec.epochs) else \
+                f"its best epoch was {r.chosen_epoch} of {spec.epochs}"
+        except _Diverged as e:
+            if attempt:
+                raise EdgeKDError(f"{e}; it diverged at lr {spec.lr:g} and at {lr:g}: set a lower learning rate "
+                                  "in the recipe") from None
+            r, why = None, str(e).split(": ", 1)[-1].split(";")[0]
+        if not why:
+            if first is not None:
+                r.info["first_run"] = first
+                if peaked_early(r.chosen_epoch, spec.epochs):
+                    r.info["peaked_early"] = True  # the lower rate did not help either: the report says so
+            r.info["lr"] = lr
+            return r
+        if log:
+            log(f"[{spec.desc}] {why} at lr {lr:g}: training again from the start at lr {lr / RETRY_LR_DIVISOR:g}")
+        first = {"lr": lr, "why": why, **({"val_score": r.val_score, "chosen_epoch": r.chosen_epoch} if r else {})}
+        model.load_state_dict(start[0])
+        for k, m in (extra or {}).items():
+            m.load_state_dict(start[1][k])
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
+        attempt = 1
+
+
+def _fit_once(model, spec: FitSpec, *, batches: Callable[[int, "object"], Iterable[Batch]], step: Step,
+              validate: Callable[[object], float], extra: dict | None = None, train_mode=None, eval_mode=None,
+              checkpoint: Path | None = None, log=None, device: str = "cpu", attempt: int = 0) -> FitResult:
+    """One training run of spec.epochs, keeping the best epoch's weights.
 
     batches(epoch, generator): the epoch's batches, tuples of CPU tensors whose first axis is the batch
     (under torch.distributed each rank takes rows rank::world of every tensor). extra: more modules
@@ -130,9 +193,10 @@ def fit(model, spec: FitSpec, *, batches: Callable[[int, "object"], Iterable[Bat
             with cast:
                 loss = step(forward, batch).float()
             if not torch.isfinite(loss):
-                raise EdgeKDError(f"{spec.desc}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                                  "the learning rate is likely too high (lower it in the recipe); "
-                                  "the last good epoch's checkpoint is kept")
+                bar.close()
+                raise _Diverged(f"{spec.desc}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
+                                "the learning rate is likely too high (lower it in the recipe); "
+                                "the last good epoch's checkpoint is kept")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -151,7 +215,7 @@ def fit(model, spec: FitSpec, *, batches: Callable[[int, "object"], Iterable[Bat
                 "model": model.state_dict(), "extra": {k: m.state_dict() for k, m in extra.items()},
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": g.get_state(),
                 "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "best": best, "chosen": chosen,
-                "history": history, "best_state": best_state})
+                "history": history, "best_state": best_state, "attempt": attempt})
     bar.close()
     model.load_state_dict(best_state)
     model.to("cpu")

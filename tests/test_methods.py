@@ -1,4 +1,4 @@
-"""Distillation methods (distill.method): features read through hooks, the FitNets hint loss, recipe
+"""Distillation methods (distill.method): features read through hooks, recipe
 validation, and every registered method on a tiny image build and a tiny text build. The builds of one
 task share an output folder, so the teacher, its targets and the baseline are trained once."""
 import functools
@@ -62,26 +62,17 @@ def test_hints_match_by_depth_project_and_pool():
         Hints(s, t, (1, 28, 28), {3: 1})
 
 
-def test_hint_mse_known_value():
-    from edgekd.losses import hint_mse
-
-    a = torch.zeros(1, 2, 2, 2)
-    b = torch.ones(1, 2, 2, 2) * 3  # every element differs by 3: mean 9
-    c = torch.tensor([[[[1.0]], [[0.0]]]])  # (1, 2, 1, 1) against zeros: mean (1 + 0) / 2
-    assert float(hint_mse([(a, b), (c, torch.zeros_like(c))])) == pytest.approx((9 + 0.5) / 2)
-
-
 # ---------------------------------------------------------------- recipes
 
 @pytest.mark.parametrize("overrides, message", [
     (["distill.method=fitnets"], "distill.method must be 'auto' or 'response'"),
     (["distill.hidden_mse=1", "distill.rkd_angle=1"], "two families, feature (hidden_mse) and relation (rkd_angle)"),
-    (["distill.method=relation", "distill.hidden_mse=1"], "set distill.method = 'feature' or distill.hidden_mse = 0"),
+    (["distill.method=relation", "distill.hidden_mse=1"], "set distill.method = 'feature' or distill.losses.hidden_mse = 0"),
     (["distill.method=progressive"], "distill.assistants must be the assistants"),
     (["distill.assistants=mnist-assistant"], "empty unless distill.method = 'progressive'"),
     (["distill.method=progressive", "distill.assistants=4"], "item '4' is a layer count"),
     (["distill.embedding_cos=1"], "applies to text tasks"),
-    (["distill.rkd_distance=-1"], "distill.rkd_distance must be >= 0"),
+    (["distill.rkd_distance=-1"], "distill.losses.rkd_distance must be a weight >= 0"),
 ])
 def test_method_settings_are_validated(overrides, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -90,16 +81,16 @@ def test_method_settings_are_validated(overrides, message):
 
 def test_method_defaults_and_older_recipes(tmp_path):
     r = Recipe()
-    assert r.distill.resolved_method == "response" and r.distill.loss_weights() == {}
-    f = apply_overrides(r, ["distill.method=feature"]).distill
-    assert f.loss_weights() == {"hidden_mse": 1.0}  # a family chosen without weights gets its defaults
-    rel = apply_overrides(r, ["distill.method=relation", "distill.rkd_angle=3"]).distill
-    assert rel.loss_weights() == {"rkd_angle": 3.0}  # ... and its own weights when it gives them
+    assert r.distill.resolved_method == "response" and r.loss_weights() == {"kd": 1.0}
+    f = apply_overrides(r, ["distill.method=feature"])
+    assert f.loss_weights() == {"kd": 1.0, "fitnets_hint": 1.0}  # a family chosen without weights gets its defaults
+    rel = apply_overrides(r, ["distill.method=relation", "distill.losses.rkd_angle=3"])
+    assert rel.loss_weights() == {"kd": 1.0, "rkd_angle": 3.0}  # ... and its own weights when it gives them
     # a recipe from before methods existed: a feature weight alone means feature distillation
     text = ["task=text-embedding", "teacher.model=hf:x", "student.model=layer-subset", "distill.embedding_cos=1"]
-    old = apply_overrides(r, [*text, "distill.hidden_mse=2"]).distill
-    assert old.method == "auto" and old.resolved_method == "feature"
-    assert old.loss_weights() == {"embedding_cos": 1.0, "hidden_mse": 2.0}
+    old = apply_overrides(r, [*text, "distill.hidden_mse=2"])
+    assert old.distill.method == "auto" and old.distill.resolved_method == "feature"
+    assert old.loss_weights() == {"embedding_cos": 1.0, "tinybert_hidden": 2.0}
     with pytest.raises(RecipeError, match="'self' needs labels"):
         apply_overrides(r, [*text, "distill.method=self"])
     p = apply_overrides(r, [*text, "distill.method=progressive", "distill.assistants=5, 4"])
@@ -165,7 +156,7 @@ def test_every_method_on_a_tiny_image_build(image_builds, method):
     _check(r, method, first)
     d = r["training"]["distill"]
     if method == "feature":  # each student stage output learns the teacher's at the same relative depth
-        assert d["feature_pairs"] == {"3": "13", "9": "20"} and d["loss_weights"] == {"hidden_mse": 1.0}
+        assert d["feature_pairs"] == {"3": "13", "9": "20"} and d["loss_weights"] == {"kd": 1.0, "fitnets_hint": 1.0}
     if method == "relation":
         assert d["relation_inputs"] == {"student": "11", "teacher": "22"}
     if method == "progressive":

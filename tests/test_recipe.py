@@ -91,3 +91,94 @@ def test_recipe_loader_never_raises_anything_else(tmp_path_factory, text):
         assert isinstance(load_recipe(p), Recipe)
     except EdgeKDError:
         pass
+
+
+# ---------------------------------------------------------------- distill.losses
+
+TEXT = ["task=text-embedding", "teacher.model=hf:x", "student.model=layer-subset"]
+
+
+def test_losses_table_in_toml_and_overrides(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text("[distill]\nlosses = {kd = 1, rkd_angle = 2.0}\n")
+    r = load_recipe(p)
+    assert r.distill.losses == {"kd": 1.0, "rkd_angle": 2.0} and r.distill.resolved_method == "relation"
+    assert r.loss_weights() == {"kd": 1.0, "rkd_angle": 2.0}  # named: no family defaults
+    one = apply_overrides(r, ["distill.losses.rkd_distance=0.5", "distill.losses.kd=0.5"])  # entry by entry: merged
+    assert one.distill.losses == {"kd": 0.5, "rkd_angle": 2.0, "rkd_distance": 0.5}
+    whole = apply_overrides(r, ["distill.losses={rkd_distance = 3}"])  # the whole table: replaced
+    assert whole.distill.losses == {"rkd_distance": 3.0} and whole.loss_weights() == {"kd": 1.0, "rkd_distance": 3.0}
+    lock = tmp_path / "lock.toml"
+    lock.write_text(recipe_toml(one))
+    assert load_recipe(lock) == one
+
+
+def test_loss_weights_defaults():
+    r = Recipe()
+    assert r.loss_weights() == {"kd": 1.0}  # a classifier always learns the teacher's logits ...
+    assert apply_overrides(r, ["distill.losses.kd=2"]).loss_weights() == {"kd": 2.0}  # ... at the weight it is given
+    assert apply_overrides(r, ["distill.method=feature"]).loss_weights() == {"kd": 1.0, "fitnets_hint": 1.0}
+    assert apply_overrides(r, ["distill.method=relation"]).loss_weights() == {"kd": 1.0, "rkd_angle": 2.0, "rkd_distance": 1.0}
+    text = apply_overrides(r, [*TEXT, "distill.method=feature", "distill.losses.embedding_cos=1"])
+    assert text.loss_weights() == {"embedding_cos": 1.0, "tinybert_hidden": 1.0}  # no logits: no kd
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["distill.losses.rkd_angel=1"], "distill.losses.rkd_angel is not a registered loss; did you mean 'rkd_angle'? "
+                                     "(attention_kl, embedding_cos"),
+    (["distill.losses={kd = -1}"], "distill.losses.kd must be a weight >= 0 (0 turns it off), got -1.0"),
+    (["distill.losses.kd=nan"], "distill.losses.kd must be a weight >= 0"),
+    (["distill.losses.kd=x"], "distill.losses.kd must be a number, got 'x'"),
+    (["distill.losses={kd = 1"], "distill.losses must be a table such as {name = 1.0, other = 2.0}, got '{kd = 1'"),
+    (["distill.losses.embedding_cos=1"], "distill.losses.embedding_cos applies to text tasks, not task "
+                                         "'image-classification'; remove it (the losses for this task: fitnets_hint, kd,"),
+    ([*TEXT, "distill.losses.embedding_cos=1", "distill.losses.fitnets_hint=1"], "fitnets_hint applies to image tasks"),
+    ([*TEXT, "distill.losses.kd=1"], "distill.losses.kd reads logits, and the students of task 'text-embedding' answer "
+                                     "with embeddings"),
+    (TEXT, "distill.losses turns no loss on for task 'text-embedding'; give at least one loss a weight > 0, e.g. "
+           "distill.losses = {embedding_cos = 1.0}"),
+    (["distill.losses.kd=0"], "distill.losses.kd = 0 leaves quantization-aware training nothing to learn"),
+    (["distill.losses={kd = 1}", "distill.losses.kd=2"], "set it whole or entry by entry"),
+])
+def test_losses_table_errors_are_one_line(overrides, message):
+    with pytest.raises(RecipeError) as e:
+        apply_overrides(Recipe(), overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_deprecated_loss_fields_fill_the_table_with_one_line(caplog, tmp_path):
+    p = tmp_path / "old.toml"
+    p.write_text("[distill]\nhidden_mse = 2.0\nrkd_angle = 0.0\n")
+    with caplog.at_level("WARNING", logger="edgekd.recipe"):
+        r = load_recipe(p)
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "edgekd.recipe"]
+    assert lines == ["distill.hidden_mse, distill.rkd_angle are deprecated; write distill.losses = {hidden_mse = 2.0, "
+                     "rkd_angle = 0.0} with hidden_mse renamed fitnets_hint (images) or tinybert_hidden (text)"]
+    # hidden_mse means the data's own hidden-state loss: FitNets' hints here, TinyBERT's for text
+    assert r.distill.losses == {"fitnets_hint": 2.0, "rkd_angle": 0.0} and r.distill.hidden_mse is None
+    assert r.distill.resolved_method == "feature" and r.loss_weights() == {"kd": 1.0, "fitnets_hint": 2.0}
+    text = apply_overrides(r, [*TEXT, "distill.losses={hidden_mse = 2}", "distill.embedding_cos=1"])
+    assert text.distill.losses == {"tinybert_hidden": 2.0, "embedding_cos": 1.0}
+    off = apply_overrides(text, ["distill.embedding_cos=0", "distill.embedding_mse=1"])  # an alias set to 0 turns it off
+    assert off.loss_weights() == {"tinybert_hidden": 2.0, "embedding_mse": 1.0}
+    assert "hidden_mse" not in recipe_toml(off) and "embedding_cos = 0.0" in recipe_toml(off)  # the lock: the table
+
+
+def test_the_baseline_key_reads_no_signal_setting():
+    from dataclasses import fields
+
+    from edgekd.pipeline import _distill_in
+    from edgekd.recipe import DistillSpec
+
+    base = DistillSpec()
+    changed = {"method": "relation", "assistants": "", "temperature": 2.0, "alpha": 0.5, "layer_map": "1:2",
+               "losses": {"rkd_angle": 1.0}, "embedding_mse": 1.0, "embedding_cos": 1.0, "hidden_mse": 1.0,
+               "attention_kl": 1.0, "rkd_distance": 1.0, "rkd_angle": 1.0, "similarity_mse": 1.0}  # aliases: deprecated
+    signal = [f.name for f in fields(DistillSpec) if f.metadata.get("signal")]
+    assert sorted(signal) == sorted(changed)  # a new signal setting: add it here
+    key = _distill_in(base, baseline=True)
+    for name, value in changed.items():
+        spec = DistillSpec(**{name: value, **({"method": "progressive", "assistants": "a"} if name == "assistants" else {})})
+        assert _distill_in(spec, baseline=True) == key, name
+    assert _distill_in(DistillSpec(epochs=3), baseline=True) != key  # what the baseline reads still counts
+    assert _distill_in(DistillSpec(losses={"rkd_angle": 1.0})) != _distill_in(base)  # ... and the distilled student's key
