@@ -44,6 +44,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
 
     from .data import load_data
     from .quantize import qat_eval_mode, resolve_reduce_range
+    from .schedules import resolve as resolve_training
     from .tasks import Context, get
     from .train import resolve_precision
 
@@ -66,6 +67,10 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         t0 = time.perf_counter()
         ctx = Context(recipe, target, device, log, data=load_data(recipe.data, seed=recipe.seed, base=recipe.base_dir))
         task.prepare(ctx)
+        # "auto" training settings resolved once, from the models' families and the data's size: every
+        # stage key and recipe.lock.toml carry the values used
+        recipe = ctx.recipe = resolve_training(recipe, kind=task.kind, n_train=len(ctx.data.x_train))
+        _log_resolved(recipe, log)
         reduce_range = ctx.extra["reduce_range"] = resolve_reduce_range(recipe.quantize.reduce_range)
         # OpenVINO fuses a residual Add into the convolution before it and skips that rounding: QAT
         # trains the placement the target's runtime executes
@@ -144,6 +149,12 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return BuildResult(build_dir, report, stages.done)
+
+
+def _log_resolved(recipe: Recipe, log) -> None:
+    t, d = recipe.teacher, recipe.distill
+    log(f"[settings] teacher {t.optimizer} lr {t.lr:g}, {t.epochs} epochs (if trained here); students "
+        f"{d.optimizer} lr {d.lr:g}, {d.epochs} epochs, batch {d.batch_size} (edgekd.schedules; recipe.lock.toml)")
 
 
 def _mentor(stages: Stages, task, ctx, teacher, base: tuple, st_targets: StageOut) -> tuple:

@@ -114,10 +114,11 @@ class ModelSpec:
     # head); "always" fine-tunes whatever was given; "never" uses it as it is; "probe" (text) trains a
     # linear head on frozen embeddings.
     fine_tune: str = "auto"
-    epochs: int = 0  # 0: the task's default (images 8; text 3 to fine-tune an encoder, 8 for a probe)
-    optimizer: str = "adamw"
-    lr: float = 0.0  # 0: the task's default (images 3e-3; text 5e-5 to fine-tune an encoder, 1e-3 for a probe)
-    batch_size: int = 0  # 0: the task's default (images 64, text 32)
+    # 0 / "auto": the model family's defaults for this data size (edgekd.schedules; the lock file says which)
+    epochs: int = 0
+    optimizer: str = "auto"
+    lr: float = 0.0
+    batch_size: int = 0
     label_smoothing: float = 0.0
     # text students built from the teacher
     layers: int = 3
@@ -127,13 +128,14 @@ class ModelSpec:
     intermediate: int = 1024
 
     def __post_init__(self):
-        _check(self.optimizer in OPTIMIZERS, "optimizer", " or ".join(map(repr, OPTIMIZERS)), self.optimizer)
+        _check(self.optimizer in ("auto", *OPTIMIZERS), "optimizer", " or ".join(map(repr, ("auto", *OPTIMIZERS))),
+               self.optimizer)
         _check(0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)", self.label_smoothing)
         _check(self.fine_tune in ("auto", "always", "never", "probe"), "fine_tune",
                "'auto', 'always', 'never' or 'probe'", self.fine_tune)
-        _check(self.epochs >= 0, "epochs", ">= 0 (0: the task's default)", self.epochs)
-        _check(self.lr >= 0, "lr", ">= 0 (0: the task's default)", self.lr)
-        _check(self.batch_size >= 0, "batch_size", ">= 0 (0: the task's default)", self.batch_size)
+        _check(self.epochs >= 0, "epochs", ">= 0 (0: the model family's default)", self.epochs)
+        _check(self.lr >= 0, "lr", ">= 0 (0: the model family's default)", self.lr)
+        _check(self.batch_size >= 0, "batch_size", ">= 0 (0: the model family's default)", self.batch_size)
         _check(self.layers >= 1, "layers", ">= 1", self.layers)
         _check(self.hidden >= 8 and self.heads >= 1 and self.hidden % self.heads == 0, "hidden",
                "a multiple of heads (>= 8)", (self.hidden, self.heads))
@@ -201,10 +203,11 @@ class DistillSpec:
     assistants: str = field(default="", metadata=_SIGNAL)
     temperature: float = field(default=4.0, metadata=_SIGNAL)
     alpha: float = field(default=0.9, metadata=_SIGNAL)
-    epochs: int = 40
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    batch_size: int = 64
+    # 0 / "auto": the student family's defaults for this data size (edgekd.schedules; the lock file says which)
+    epochs: int = 0
+    optimizer: str = "auto"
+    lr: float = 0.0
+    batch_size: int = 0
     # Consistent teaching (Beyer et al. 2022): the teacher labels the very augmented view the student
     # sees. The teacher's logits for `views` augmented copies of each image are computed once and
     # cached, so an epoch costs one student pass, not a teacher pass too.
@@ -248,10 +251,11 @@ class DistillSpec:
         object.__setattr__(self, "losses", {**self.losses, **{k: float(v) for k, v in old.items()}})  # a copy
         _check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
         _check(0 <= self.alpha <= 1, "distill.alpha", "in [0, 1]", self.alpha)
-        _check(self.epochs >= 0, "distill.epochs", ">= 0", self.epochs)
-        _check(self.optimizer in OPTIMIZERS, "distill.optimizer", " or ".join(map(repr, OPTIMIZERS)), self.optimizer)
-        _check(self.lr > 0, "distill.lr", "> 0", self.lr)
-        _check(self.batch_size > 0, "distill.batch_size", "> 0", self.batch_size)
+        _check(self.epochs >= 0, "distill.epochs", ">= 0 (0: the student family's default)", self.epochs)
+        _check(self.optimizer in ("auto", *OPTIMIZERS), "distill.optimizer", " or ".join(map(repr, ("auto", *OPTIMIZERS))),
+               self.optimizer)
+        _check(self.lr >= 0, "distill.lr", ">= 0 (0: the student family's default)", self.lr)
+        _check(self.batch_size >= 0, "distill.batch_size", ">= 0 (0: the student family's default)", self.batch_size)
         _check(self.views >= 1, "distill.views", ">= 1", self.views)
         for name, w in self.losses.items():
             if name not in losses.registry and name not in losses.ALIASES:

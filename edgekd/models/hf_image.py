@@ -116,6 +116,7 @@ def from_config(spec, io: ModelIO, *, base: Path) -> Built:
         # overrides go to the constructor, so the values it derives from them (stage counts ...) follow
         config = AutoConfig.for_model(ref, **overrides)
     _fit(config, io)
+    capped = _cap_head_dropout(config, overrides)
     try:
         hf = AutoModelForImageClassification.from_config(config, trust_remote_code=trust)
     except ValueError as e:
@@ -126,7 +127,24 @@ def from_config(spec, io: ModelIO, *, base: Path) -> Built:
                           f"({type(e).__name__}: {first_line(e)[:160]}); fix the config overrides") from None
     module = ImageClassifier(hf)
     return Built(module, ready=False,
-                 note=f"{config.model_type} from config ({count_params(module):,} parameters, random init)")
+                 note=f"{config.model_type} from config ({count_params(module):,} parameters, random init{capped})")
+
+
+# Head dropout above this fights distillation: the student must match soft targets through a layer that
+# zeroes most of its features (MobileNetV2's library default is 0.8, MobileNetV1's 0.999, chosen for
+# ImageNet from scratch); HEAD_DROPOUT is what a config left at such a default gets instead.
+MAX_HEAD_DROPOUT, HEAD_DROPOUT = 0.5, 0.2
+_HEAD_DROPOUT_KEYS = ("classifier_dropout_prob", "dropout_rate", "classifier_dropout")
+
+
+def _cap_head_dropout(config, overrides: dict) -> str:
+    """Cap a library's head-dropout default (never a value the recipe set); -> the note's words."""
+    for key in _HEAD_DROPOUT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, float) and value > MAX_HEAD_DROPOUT and key not in overrides:
+            setattr(config, key, HEAD_DROPOUT)
+            return f"; {key} {value:g} -> {HEAD_DROPOUT:g}: the library's default fights distillation"
+    return ""
 
 
 def _image_shape(spec, io: ModelIO) -> tuple[int, int, int]:

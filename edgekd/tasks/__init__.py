@@ -100,6 +100,12 @@ class Task:
         """Quality fields of one model from its runtime outputs on the test split."""
         raise NotImplementedError
 
+    def item_scores(self, ctx: Context, outputs, teacher_outputs):
+        """Per-item quality on the test split, whose mean is `quality`: a bool array (each item right or
+        wrong) or a float array (a per-item score). report.json's intervals and paired tests are computed
+        from these (edgekd.report.stats); None: the task has none, and its report states no uncertainty."""
+        return None
+
     def manifest(self, ctx: Context, export_meta: dict) -> dict:
         """The task's part of manifest.json: inputs, output, preprocessing, labels."""
         raise NotImplementedError

@@ -4,7 +4,7 @@ measures a student by the cosine fidelity of its runtime outputs to the teacher'
 
 from __future__ import annotations
 
-from ..report.markdown import exporter_lines, format_size, kernel_time_lines, ops_line, reduce_range_note
+from ..report.markdown import difference, exporter_lines, format_size, interval, kernel_time_lines, ops_line, reduce_range_note
 from . import ReportParts, _report
 
 LABELS = {"teacher": "teacher", "student-baseline": "student, no distillation (baseline)",
@@ -14,7 +14,7 @@ LABELS = {"teacher": "teacher", "student-baseline": "student, no distillation (b
 def quality_phrase(task, r: dict, x: dict) -> str:
     if task.classify:
         return _report.quality_phrase(task, r, x)
-    return f"cosine fidelity {x[task.quality]:.4f} to the teacher"
+    return f"cosine fidelity {x[task.quality]:.4f} to the teacher{interval(x, lambda v: f'{v:.4f}')[1:]}"
 
 
 def distillation_check(task, gain: float) -> str:
@@ -28,7 +28,8 @@ def distillation_verdict(task, r: dict) -> list[str]:
         return _report.distillation_verdict(task, r)
     m = r["models"]
     gain = task.quality_points(m["student-fp32"][task.quality]) - task.quality_points(m["student-baseline"][task.quality])
-    return [f"- Distillation vs the student's starting weights: {gain:+.2f} points of {task.quality_label}."]
+    return [f"- Distillation vs the student's starting weights: "
+            f"{difference(r, 'student-fp32', 'student-baseline', gain)} of {task.quality_label}."]
 
 
 def _format(task, v: float) -> str:
@@ -36,19 +37,26 @@ def _format(task, v: float) -> str:
     return f"{100 * v:.2f}%" if task.classify else f"{v:.4f}"
 
 
+def _with_ci(task, x: dict) -> str:
+    """A model's quality with its 95% interval in brackets, where report.json has one."""
+    q = x.get("quality_interval")
+    return _format(task, x[task.quality]) + (f" ({_format(task, q['low'])}–{_format(task, q['high'])})" if q else "")
+
+
 def report_parts(task, r: dict) -> ReportParts:
     m, tp, emb = r["models"], r["target_profile"], not task.classify
     seqs = [str(s) for s in r["sequence_lengths"]]
     table = [f"Recipe `{r['recipe']}`, runtime **{tp['runtime']}**, {tp['threads']} thread(s), batch 1, each model in a "
              f"fresh process. Quality on {r['test_samples']} held-out texts ({r['data_origin']}), computed from the "
-             "runtime's outputs" + (" against the teacher's runtime outputs." if emb else "."), ""]
+             "runtime's outputs" + (" against the teacher's runtime outputs" if emb else "")
+             + ("; in brackets the 95% interval." if r.get("comparisons") else "."), ""]
     quality_columns = "cosine fidelity | top-10 neighbour overlap" if emb else "accuracy | agreement w/ teacher"
     table += [f"| model | params | {quality_columns} | " + " | ".join(f"p50 ms @{s}" for s in seqs)
               + f" | p90 / p99 ms @{seqs[-1]} | speedup @{seqs[-1]} | size | peak RSS |",
               "|---|---:|---:|---:|" + "---:|" * len(seqs) + "---:|---:|---:|---:|"]
     for name, x in m.items():
-        q = (f"{x['fidelity_cosine']:.4f} | {x['neighbour_overlap_at_10']:.3f}" if emb else
-             f"{100 * x['accuracy']:.2f}% | {100 * x['agreement']:.2f}%")
+        q = (f"{_with_ci(task, x)} | {x['neighbour_overlap_at_10']:.3f}" if emb else
+             f"{_with_ci(task, x)} | {100 * x['agreement']:.2f}%")
         by = x["latency_by_seq"]
         table.append(f"| {LABELS.get(name, name)} | {x['params']:,} | {q} | "
                      + " | ".join(f"{by[s]['p50']:.2f}" for s in seqs)
@@ -62,7 +70,8 @@ def report_parts(task, r: dict) -> ReportParts:
              f"- Distillation: {fmt(base[key])} -> {fmt(s32[key])} "
              + ("cosine fidelity (the baseline is the student before training: its copied or fresh layers)."
                 if emb else "accuracy (the baseline is the same student trained on the hard labels)."),
-             f"- INT8 vs FP32 student: {fmt(s32[key])} -> {fmt(s8[key])}; "
+             f"- INT8 vs FP32 student: {fmt(s32[key])} -> {fmt(s8[key])} ("
+             f"{difference(r, 'student-int8', 'student-fp32', task.quality_points(s8[key] - s32[key]))}); "
              + ", ".join(f"{s} tokens {s32['latency_by_seq'][s]['p50'] / s8['latency_by_seq'][s]['p50']:.2f}x"
                          for s in seqs) + " faster at p50.",
              "- INT8 student vs teacher: " + ", ".join(
@@ -98,6 +107,7 @@ def report_parts(task, r: dict) -> ReportParts:
     for n, t_ in r["training"].items():
         v = t_.get("val_score")
         if v is not None:
-            training.append(f"| {n} | {v:.4f} | {t_.get('chosen_epoch', '-')} |")
+            training.append(f"| {n} | {_report.val_cell(task, r, v) if task.classify else f'{v:.4f}'} "
+                            f"| {t_.get('chosen_epoch', '-')} |")
     return ReportParts(title=f"# edgekd build: {r['target']} ({r['task']})", table=table, gains=gains, int8=int8,
                        parity=parity, training=training, target_sections=False)

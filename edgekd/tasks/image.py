@@ -69,12 +69,12 @@ class ImageClassification(Task):
     def train_teacher(self, ctx: Context, teacher, checkpoint: Path):
         import torch.nn.functional as F
 
-        from ..train import FitSpec, fit, steps_for
+        from ..schedules import fit_spec
+        from ..train import fit
 
         spec, d = ctx.recipe.teacher, ctx.data
-        bs = spec.batch_size or 64
-        fs = FitSpec(epochs=spec.epochs or 8, lr=spec.lr or 3e-3, batch_size=bs, optimizer=spec.optimizer,
-                     steps_per_epoch=steps_for(len(d.x_train), bs), seed=ctx.recipe.seed, desc="teacher")
+        bs = spec.batch_size
+        fs = fit_spec(ctx, role="teacher", n_rows=len(d.x_train), desc="teacher")
         smoothing = spec.label_smoothing
 
         def step(forward, batch):
@@ -172,16 +172,13 @@ class ImageClassification(Task):
         from ..losses import get as get_loss
         from ..quantize import qat_eval_mode, qat_train_mode
         from ..recipe import parse_layer_map
-        from ..train import FitSpec, fit, steps_for
+        from ..schedules import fit_spec
+        from ..train import fit
 
-        ds, qs, d = ctx.recipe.distill, ctx.recipe.quantize, ctx.data
+        ds, d = ctx.recipe.distill, ctx.data
         xs, ts = ctx.extra["views_x"], ctx.extra["views_logits"]
-        epochs = (qs.epochs if qs.method == "qat" else 0) if qat else ds.epochs
-        fs = FitSpec(epochs=epochs, lr=qs.lr if qat else ds.lr, batch_size=ds.batch_size,
-                     optimizer=ds.optimizer, weight_decay=0.0 if qat else None,
-                     steps_per_epoch=steps_for(xs.shape[1], ds.batch_size),
-                     seed=ctx.recipe.seed + (2 if qat else 0), desc="qat" if qat else ("distill" if distill else "baseline"),
-                     precision="fp32" if qat else ctx.extra.get("precision", "fp32"))
+        fs = fit_spec(ctx, role="student", n_rows=xs.shape[1], qat=qat,
+                      desc="qat" if qat else ("distill" if distill else "baseline"))
         T, alpha = ds.temperature, ds.alpha
         terms = [(get_loss(k), w) for k, w in ctx.recipe.loss_weights().items()] if distill else []
         if qat:  # the QAT student is a captured graph with no submodules to hook: the response alone
@@ -342,6 +339,9 @@ class ImageClassification(Task):
         return {"accuracy": float((outputs.argmax(1) == y).mean()),
                 "agreement": float((outputs.argmax(1) == teacher_outputs.argmax(1)).mean())}
 
+    def item_scores(self, ctx: Context, outputs, teacher_outputs):
+        return outputs.argmax(1) == ctx.data.y_test  # (N,) bool: each test image right or wrong
+
     def manifest(self, ctx: Context, export_meta: dict) -> dict:
         from ..artifacts import deliverable
 
@@ -389,31 +389,31 @@ class ImageClassification(Task):
         return distillation_verdict(self, r)
 
     def report_parts(self, r: dict):
-        from ..report.markdown import exporter_lines, format_size, kernel_time_lines, ops_line, reduce_range_note
+        from ..report.markdown import (difference, exporter_lines, format_size, kernel_time_lines, ops_line,
+                                       reduce_range_note, size_words, speed_words)
         from . import ReportParts
-        from ._report import parity_table
+        from ._report import parity_table, pct_ci, val_cell
 
         tp, m, labels = r["target_profile"], r["models"], self.model_labels()
         pct = lambda v: f"{100 * v:.2f}%"  # noqa: E731 - a share of the test split
         table = [f"Recipe `{r['recipe']}`, runtime **{tp['runtime']}**, {tp['threads']} thread(s), batch 1, "
                  f"{tp['iterations']} timed runs after {tp['warmup']} warm-up, each model in a fresh process. "
                  f"Accuracy on {r['test_samples']} held-out test images ({r.get('data_origin', '')}), computed from "
-                 "the runtime's outputs.", "",
-                 "| model | params | accuracy | agreement w/ teacher | p50 ms | p90 ms | p99 ms | speedup vs teacher "
+                 "the runtime's outputs" + ("; in brackets its 95% interval (Wilson)." if r.get("comparisons") else "."),
+                 "", "| model | params | accuracy | agreement w/ teacher | p50 ms | p90 ms | p99 ms | speedup vs teacher "
                  "| size | size ratio | peak RSS |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, x in m.items():
             lat = x["latency_ms"]
-            table.append(f"| {labels.get(name, name)} | {x['params']:,} | {pct(x['accuracy'])} | {pct(x['agreement'])} "
+            table.append(f"| {labels.get(name, name)} | {x['params']:,} | {pct_ci(self, x)} | {pct(x['agreement'])} "
                          f"| {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | {x['speedup_vs_teacher']:.1f}x "
                          f"| {format_size(x['size_bytes'])} | {x['size_ratio_vs_teacher']:.3f} | {x['peak_rss_mb']:.0f} MB |")
         s8, s32, t = m["student-int8"], m["student-fp32"], m["teacher"]
-        one = self.quality_points(1 / r["test_samples"])
         gains = ["", "## What distillation and INT8 bought", "",
                  f"- Distillation vs the same student on hard labels (same data, views and epochs): "
-                 f"**{r['distillation_gain_pts']:+.2f} points** ({pct(s32['accuracy'])} vs "
-                 f"{pct(m['student-baseline']['accuracy'])}). One test image is {one:.2g} point{'s' if one > 1 else ''}.",
-                 f"- INT8 vs teacher: {self.quality_points(s8['accuracy'] - t['accuracy']):+.2f} points, "
-                 f"{s8['speedup_vs_teacher']:.1f}x faster at p50, {1 / s8['size_ratio_vs_teacher']:.0f}x smaller."]
+                 f"**{difference(r, 'student-fp32', 'student-baseline', r['distillation_gain_pts'])}** "
+                 f"({pct(s32['accuracy'])} vs {pct(m['student-baseline']['accuracy'])}).",
+                 f"- INT8 vs teacher: {difference(r, 'student-int8', 'teacher', self.quality_points(s8['accuracy'] - t['accuracy']))}"
+                 f"; {speed_words(s8['speedup_vs_teacher'])} at p50, {size_words(s8['size_ratio_vs_teacher'])}."]
         ratio = s32["latency_ms"]["p50"] / s8["latency_ms"]["p50"]
         if ratio >= 1:
             gains.append(f"- INT8 vs FP32 student on this CPU: {ratio:.2f}x faster at p50.")
@@ -427,7 +427,7 @@ class ImageClassification(Task):
         training = ["", "## Training", "", "| stage | val accuracy | chosen epoch (best on validation) |", "|---|---:|---:|"]
         for n, t_ in r["training"].items():
             if t_.get("val_score") is not None:
-                training.append(f"| {n} | {pct(t_['val_score'])} | {t_.get('chosen_epoch', '-')} |")
+                training.append(f"| {n} | {val_cell(self, r, t_['val_score'])} | {t_.get('chosen_epoch', '-')} |")
         qat = r["training"].get("qat", {})
         if qat.get("method") == "qat" and qat.get("chosen_epoch") == 0:
             training.append("\nQuantization-aware fine-tuning did not beat its calibrated starting point on validation, "

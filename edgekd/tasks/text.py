@@ -87,7 +87,8 @@ class _TextTask(Task):
         embeddings. Fine-tuning first, then distilling, is what practitioners find works best."""
         import torch.nn.functional as F
 
-        from ..train import FitSpec, fit, steps_for
+        from ..schedules import fit_spec
+        from ..train import fit
 
         spec, toks, d = ctx.recipe.teacher, ctx.extra["tokens"], ctx.data
         if not self.classify:
@@ -96,10 +97,8 @@ class _TextTask(Task):
         if probe:  # the encoder stays frozen; its head (and projection) learn
             for p in teacher.base.parameters():
                 p.requires_grad_(False)
-        bs = spec.batch_size or 32
-        fs = FitSpec(epochs=spec.epochs or (8 if probe else 3), lr=spec.lr or (1e-3 if probe else 5e-5), batch_size=bs,
-                     optimizer="adamw", weight_decay=0.01, schedule="warmup-linear",
-                     steps_per_epoch=steps_for(len(d.y_train), bs), seed=ctx.recipe.seed, desc="teacher")
+        bs = spec.batch_size
+        fs = fit_spec(ctx, role="teacher", n_rows=len(d.y_train), desc="teacher")
         y = d.y_train
         import torch
 
@@ -181,7 +180,8 @@ class _TextTask(Task):
 
         from ..losses import get as get_loss
         from ..quantize import qat_eval_mode, qat_train_mode
-        from ..train import FitSpec, fit, steps_for
+        from ..schedules import fit_spec
+        from ..train import fit
 
         ds, qs, d = ctx.recipe.distill, ctx.recipe.quantize, ctx.data
         keep = ctx.extra["keep"]
@@ -210,12 +210,9 @@ class _TextTask(Task):
             mentor.to(ctx.device).eval()
         # word embeddings stay frozen: most of the parameters, and the vocabulary is the teacher's anyway
         student.input_embeddings().weight.requires_grad_(False)
-        epochs = (qs.epochs if qs.method == "qat" else 0) if qat else (ds.epochs if (distill or self.classify) else 0)
-        fs = FitSpec(epochs=epochs, lr=qs.lr if qat else ds.lr, batch_size=ds.batch_size, optimizer="adamw",
-                     weight_decay=0.01, schedule="warmup-linear", steps_per_epoch=steps_for(len(keep), ds.batch_size),
-                     seed=ctx.recipe.seed + (2 if qat else 0),
-                     desc="qat" if qat else ("distill" if distill else "baseline"),
-                     precision="fp32" if qat else ctx.extra.get("precision", "fp32"))
+        # an embedding baseline has no labels to learn from: it is the student as initialised
+        fs = fit_spec(ctx, role="student", n_rows=len(keep), qat=qat, epochs=None if (qat or distill or self.classify) else 0,
+                      desc="qat" if qat else ("distill" if distill else "baseline"))
 
         def step(forward, batch):
             ids, mask, idx = batch
@@ -276,8 +273,6 @@ class _TextTask(Task):
         from ..export import check_integer_kernels, check_parity, embedding_parity
         from ..export_hf import export_text
         from ..quantize import quantize_onnx, strip_fake_quant
-
-        import copy
 
         es = ctx.recipe.export
         # the saved tokenizer truncates where the build did, so an app calling it with truncation=True
@@ -442,6 +437,9 @@ class TextClassification(_TextTask):
         return {"accuracy": float((outputs.argmax(1) == y).mean()),
                 "agreement": float((outputs.argmax(1) == teacher_outputs.argmax(1)).mean())}
 
+    def item_scores(self, ctx: Context, outputs, teacher_outputs):
+        return outputs.argmax(1) == ctx.data.y_test  # (N,) bool: each test text right or wrong
+
 
 class TextEmbedding(_TextTask):
     name = "text-embedding"
@@ -463,6 +461,9 @@ class TextEmbedding(_TextTask):
         # fidelity as the app sees it: both models' runtime outputs
         return {"fidelity_cosine": mean_cosine(outputs, teacher_outputs),
                 "neighbour_overlap_at_10": neighbour_overlap(outputs, teacher_outputs, k=10)}
+
+    def item_scores(self, ctx: Context, outputs, teacher_outputs):
+        return row_cosines(outputs, teacher_outputs)  # (N,) float: each test text's cosine to the teacher
 
 
 tasks.register(TextClassification.name)(TextClassification())
