@@ -342,9 +342,12 @@ class QuantizeSpec:
     # Image students: weights on a b-bit symmetric grid, +-(2^(b-1) - 1), stored and run as INT8 (no
     # smaller, no faster here): what an accelerator with b-bit weights would compute. 8 = INT8.
     weight_bits: int = 8
+    # "auto": kinds of layer where INT8 is slower than float on the target's runtime stay float (edgekd.payoff)
+    int8_layers: str = "auto"
 
     def __post_init__(self):
         _check(self.method in ("qat", "ptq"), "quantize.method", "'qat' or 'ptq'", self.method)
+        _check(self.int8_layers in ("auto", "all"), "quantize.int8_layers", "'auto' or 'all'", self.int8_layers)
         _check(self.epochs >= 0, "quantize.epochs", ">= 0", self.epochs)
         _check(self.lr > 0, "quantize.lr", "> 0", self.lr)
         _check(self.calibration > 0, "quantize.calibration", "> 0", self.calibration)
@@ -564,6 +567,7 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         raise RecipeError(f"recipe '{p}' is not valid TOML ({e}); fix the file's syntax") from None
     except OSError as e:
         raise RecipeError(f"recipe '{p}' cannot be read ({e.strerror})") from None
+    data = data if "name" in data else {"name": p.resolve().parent.name or p.stem, **data}  # not the example's name
     recipe = _build(Recipe, data, "")
     return replace(recipe, base_dir=str(p.resolve().parent))
 

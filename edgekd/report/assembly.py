@@ -43,6 +43,7 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
         for key in ("latency_by_seq", "op_profile"):
             if key in b:
                 models[name][key] = b[key]
+    comparisons = _statistics(task, ctx, models, outs)
     teacher = models["teacher"]
     for m in models.values():
         m["speedup_vs_teacher"] = teacher["latency_ms"]["p50"] / m["latency_ms"]["p50"]
@@ -53,6 +54,8 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
     stage_times = {"data": {"seconds": data_seconds, "cached": False}}
     stage_times.update({s.name: {"seconds": s.seconds, "cached": s.cached, "cache": s.dir.name} for s in done})
     training = {n: {k: v for k, v in by[n].meta.items() if k != "history"} for n in ("teacher", "baseline", "distill", "qat")}
+    # the INT8 student trains quantize.epochs more than the FP32 one it starts from: the verdict says so
+    training["qat"].setdefault("epochs", recipe.quantize.epochs)
     teacher_val = by["teacher"].meta.get("val_score")
     baseline_val = by["baseline"].meta.get("val_score")
     return {
@@ -66,9 +69,9 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
         "models": models,
         "training": training,
         "distillation_gain_pts": task.quality_points(models["student-fp32"][quality] - models["student-baseline"][quality]),
+        "comparisons": comparisons,
         "teacher_check": {"val_score": teacher_val, "baseline_val_score": baseline_val,
-                          "below_baseline": teacher_val is not None and baseline_val is not None
-                          and teacher_val < baseline_val},
+                          "below_baseline": _below(teacher_val, baseline_val, len(ctx.data.x_val))},
         **task.report_extra(ctx),
         "parity": export["parity"],
         "exporters": export.get("exporters") or export.get("exporter"),
@@ -77,12 +80,39 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
                  "export": export.get("int8_export"),
                  "openvino_precisions": export.get("openvino_int8_precisions"),
                  "embedding_tables": export.get("int8_embeddings"),
-                 "accuracy_budget": export.get("accuracy_budget")},
+                 "accuracy_budget": export.get("accuracy_budget"), "payoff": export.get("int8_payoff")},
         "mobile": export.get("mobile"),
         "stages": stage_times,
         "test_samples": int(len(ctx.data.y_test) if ctx.data.y_test is not None else len(ctx.data.x_test)),
+        "validation_samples": int(len(ctx.data.y_val) if ctx.data.y_val is not None else len(ctx.data.x_val)),
         "environment": environment(target, recipe.seed),
     }
+
+
+def _below(teacher: float | None, baseline: float | None, n: int) -> bool:
+    """The teacher below the hard-label student on validation by more than noise: their Wilson intervals
+    on the n validation items do not overlap (validation scores in [0, 1])."""
+    from .stats import wilson
+
+    if teacher is None or baseline is None or teacher >= baseline:
+        return False
+    if not (0 <= teacher <= 1 and 0 <= baseline <= 1 and n):
+        return True
+    return wilson(round(teacher * n), n)[1] < wilson(round(baseline * n), n)[0]
+
+
+def _statistics(task, ctx, models: dict, outs: dict) -> dict:
+    """Each model's quality interval (into models[name]["quality_interval"]) and the paired tests of the
+    differences a verdict states, from the task's per-item scores; {} for a task without them."""
+    from .stats import judge
+
+    items = {n: task.item_scores(ctx, o, outs["teacher"]) for n, o in outs.items()}
+    if any(v is None for v in items.values()):
+        return {}
+    intervals, comparisons = judge(items, points=task.quality_points)
+    for n, q in intervals.items():
+        models[n]["quality_interval"] = q
+    return comparisons
 
 
 def environment(target, seed: int) -> dict:

@@ -41,7 +41,54 @@ def latency_note(r: dict, form: str) -> str:
 
 
 def format_size(b: float) -> str:
-    return f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
+    return f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.2f} MB" if b >= 1e5 else f"{b / 1e3:.1f} kB"
+
+
+# statistics (edgekd.report.stats, computed at assembly; a report.json from before them renders without) --
+
+def interval(x: dict, fmt) -> str:
+    """", 95% CI 97.59-98.96%": a model's quality interval in `fmt`, the task's format of a quality value;
+    "" when report.json has none."""
+    q = x.get("quality_interval")
+    return f", 95% CI {fmt(q['low'])}–{fmt(q['high'])}" if q else ""
+
+
+def comparison(r: dict, a: str, b: str) -> dict | None:
+    """The paired test of a - b on the same test items, or None."""
+    return (r.get("comparisons") or {}).get(f"{a} vs {b}")
+
+
+def difference(r: dict, a: str, b: str, diff_pts: float) -> str:
+    """"+0.56 points (95% CI -0.30 to +1.40; exact McNemar test p = 0.25: within noise)"."""
+    c = comparison(r, a, b)
+    text = f"{diff_pts:+.2f} points"
+    if not c:
+        return text
+    judged = "within noise" if c["within_noise"] else "a real difference"
+    return (f"{text} (95% CI {c['low_pts']:+.2f} to {c['high_pts']:+.2f}; {c['method']} on the same "
+            f"{c['n']:,} test items, p = {c['p']:.2g}: {judged})")
+
+
+def within_noise(r: dict, a: str, b: str) -> bool:
+    c = comparison(r, a, b)
+    return bool(c and c["within_noise"])
+
+
+def too_small_lines(r: dict) -> list[str]:
+    """One warning when the test split cannot separate the models a verdict compares, with the size that
+    would (for the difference seen here)."""
+    words = {"student-fp32 vs student-baseline": "distilled from baseline", "student-int8 vs student-fp32":
+             "INT8 from FP32", "student-fp32 vs teacher": "student from teacher"}
+    short = [(w, c) for k, w in words.items() if (c := (r.get("comparisons") or {}).get(k))
+             and c["within_noise"] and c["n_needed"] and c["n_needed"] > c["n"]]
+    if not short:
+        return []
+    n = short[0][1]["n"]
+    need = "; ".join(f"{w}: a difference of {abs(c['diff_pts']):.2f} points needs about {c['n_needed']:,} test items"
+                     for w, c in short)
+    return [f"- **Warning: the test split ({n:,} items) is too small to separate** what this build compares ({need}, "
+            "for a two-sided test at the 5% level with 80% power). Give more test data (data.n_test, "
+            "data.test_fraction) before reading these differences as results."]
 
 
 def reduce_range_note(r: dict) -> str:
@@ -84,12 +131,31 @@ def exporter_lines(r: dict) -> list[str]:
     return [*lines, ""]
 
 
+def payoff_lines(r: dict) -> list[str]:
+    """Why the INT8 model is (not) faster: edgekd.payoff's timings of the layer kinds left float."""
+    p = (r.get("int8") or {}).get("payoff")
+    if not p:
+        return []
+    ms = p["p50_ms"]
+    head = (f"- Which layers run INT8 was timed on the target's runtime ({p['method']}): FP32 {ms['fp32']:.3f} ms, "
+            f"all INT8 {ms['all_int8']:.3f} ms" + (f", with {', '.join(p['float_kinds'])} layers float "
+                                                   f"{ms['chosen']:.3f} ms (shipped)" if p["float_kinds"] else " (shipped)") + ".")
+    tried = [f"{k} {v['ms']:.3f} ms (vs {v['vs']} {v['vs_ms']:.3f} ms)" for k, v in (p.get("tried") or {}).items()]
+    lines = [head] + ([f"  Tried: {'; '.join(tried)}."] if tried else [])
+    if p["int8_vs_fp32"] < 1:
+        lines.append(f"- ⚠ INT8 does not pay for this model on this CPU: the shipped INT8 model is "
+                     f"{1 / p['int8_vs_fp32']:.2f}x the FP32 student's latency, whichever kinds of layer stay float "
+                     "(small convolutions, where float kernels are as fast, and the quantize/dequantize work around "
+                     "them). It is still the smaller file; for the fastest model, build the FP32 target.")
+    return lines
+
+
 def render_markdown(r: dict) -> str:
     """report.md: the verdict, the task's table and sections, the INT8 graph and the budgets, the target's
     sections, parity, training, stage times and the environment."""
     parts = task_of(r).report_parts(r)
     lines = [parts.title, "", *verdict_lines(r), *parts.table, *parts.gains, "", "## INT8 graph", "", *parts.int8,
-             *accuracy_budget_lines(r)]
+             *payoff_lines(r), *accuracy_budget_lines(r)]
     if parts.target_sections:
         lines += _thread_lines(r)
     lines += _memory_lines(r)
@@ -109,10 +175,7 @@ def headline(r: dict, name: str, *, target: str = "") -> str:
     """One line: a model against the teacher (p50 speed, quality, file size, peak RSS); led by ⚠ and
     ending in what to check when something went wrong."""
     x = r["models"][name]
-    s = x["speedup_vs_teacher"]
-    speed = f"{s:.1f}x faster" if s >= 1 else f"{1 / s:.1f}x slower"
-    k = 1 / x["size_ratio_vs_teacher"]
-    size = f"{k:.0f}x smaller file" if k >= 10 else f"{k:.1f}x smaller file" if k >= 1 else f"{1 / k:.1f}x larger file"
+    speed, size = speed_words(x["speedup_vs_teacher"]), size_words(x["size_ratio_vs_teacher"])
     who = f"{target}: " if target else ""
     ships = ", the deliverable" if name == deliverable_name(r) and not target else ""
     line = (f"**{who}{SHORT.get(name, name)}** ({x['runtime']}{ships}): {speed} than the teacher at p50"
@@ -121,13 +184,33 @@ def headline(r: dict, name: str, *, target: str = "") -> str:
     return f"⚠ {line}. **Check:** {'; '.join(checks)}." if checks else f"{line}."
 
 
+def speed_words(speedup: float) -> str:
+    """"3.0x faster" or "3.0x slower": never "0.3x faster"."""
+    return f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / speedup:.1f}x slower"
+
+
+def size_words(ratio: float) -> str:
+    """A file `ratio` times the teacher's: "82x smaller file", "1.6x larger file"."""
+    k = 1 / ratio
+    return f"{k:.0f}x smaller file" if k >= 10 else f"{k:.1f}x smaller file" if k >= 1 else f"{1 / k:.1f}x larger file"
+
+
 def _checks(r: dict, name: str) -> list[str]:
-    """What went wrong for one student: distillation below its baseline, INT8 losing more than the budget,
-    float fallback layers, the memory budget missed, an export never checked against PyTorch."""
+    """What went wrong for one student: not smaller or not faster than its teacher, distillation below its
+    baseline (beyond noise), INT8 losing more than the budget, float fallback layers, the memory budget
+    missed, an export never checked against PyTorch."""
     m, x = r["models"], r["models"][name]
+    t = m["teacher"]
     out = []
+    if x.get("params") and t.get("params") and x["params"] >= t["params"]:
+        out.append(f"the student has {x['params'] / t['params']:.1f}x the teacher's parameters ({x['params']:,} vs "
+                   f"{t['params']:,}): choose a smaller student (student.model)")
+    if x["speedup_vs_teacher"] < 1:
+        out.append("the student is slower than its teacher on this runtime")
+    if x["size_ratio_vs_teacher"] > 1:
+        out.append("the student's file is larger than its teacher's")
     gain = quality(r, m["student-fp32"])[0] - quality(r, m["student-baseline"])[0]
-    if gain < 0:
+    if gain < 0 and not within_noise(r, "student-fp32", "student-baseline"):
         out.append(task_of(r).distillation_check(gain))
     if (r.get("teacher_check") or {}).get("below_baseline"):
         out.append("the teacher is worse than the hard-label student on validation")
@@ -143,6 +226,10 @@ def _checks(r: dict, name: str) -> list[str]:
                        f"budget {ab['max_accuracy_drop_pts']:g})")
         if ab and ab["float_layers"]:
             out.append(f"fallback: {len(ab['float_layers'])} of {ab['layers']} layers left float")
+        slower = x["latency_ms"]["p50"] / m["student-fp32"]["latency_ms"]["p50"]
+        if slower > 1.05:  # beyond a fresh-process p50's run-to-run spread
+            out.append(f"INT8 is {slower:.2f}x the FP32 student's latency on this runtime (see 'INT8 graph': "
+                       "where integer kernels do not pay); for speed, build the FP32 target")
     mem = r.get("memory_budget")
     if mem and not mem["fits"] and name == deliverable_name(r):
         out.append(f"{mem.get('measured', 'peak RSS')} {mem.get('measured_mb', mem['peak_rss_mb']):.0f} MB is over "
@@ -161,10 +248,37 @@ def verdict_lines(r: dict) -> list[str]:
     for name in (first, *(n for n in ("student-int8", "student-fp32") if n != first)):
         lines += [headline(r, name), ""]
     lines += task_of(r).distillation_verdict(r)
+    lines += _int8_vs_fp32(r) + _teacher_line(r) + too_small_lines(r)
     ab = (r.get("int8") or {}).get("accuracy_budget")
     if ab:
         lines.append(f"- {budget_verdict(ab)}")
     return lines + [""]
+
+
+def _int8_vs_fp32(r: dict) -> list[str]:
+    """INT8 against the FP32 student it starts from, attributed plainly: quantization-aware training is
+    quantize.epochs more epochs of distillation, so an INT8 student ahead of FP32 learned it there."""
+    m = r["models"]
+    if "student-int8 vs student-fp32" not in (r.get("comparisons") or {}):
+        return []
+    d = quality(r, m["student-int8"])[0] - quality(r, m["student-fp32"])[0]
+    line = f"- INT8 vs the FP32 student: {difference(r, 'student-int8', 'student-fp32', d)}."
+    qat = (r.get("training") or {}).get("qat") or {}
+    if d > 0 and qat.get("epochs"):
+        line += (f" **INT8 is not more accurate because of quantization**: quantization-aware distillation trained it "
+                 f"{qat['epochs']} epoch(s) more (quantize.epochs), starting from the FP32 student; the gain is that "
+                 "extra training, which an FP32 student given the same epochs would also get.")
+    return [line]
+
+
+def _teacher_line(r: dict) -> list[str]:
+    """A teacher edgekd trained or fine-tuned on this data (a new head, untrained weights) is said here."""
+    t = (r.get("training") or {}).get("teacher") or {}
+    if not t.get("trained_here"):
+        return []
+    note = f" ({t['note']})" if t.get("note") else ""
+    return [f"- The teacher was trained here on this data before distillation{note}: teacher.fine_tune trains a "
+            "teacher that is not ready for this data (random weights, a new head); `never` uses it as given."]
 
 
 # budgets -------------------------------------------------------------------------------------------------
@@ -325,7 +439,10 @@ def render_combined(reports: dict[str, dict]) -> str:
     for t, r in reports.items():
         for name, x in r["models"].items():
             q, qname = quality(r, x)
-            lines.append(f"| {t} | {x['runtime']} | {LABELS.get(name, name)} | {qname} {q:.2f}% "
+            ci = x.get("quality_interval")
+            pts = task_of(r).quality_points
+            ci = f" ({pts(ci['low']):.2f}–{pts(ci['high']):.2f})" if ci else ""
+            lines.append(f"| {t} | {x['runtime']} | {LABELS.get(name, name)} | {qname} {q:.2f}%{ci} "
                          f"| {x['latency_ms']['p50']:.3f} | {x['latency_ms']['p99']:.3f} | {x['speedup_vs_teacher']:.1f}x "
                          f"| {format_size(x['size_bytes'])} | {x['peak_rss_mb']:.0f} MB |")
     return drop_empty_columns("\n".join(lines)) + "\n"
