@@ -84,7 +84,7 @@ def _family(kind: str) -> str:
     return "linear" if "linear" in kind.lower() else "conv"
 
 
-def _p50(runs: dict, x: np.ndarray, *, rounds: int = 5, seconds: float = 0.25) -> dict:
+def _p50(runs: dict, x: np.ndarray, *, rounds: int = 3, seconds: float = 0.05) -> dict:
     """p50 ms at batch 1 of each runner on x, interleaved over `rounds`, about `seconds` a runner a round."""
     one = np.ascontiguousarray(x[:1])
     for run in runs.values():

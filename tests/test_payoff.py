@@ -1,0 +1,49 @@
+"""edgekd.payoff: the layer kinds a student has are each tried float on the runtime, the chosen float
+layers are a subset of the INT8 layers of the kinds kept float, and the models it writes run. Which kind
+wins is a timing on this machine, measured in benchmarks (not asserted here)."""
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgekd.export import export_onnx
+from edgekd.payoff import choose_float_kinds
+from edgekd.quantize import QuantizeSpec, calibrate, export_int8_onnx, int8_layers, leave_float, prepare
+
+
+class DepthwiseNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pw = nn.Conv2d(16, 32, 1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.pw(torch.relu(self.dw(torch.relu(self.stem(x))))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_every_kind_is_tried_and_the_choice_runs(tmp_path):
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((32, 1, 16, 16)).astype(np.float32)
+    model = DepthwiseNet().eval()
+    q = prepare(model, QuantizeSpec(reduce_range=False), input_shape=(1, 16, 16))
+    calibrate(q, x)
+    export_onnx(model, tmp_path / "fp32.onnx", (1, 16, 16), opset=17)
+    layers = int8_layers(q)
+    assert sorted(layers.values()) == ["Conv2d", "Conv2d", "Conv2d depthwise", "Linear"]
+
+    def write(float_layers, path):
+        export_int8_onnx(leave_float(q, float_layers), path, input_shape=(1, 16, 16), opset=17, calib_x=x,
+                         reduce_range=False)
+
+    lines = []
+    r = choose_float_kinds(layers, write, tmp_path / "fp32.onnx", runtime="onnxruntime", threads=1, x=x,
+                           folder=tmp_path / "trials", log=lines.append)
+    assert {k.split(" float")[0].split(" + ")[0] for k in r["tried"]} >= {"conv", "depthwise", "linear"} - set(r["float_kinds"])
+    assert set(r["float_kinds"]) <= {"conv", "depthwise", "linear"} and len(r["float_kinds"]) < 3
+    assert set(r["float_layers"]) == {n for n, k in layers.items() if
+                                      {"Conv2d": "conv", "Conv2d depthwise": "depthwise", "Linear": "linear"}[k]
+                                      in r["float_kinds"]}
+    assert r["p50_ms"]["chosen"] > 0 and r["int8_vs_fp32"] == r["p50_ms"]["fp32"] / r["p50_ms"]["chosen"]
+    assert len(lines) == 1 and "vs FP32" in lines[0]
