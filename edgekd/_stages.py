@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .artifacts import sha256_file
+from .artifacts import sha256_file, write_atomic
 
 # Bump when a stage's code changes what it produces or a spec a stage reads gains a field, so old cache
 # entries are not reused. A stage's key is the whole of the specs it reads, never a curated subset.
@@ -25,12 +25,6 @@ STAGE_VERSION = 7
 def _key(*parts) -> str:
     text = json.dumps([STAGE_VERSION, __version__, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -4,6 +4,7 @@ runtimes are edgekd.backends' registry."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from .backends import companion_files, file_size  # noqa: F401 - a model file's size counts its companions
@@ -29,3 +30,15 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file whole or not at all: a temporary file beside it, renamed into place (a killed write
+    leaves the previous file, never half of one)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -43,7 +43,6 @@ class FitSpec:
 class FitResult:
     val_score: float  # the kept epoch's validation score (accuracy, or cosine to the teacher)
     chosen_epoch: int  # 1-based epoch whose weights were kept (0: the starting weights)
-    epochs: int
     history: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)  # what the task adds for the report (a layer map, a subset size)
     precision: str = "fp32"
@@ -222,7 +221,7 @@ def _fit_once(model, spec: FitSpec, *, batches: Callable[[int, "object"], Iterab
     for m in extra.values():
         m.to("cpu")
     eval_mode(model)
-    return FitResult(val_score=best, chosen_epoch=chosen, epochs=spec.epochs, history=history, precision=spec.precision)
+    return FitResult(val_score=best, chosen_epoch=chosen, history=history, precision=spec.precision)
 
 
 def _optimizer(spec: FitSpec, params):

@@ -380,10 +380,9 @@ def verify_build(build_dir: Path, *, cpu: str = "cortex-a76", samples: int | Non
     if log:
         log(f"[arm] {model.name}: {len(x)} test samples on host onnxruntime and emulated {cpu}")
     result = {"model": model.name, "sha256": manifest.get("sha256"), **verify_arm(model, x, y, cpu=cpu, env=env)}
-    dst = build_dir / "arm_verification.json"
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, dst)
+    from .artifacts import write_atomic
+
+    write_atomic(build_dir / "arm_verification.json", json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -10,7 +10,6 @@ UINT8 activations, full 8-bit weights), so INT8 is calibrated afresh on the QAT-
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +61,9 @@ def export_pte(model, path: Path, input_shape: tuple, *, int8: bool, calib_x: np
         edge = to_edge_transform_and_lower(torch.export.export(model, example), partitioner=[XnnpackPartitioner()])
         coverage = delegation(edge.exported_program().graph_module)
         program = edge.to_executorch()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(program.buffer)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from ..artifacts import write_atomic
+
+    write_atomic(path, program.buffer)
     return coverage
 
 

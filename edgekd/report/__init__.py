@@ -28,15 +28,14 @@ def write_reports(build_dir, r: dict) -> None:
 def write_combined(out_dir, reports: dict[str, dict]) -> Path:
     """<out>/report.{json,md,html} across targets; written aside, then renamed."""
     import json
-    import os
+
+    from ..artifacts import write_atomic
 
     d = Path(out_dir)
     md = render_combined(reports)
     for name, text in (("report.json", json.dumps({"targets": reports}, indent=2)), ("report.md", md),
                        ("report.html", markdown_to_html(md, combined_plot(reports), title="edgekd builds"))):
-        tmp = d / f".{name}.tmp{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, d / name)
+        write_atomic(d / name, text)
     return d / "report.md"
 
 
