@@ -174,12 +174,18 @@ def _end_distributed() -> None:
 def _summary(report: dict) -> None:
     click.echo(f"\n[{report['target']}]", err=True)
     from .report import quality, task_of
+    from .report.markdown import format_size
 
-    head = task_of(report).quality_short()
-    click.echo(f"{'model':18s} {head:>7s} {'p50 ms':>8s} {'speedup':>8s} {'size':>10s} {'RSS MB':>7s}", err=True)
+    task = task_of(report)
+    head = task.quality_short()
+    click.echo(f"{'model':18s} {head:>7s} {'95% CI':>13s} {'p50 ms':>8s} {'speedup':>8s} {'size':>10s} {'peak RSS':>9s}",
+               err=True)
     for name, m in report["models"].items():
-        click.echo(f"{name:18s} {quality(report, m)[0]:6.2f}% {m['latency_ms']['p50']:8.3f} "
-                   f"{m['speedup_vs_teacher']:7.1f}x {m['size_bytes'] / 1e3:8.1f}kB {m['peak_rss_mb']:7.0f}", err=True)
+        q = m.get("quality_interval")
+        ci = f"{task.quality_points(q['low']):5.1f}-{task.quality_points(q['high']):5.1f}%" if q else ""
+        click.echo(f"{name:18s} {quality(report, m)[0]:6.2f}% {ci:>13s} {m['latency_ms']['p50']:8.3f} "
+                   f"{m['speedup_vs_teacher']:7.2f}x {format_size(m['size_bytes']):>10s} {m['peak_rss_mb']:6.0f} MB",
+                   err=True)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -313,6 +319,66 @@ def serve(build_dir, host, port, workers, threads, max_batch, max_wait_ms, max_q
         run(spec, host=host, port=port, workers=workers, log=lambda m: click.echo(m, err=True))
 
     _run(debug, go)
+
+
+@main.command()
+@click.argument("section", required=False, default="")
+def keys(section):
+    """Every recipe key with its type, default and what it does; SECTION (data, teacher, distill ...)
+    lists one section. Read from the recipe's spec classes, so it matches this install."""
+
+    def go():
+        from .init import format_keys, recipe_keys_doc
+
+        click.echo(format_keys(recipe_keys_doc(), section=section))
+
+    _run(False, go)
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--out", default="edgekd.toml", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the recipe.")
+@click.option("--name", default="", help="The build's name (default: the data's name).")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def init(data, out, name, force, debug):
+    """Write an annotated recipe for DATA: an image folder (one sub-folder per class, or train/ val/
+    test/ of them) or a .csv / .jsonl file of texts (with labels: classification; without: embeddings)."""
+
+    def go():
+        from pathlib import Path
+
+        from .init import init_recipe, write_recipe
+
+        path = write_recipe(init_recipe(Path(data), out=Path(out), name=name), Path(out), force=force)
+        click.echo(f"wrote {path}; build it with: edgekd build recipe={path} target=cpu-int8")
+
+    _run(debug, go)
+
+
+@main.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--max-drop", type=float, default=None, help="Quality points the deliverable may lose against the teacher.")
+@click.option("--min-speedup", type=float, default=None, help="p50 speedup over the teacher the deliverable must reach.")
+@click.option("--max-size-mb", type=float, default=None, help="Largest deliverable file, in MB.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def check(build_dir, max_drop, min_speedup, max_size_mb, debug):
+    """A gate for CI: BUILD_DIR's deliverable against the limits; prints ACCEPT (exit 0) or REGRESSION
+    (exit 1) with every measurement, from report.json alone."""
+
+    def go():
+        from .report.gate import GateSpec, check as run_check, read_report
+
+        spec = GateSpec(max_drop=max_drop, min_speedup=min_speedup, max_size_mb=max_size_mb)
+        ok, lines = run_check(read_report(build_dir), spec)
+        click.echo("ACCEPT" if ok else "REGRESSION")
+        for line in lines:
+            click.echo(f"  {line}")
+        return ok
+
+    if not _run(debug, go):
+        sys.exit(1)
 
 
 @main.command()

@@ -83,11 +83,12 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         data_in = {"task": task.name, "data": asdict(recipe.data), "files": _files(recipe, recipe.data.path),
                    "content": ctx.data.digest(), "seed": recipe.seed, "device": device.split(":")[0], **task.fingerprint(ctx)}
         loaded: dict = {}  # the teacher the stage built, when it ran in this process
+        built = _check_models(task, ctx)  # every model spec against the data, before any training
 
         # 1. Teacher: loaded; trained or fine-tuned when it is not ready for this data; then measured.
-        st_teacher = stages.run("teacher", lambda d, ck: _teacher(task, ctx, d, ck, loaded), inputs={
+        st_teacher = stages.run("teacher", lambda d, ck: _teacher(task, ctx, d, ck, loaded, built), inputs={
             **data_in, "teacher": asdict(recipe.teacher), "teacher_files": _model_files(recipe, recipe.teacher)})
-        teacher = loaded.get("teacher") or _reload_teacher(task, ctx, st_teacher)
+        teacher = loaded.get("teacher") or _reload_teacher(built, st_teacher)
 
         # 2. The teacher's targets, computed once.
         st_targets = stages.run("soft-labels", lambda d, _: task.teacher_targets(ctx, teacher, d),
@@ -182,12 +183,39 @@ def _mentor(stages: Stages, task, ctx, teacher, base: tuple, st_targets: StageOu
 
 # stage functions -----------------------------------------------------------------------------------
 
-def _teacher(task, ctx, d: Path, ckpt: Path, keep: dict) -> dict:
+def _check_models(task, ctx):
+    """The teacher loaded, and the student and every assistant built from it for this data, before any
+    training: a typo in a model type, a config key or a layer list fails here, not after the teacher
+    trained. Says a student no smaller than its teacher, and a teacher that will be trained here. -> the
+    teacher's edgekd.models.Built, which the teacher stage uses."""
     import torch
 
     from .models import count_params
 
+    r = ctx.recipe
     built = task.load_teacher(ctx)
+    state = torch.get_rng_state()  # the students built here are thrown away: training starts as without them
+    try:
+        students = [task.new_student(ctx, built.module, spec=s) for s in (r.student, *r.distill.assistant_specs(r.student))]
+    finally:
+        torch.set_rng_state(state)
+    t, s = count_params(built.module), count_params(students[0])
+    ctx.log(f"[models] teacher {t:,} parameters, student {s:,} ({s / max(t, 1):.2f}x)")
+    if s >= t:
+        ctx.log(f"[models] warning: the student ({s:,} parameters) is not smaller than the teacher ({t:,}); it will "
+                "hardly be faster: choose a smaller student.model")
+    if not built.ready:
+        plan = ("it is trained here first" if r.teacher.fine_tune in ("auto", "always", "probe")
+                else "teacher.fine_tune = never uses it as it is")
+        ctx.log(f"[teacher] not ready for this data ({built.note}): {plan}")
+    return built
+
+
+def _teacher(task, ctx, d: Path, ckpt: Path, keep: dict, built) -> dict:
+    import torch
+
+    from .models import count_params
+
     spec = ctx.recipe.teacher
     train = spec.fine_tune in ("always", "probe") or (spec.fine_tune == "auto" and not built.ready)
     meta = {"model": spec.model, "note": built.note, "params": count_params(built.module), "trained_here": train}
@@ -200,8 +228,8 @@ def _teacher(task, ctx, d: Path, ckpt: Path, keep: dict) -> dict:
     return meta
 
 
-def _reload_teacher(task, ctx, st: StageOut):
-    m = task.load_teacher(ctx).module
+def _reload_teacher(built, st: StageOut):
+    m = built.module
     return _load(m, st.dir / "model.pt") if st.meta.get("trained_here") else m.eval()
 
 
@@ -217,7 +245,8 @@ def _check_teacher(ctx, meta: dict) -> None:
     if val < chance + 0.1 * (1 - chance):
         raise EdgeKDError(
             f"teacher '{ctx.recipe.teacher.model}' scores {100 * val:.1f}% on the validation split, near chance "
-            f"({100 * chance:.1f}% for {ctx.io.num_classes} classes): it looks untrained for this data; give trained "
+            f"({100 * chance:.1f}% for {ctx.io.num_classes} classes): it looks untrained for this data"
+            f"{' (' + meta['note'] + ')' if meta.get('note') else ''}; give trained "
             "weights (teacher.weights) or let edgekd train it (teacher.fine_tune = always)")
 
 

@@ -47,6 +47,22 @@ def test_bad_input_is_one_line(tmp_path, args, fragment):
     assert_clean_failure(edgekd("build", "--out", str(out), *args), fragment, out)
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["student.model=hf-config:mobilenet_v3"], "did you mean"),  # a model type transformers does not know
+    (["student.model=hf-config:mobilenet_v2", 'student.config={"depth_multiplierr": 0.35}'],
+     "config override 'depth_multiplierr' is not a mobilenet_v2 setting"),
+    (["distill.method=progressive", "distill.assistants=hf-config:resnett"], "did you mean"),
+])
+def test_model_spec_mistakes_fail_before_the_teacher_trains(tmp_path, args, fragment):
+    """Every model is built against the data before the teacher stage: a typo costs seconds, not the
+    teacher's training."""
+    pytest.importorskip("transformers")
+    out = tmp_path / "out"
+    res = edgekd("build", "--out", str(out), *TINY, *args)
+    assert "[teacher] running" not in res.stderr
+    assert_clean_failure(res, fragment, out)
+
+
 def test_corrupt_checkpoint(tmp_path):
     ck = tmp_path / "teacher.pt"
     torch.save(torch.nn.Linear(2, 2).state_dict(), ck)

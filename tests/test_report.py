@@ -134,6 +134,78 @@ def test_combined_report_opens_with_each_targets_deliverable():
     assert lines[1].startswith("⚠ **cpu-fp32: student FP32**") and "distillation below" in lines[1]
 
 
+# ---------------------------------------------------------------- statistics
+
+def test_intervals_and_paired_tests_match_known_values():
+    from edgekd.report.stats import interval, mcnemar, paired, wilson
+
+    lo, hi = wilson(98, 100)  # Wilson (1927); Newcombe (1998) table I: 0.9300-0.9945
+    assert (round(lo, 4), round(hi, 4)) == (0.93, 0.9945)
+    assert wilson(0, 10)[0] == 0 and wilson(10, 10)[1] == pytest.approx(1)  # never outside [0, 1]
+    assert mcnemar(1, 9) == pytest.approx(0.021484375)  # 2 * P(X <= 1), X ~ Bin(10, 1/2) = 2 * 11 / 1024
+    assert mcnemar(5, 5) == 1 and mcnemar(0, 0) == 1
+    a = np.array([True] * 90 + [False] * 10)
+    b = np.array([True] * 80 + [False] * 20)
+    c = paired(a, b)  # a right on 10 items b gets wrong, never the reverse
+    assert (c["a_only"], c["b_only"], c["diff"]) == (10, 0, 0.1) and c["p"] < 0.01 and not c["within_noise"]
+    assert c["low"] > 0
+    same = paired(a, a[::-1])
+    assert same["within_noise"] and same["n_needed"] is None  # no difference: nothing to size a test for
+    # floats (a per-item score such as the cosine to the teacher): a bootstrap interval and a paired test
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.9, 0.05, 400)
+    q = interval(x)
+    assert q["low"] < x.mean() < q["high"] and q["high"] - q["low"] == pytest.approx(2 * 1.96 * 0.05 / 20, rel=0.15)
+    d = paired(x + 0.002 + rng.normal(0, 0.02, 400), x)
+    assert d["within_noise"] and d["n_needed"] > 400  # a 0.002 shift in noise of 0.02 needs ~800 items
+
+
+def _judged(r: dict, n: int, right: dict) -> dict:
+    """report.json's statistics for per-item results on n test items: right[name] = items right."""
+    from edgekd.report.stats import judge
+
+    items = {name: np.arange(n) < k for name, k in right.items()}
+    intervals, r["comparisons"] = judge(items, points=lambda v: 100 * v)
+    for name, q in intervals.items():
+        r["models"][name]["accuracy"] = q["mean"]
+        r["models"][name]["quality_interval"] = q
+    r["test_samples"] = n
+    return r
+
+
+def test_small_test_split_report_says_within_noise_and_the_size_that_would_separate():
+    r = _judged(image_report(), 180, {"teacher": 170, "student-baseline": 160, "student-fp32": 161, "student-int8": 163})
+    r["training"]["qat"]["epochs"] = 3
+    md = render_markdown(r)
+    assert "One test image" not in md and "within noise" in md
+    assert "**Distillation did not measurably change the hard-label baseline**" in md
+    assert re.search(r"too small to separate.*distilled from baseline: a difference of 0\.56 points needs about "
+                     r"[\d,]+ test items", md)
+    # INT8 ahead of FP32 is said to come from quantize.epochs more training, not from quantization
+    assert "INT8 is not more accurate because of quantization" in md and "3 epoch(s) more" in md
+    # every accuracy in the models table carries its interval
+    rows = [line for line in md.splitlines() if line.startswith(("| student,", "| teacher |")) and " MB |" in line]
+    assert len(rows) == 4 and all(re.search(r"\d+\.\d\d% \(\d+\.\d\d–\d+\.\d\d\)", row) for row in rows), rows
+    assert "95% CI" in _verdict(md)[0]
+    # a large split separates the same shares
+    big = render_markdown(_judged(image_report(), 18000, {"teacher": 17000, "student-baseline": 16000,
+                                                          "student-fp32": 16100, "student-int8": 16300}))
+    assert "too small" not in big and "**Distillation beat the hard-label baseline**" in big
+
+
+def test_student_larger_or_slower_than_its_teacher_is_flagged_first():
+    r = image_report(p50={"teacher": 1.0, "student-baseline": 3.0, "student-fp32": 3.0, "student-int8": 2.0})
+    for m in r["models"].values():
+        m["params"] = 300_000
+    r["models"]["teacher"]["params"] = 80_000
+    int8, fp32 = _verdict(render_markdown(r))
+    assert int8.startswith("⚠ **student INT8**") and "2.0x slower than the teacher" in int8
+    assert "the student has 3.8x the teacher's parameters (300,000 vs 80,000)" in int8
+    assert "the student is slower than its teacher" in fp32
+    gains = render_markdown(r).split("## What distillation and INT8 bought")[1]
+    assert "2.0x slower at p50" in gains and "0.5x faster" not in gains
+
+
 # ---------------------------------------------------------------- tables
 
 def test_empty_columns_are_dropped():

@@ -14,7 +14,8 @@ LABELS = {"teacher": "teacher", "student-baseline": "student, no distillation (b
 def quality_phrase(task, r: dict, x: dict) -> str:
     if task.classify:
         return _report.quality_phrase(task, r, x)
-    return f"cosine fidelity {x[task.quality]:.4f} to the teacher{interval(x, lambda v: f'{v:.4f}')[1:]}"
+    ci = interval(x, lambda v: f"{v:.4f}").removeprefix(", ")
+    return f"cosine fidelity {x[task.quality]:.4f} to the teacher" + (f" ({ci})" if ci else "")
 
 
 def distillation_check(task, gain: float) -> str:
