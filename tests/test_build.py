@@ -46,7 +46,7 @@ def test_tiny_build_writes_a_complete_report(tiny_build, target):
         assert word in md
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["sha256"] == hashlib.sha256((d / manifest["model"]).read_bytes()).hexdigest()
-    batch = 1 if load_target(target).format == "pte" else "batch"  # ExecuTorch programs are batch-1
+    batch = load_target(target).backend.fixed_batch or "batch"  # .pte and .tflite programs are batch-1
     assert manifest["inputs"][0]["shape"] == [batch, 1, 28, 28] and len(manifest["labels"]) == 10
     assert manifest["precision"] == r["target_profile"]["precision"]
     # the lock file is a loadable recipe holding the tiny overrides

@@ -141,7 +141,7 @@ def payoff_lines(r: dict) -> list[str]:
             f"all INT8 {ms['all_int8']:.3f} ms" + (f", with {', '.join(p['float_kinds'])} layers float "
                                                    f"{ms['chosen']:.3f} ms (shipped)" if p["float_kinds"] else " (shipped)") + ".")
     tried = [f"{k} {v['ms']:.3f} ms (vs {v['vs']} {v['vs_ms']:.3f} ms)" for k, v in (p.get("tried") or {}).items()]
-    lines = [head] + ([f"  Tried: {'; '.join(tried)}."] if tried else [])
+    lines = [head[:-1] + (f"; tried {'; '.join(tried)}." if tried else ".")]
     if p["int8_vs_fp32"] < 1:
         lines.append(f"- ⚠ INT8 does not pay for this model on this CPU: the shipped INT8 model is "
                      f"{1 / p['int8_vs_fp32']:.2f}x the FP32 student's latency, whichever kinds of layer stay float "
