@@ -161,7 +161,20 @@ def render_markdown(r: dict) -> str:
     lines += _memory_lines(r)
     if parts.target_sections:
         lines += _backend_lines(r) + _arm_lines(r)
-    return drop_empty_columns("\n".join(lines + parts.parity + parts.training + _stages_and_environment(r)))
+    return drop_empty_columns("\n".join(lines + parts.parity + parts.training + _retry_lines(r)
+                                        + _stages_and_environment(r)))
+
+
+def _retry_lines(r: dict) -> list[str]:
+    """Training runs the loop repeated at a lower learning rate (edgekd.train.fit), and why."""
+    out = []
+    for stage, t in (r.get("training") or {}).items():
+        first = t.get("first_run")
+        if first:
+            out.append(f"- {stage}: {first['why']} at lr {first['lr']:g}, so it was trained again from the start at "
+                       f"lr {t.get('lr', 0):g}" + (" (its best epoch again came early: set a learning rate and epochs "
+                                                   "for this model in the recipe)" if t.get("peaked_early") else "") + ".")
+    return ["", *out] if out else []
 
 
 # the verdict ---------------------------------------------------------------------------------------------

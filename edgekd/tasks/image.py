@@ -238,7 +238,7 @@ class ImageClassification(Task):
             teacher.to("cpu")
             if mentor is not None:
                 mentor.to("cpu")
-        r.info = info
+        r.info.update(info)
         return r
 
     def _val_mode(self, ctx: Context, model) -> float:

@@ -249,7 +249,7 @@ class _TextTask(Task):
             teacher.to("cpu")
             if mentor is not None:
                 mentor.to("cpu")
-        r.info = {"layer_map": layer_map, "keep_layers": getattr(student, "kept_layers", None), "train_texts": len(keep)}
+        r.info.update({"layer_map": layer_map, "keep_layers": getattr(student, "kept_layers", None), "train_texts": len(keep)})
         return r
 
     def new_qat(self, ctx: Context, student):
