@@ -240,20 +240,15 @@ def report(build_dir, debug):
     """Re-render report.md and report.html of BUILD_DIR from its report.json."""
 
     def go():
-        import json
         from pathlib import Path
 
         from .report import write_reports
+        from .report.gate import read_report
 
         need_training_stack("report")
 
         src = Path(build_dir) / "report.json"
-        try:
-            data = json.loads(src.read_text())
-        except FileNotFoundError:
-            raise InputError(f"'{src}' does not exist; give a build folder such as build/cpu-int8") from None
-        except (ValueError, OSError) as e:
-            raise InputError(f"'{src}' cannot be read as JSON ({e}); rebuild with edgekd build") from None
+        data = read_report(Path(build_dir))
         try:
             write_reports(Path(build_dir), data)
         except (KeyError, TypeError) as e:

@@ -101,13 +101,7 @@ def _integer_initializers(path: Path) -> None:
     import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
-    g = model.graph
-    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute[0].name == "value":
-            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    producer = {o: n for n in g.node for o in n.output}
+    model, g, consts, producer = _load_graph(path)
     new_inits = []
 
     def axis_of(n) -> int:
@@ -165,13 +159,8 @@ def _attr_i(node, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
-def _fold_pads(path: Path) -> int:
-    """In place: a zero Pad of the spatial axes in front of a convolution (transformers' TF-style "SAME"
-    padding writes one before each) becomes the convolution's own `pads`, which ONNX allows to be
-    asymmetric. Left as a node, the Pad sits between a DequantizeLinear and a QuantizeLinear, so every
-    such convolution dequantizes, pads in float and quantizes again; folded, the QDQ chain is unbroken
-    and onnxruntime runs QLinearConv straight from the previous integer op. Exact: zero padding is the
-    zero point, which every activation range here contains. Returns how many Pads were folded."""
+def _load_graph(path: Path):
+    """(model, graph, {constant name: array} of initializers and Constant nodes, {output: producing node})."""
     import onnx
     from onnx import numpy_helper
 
@@ -181,7 +170,19 @@ def _fold_pads(path: Path) -> int:
     for n in g.node:
         if n.op_type == "Constant" and n.attribute[0].name == "value":
             consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    producer = {o: n for n in g.node for o in n.output}
+    return model, g, consts, {o: n for n in g.node for o in n.output}
+
+
+def _fold_pads(path: Path) -> int:
+    """In place: a zero Pad of the spatial axes in front of a convolution (transformers' TF-style "SAME"
+    padding writes one before each) becomes the convolution's own `pads`, which ONNX allows to be
+    asymmetric. Left as a node, the Pad sits between a DequantizeLinear and a QuantizeLinear, so every
+    such convolution dequantizes, pads in float and quantizes again; folded, the QDQ chain is unbroken
+    and onnxruntime runs QLinearConv straight from the previous integer op. Exact: zero padding is the
+    zero point, which every activation range here contains. Returns how many Pads were folded."""
+    import onnx
+
+    model, g, consts, producer = _load_graph(path)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     users: dict[str, list] = {}
     for n in g.node:
