@@ -37,6 +37,28 @@ class StageOut:
     cached: bool
 
 
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Temporary folders and files (`.NAME.tmpPID`) of processes that no longer run: what a killed
+    build left. A running build's own are kept (their PID is alive)."""
+    gone = []
+    for p in Path(folder).glob(".*.tmp*") if Path(folder).is_dir() else []:
+        pid = p.name.rpartition(".tmp")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            gone.append(p)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 class Stages:
     """Runs or reuses stages. Under torch.distributed every rank runs a training stage (DDP needs
     them all), rank 0 alone decides reuse and commits results; the others read rank 0's folder."""
@@ -49,6 +71,9 @@ class Stages:
         self.fresh = fresh if fresh is not None else set()
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.distributed else 0
+        if self.rank == 0:
+            remove_stale_tmp(cache)
+
 
     def _agree(self, value: bool) -> bool:
         if not self.distributed:

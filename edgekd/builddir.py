@@ -24,6 +24,9 @@ def write_build(out_dir: Path, target, recipe, report: dict, st_export, manifest
     from .recipe import recipe_toml
     from .report import write_reports
 
+    from ._stages import remove_stale_tmp
+
+    remove_stale_tmp(out_dir)  # what a killed build left beside the build folders
     final = out_dir / target.name
     tmp = out_dir / f".{target.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

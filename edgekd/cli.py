@@ -9,7 +9,21 @@ import click
 from .errors import EdgeKDError, InputError, RecipeError
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, `kill`, a CI timeout), unwound like Ctrl-C: every `finally` removes
+    its temporary files, so nothing half-written is left."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def _run(debug: bool, fn):
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
     try:
         return fn()
     except EdgeKDError as e:
@@ -17,11 +31,15 @@ def _run(debug: bool, fn):
             raise
         click.echo(f"edgekd: error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        click.echo("edgekd: interrupted; run the same command again to resume (finished stages are reused)", err=True)
-        sys.exit(130)
+        how = "stopped (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        click.echo(f"edgekd: {how}; run the same command again to resume (finished stages are reused)", err=True)
+        sys.exit(143 if isinstance(e, _Terminated) else 130)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def need_training_stack(command: str) -> None:
@@ -215,13 +233,16 @@ def bench(args, baseline, json_out, debug):
         rows = compare(models, threads=s.threads or [t.threads], warmup=t.warmup if s.warmup < 0 else s.warmup,
                        iterations=max(10, s.iterations or t.iterations), batch_sizes=s.batch_sizes or t.batch_sizes,
                        baseline=Path(baseline) if baseline else None, seq_lens=s.seq_lens)
+        big = max((b for r in rows for b in map(int, r["throughput_per_s"])), default=0)
         click.echo(f"{'model':40s} {'thr':>3s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'std':>7s} "
-                   f"{'speedup':>8s} {'RSS MB':>7s} {'+RSS':>6s} {'size kB':>9s}")
+                   f"{'speedup':>8s} {'RSS MB':>7s} {'+RSS':>6s} {'size kB':>9s}"
+                   + (f" {f'items/s @{big}':>13s}" if big else ""))
         for r in rows:
             lat = r["latency_ms"]
             click.echo(f"{Path(r['model']).name[:40]:40s} {r['threads']:3d} {lat['p50']:8.3f} {lat['p90']:8.3f} "
                        f"{lat['p99']:8.3f} {lat['std']:7.3f} {r['speedup_vs_baseline']:7.2f}x {r['peak_rss_mb']:7.0f} "
-                       f"{r['rss_increase_mb']:6.0f} {r['size_bytes'] / 1e3:9.1f}")
+                       f"{r['rss_increase_mb']:6.0f} {r['size_bytes'] / 1e3:9.1f}"
+                       + (f" {r['throughput_per_s'].get(str(big), float('nan')):13.0f}" if big else ""))
             if len(r["latency_by_case"]) > 1:  # a model with a variable axis past the batch, timed at each length
                 click.echo("    p50 ms by sequence length: " + ", ".join(
                     f"{s}: {v['p50']:.3f}" for s, v in r["latency_by_case"].items()))

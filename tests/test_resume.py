@@ -52,3 +52,23 @@ def test_sigkill_during_distillation_resumes_to_the_same_result(tmp_path):
     ok = subprocess.run(_cmd(straight), capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert _accuracies(killed) == _accuracies(straight)
+
+
+def test_sigterm_stops_like_ctrl_c_and_leaves_nothing_half_written(tmp_path):
+    """SIGTERM (a service manager, a CI timeout) is handled as Ctrl-C: one line, exit 143, and the stage
+    that was running leaves no temporary folder; a stale one of a killed process is swept at the next start."""
+    out = tmp_path / "term"
+    stale = out / ".cache" / ".teacher-0123456789abcdef.tmp999999999"  # no such PID
+    stale.mkdir(parents=True)
+    proc = subprocess.Popen(_cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if [p for p in (out / ".cache").glob(f".*.tmp{proc.pid}")]:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-500:]
+    assert err.strip().splitlines()[-1].startswith("edgekd: stopped (SIGTERM); run the same command again")
+    assert "Traceback" not in err
+    assert not list(out.rglob(".*.tmp*")), list(out.rglob(".*.tmp*"))

