@@ -53,6 +53,22 @@ def validate_manifest(manifest, *, where: str) -> None:
                          f"{msg[:200]}; rebuild with edgekd build")
 
 
+def check_fragment(value, definition: str, *, where: str) -> None:
+    """InputError (one line: where, the field, what the schema wants) unless `value` matches the schema's
+    $defs/`definition`: a data source's preprocessing is checked when it returns, not when the manifest
+    is written at the end of a build."""
+    from jsonschema.exceptions import best_match
+
+    version = SCHEMA_VERSIONS[-1]
+    v = _validator(version)
+    sub = v.evolve(schema={"$ref": f"#/$defs/{definition}", "$defs": v.schema["$defs"]})
+    err = best_match(sub.iter_errors(value))
+    if err is not None:
+        at = "/".join(str(p) for p in err.absolute_path) or "the top level"
+        raise InputError(f"{where} does not match manifest schema {version}'s {definition} at {at}: "
+                         f"{' '.join(err.message.split())[:200]}; describe the steps as edgekd.data._images builds them")
+
+
 def read_manifest(path: Path) -> dict:
     """The validated manifest at `path` (a build folder or its manifest.json)."""
     path = Path(path)

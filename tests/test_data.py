@@ -476,3 +476,25 @@ def test_resolve_policy_refuses_image_policy_for_text():
 
     with pytest.raises(RecipeError, match="applies to images"):
         resolve_policy("digits", kind="text", input_shape=())
+
+
+def test_a_registered_sources_output_is_checked_when_it_returns():
+    """A plugin's Splits are the user's input: a wrong preprocessing shape or label count is one line naming
+    the field before anything trains, not a failure writing manifest.json at the end."""
+    import dataclasses
+
+    from edgekd.data import load_data, sources
+    from edgekd.errors import InputError
+    from edgekd.recipe import DataSpec
+
+    good = load_data(DataSpec(n_train=60, n_val=20, n_test=20), seed=0, base=".")
+    cases = {"plugin-bad-steps": (dataclasses.replace(good, preprocessing={"kind": "image", "steps": [{"op": "resize"}]}),
+                                  "preprocessing does not match manifest schema"),
+             "plugin-bad-labels": (dataclasses.replace(good, y_val=good.y_val[:5]), "returned y_val"),
+             "plugin-bad-images": (dataclasses.replace(good, x_test=good.x_test.astype("float64")), "returned x_test")}
+    for name, (splits, match) in cases.items():
+        if name not in sources:
+            sources.register(name)(lambda spec, *, seed, base, s=splits: s)
+        with pytest.raises(InputError, match=match) as e:
+            load_data(DataSpec(source=name), seed=0, base=".")
+        assert "\n" not in str(e.value) and f"data.source '{name}'" in str(e.value)

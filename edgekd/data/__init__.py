@@ -66,7 +66,42 @@ class Splits:
 def load_data(spec, *, seed: int, base: Path) -> Splits:
     """The splits of `spec.source`; paths in `spec` are relative to `base` (the recipe's folder)."""
     _register_builtin()
-    return sources.get(spec.source)(spec, seed=seed, base=Path(base))
+    splits = sources.get(spec.source)(spec, seed=seed, base=Path(base))
+    check_splits(splits, where=f"data.source '{spec.source}'")
+    return splits
+
+
+def check_splits(s, *, where: str) -> None:
+    """What a source returns is checked before anything trains, a registered plugin's like a built-in's:
+    one line naming the field and what it should be (see `Splits`; image preprocessing steps as the
+    manifest schema's `image_preprocessing`, built with edgekd.data._images' helpers)."""
+    def bad(field_: str, want: str, got) -> None:
+        raise InputError(f"{where} returned {field_} = {got}; it must be {want} (the Splits contract, edgekd.data)")
+
+    if not isinstance(s, Splits):
+        bad("a " + type(s).__name__, "an edgekd.data.Splits", "that")
+    if s.kind not in ("image", "text"):
+        bad("kind", "'image' or 'text'", repr(s.kind))
+    for part in ("train", "val", "test"):
+        x, y = getattr(s, f"x_{part}"), getattr(s, f"y_{part}")
+        if s.kind == "image":
+            if not isinstance(x, np.ndarray) or x.ndim != 4 or x.dtype != np.float32:
+                bad(f"x_{part}", "a float32 array (N, C, H, W)",
+                    f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}".strip())
+            if x.shape[1:] != s.x_train.shape[1:]:
+                bad(f"x_{part} of shape {x.shape}", f"images of the training split's shape {s.x_train.shape[1:]}", "that")
+        elif not isinstance(x, list) or not all(isinstance(t, str) for t in x[:1000]):
+            bad(f"x_{part}", "a list of str", type(x).__name__)
+        if y is not None:
+            y = np.asarray(y)
+            if y.ndim != 1 or len(y) != len(x) or (len(y) and (y.dtype.kind not in "iu" or y.min() < 0
+                                                                or y.max() >= max(len(s.labels), 1))):
+                bad(f"y_{part}", f"{len(x)} integer labels in [0, {len(s.labels)}) (one per input, indexing labels)",
+                    f"{y.dtype} {y.shape}")
+    if s.kind == "image":
+        from ..manifest import check_fragment
+
+        check_fragment(s.preprocessing, "image_preprocessing", where=f"{where}'s preprocessing")
 
 
 def _register_builtin() -> None:
