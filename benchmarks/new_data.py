@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _goals import print_goals, write_results
+from _goals import RESULTS, print_goals, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = """task = "image-classification"
@@ -107,9 +107,11 @@ def main() -> None:
     ap.add_argument("--out", default="build-new-data")
     ap.add_argument("--cases", default="images,text")
     ap.add_argument("--variants", default="defaults,previous")
+    ap.add_argument("--report-only", action="store_true", help="summarize builds already in --out")
     args, extra = ap.parse_known_args()
     out = ROOT / args.out
-    results = {}
+    previous_results = RESULTS / "new-data.json"
+    results = json.loads(previous_results.read_text())["variants"] if previous_results.exists() else {}
     for case in args.cases.split(","):
         data = out / ("sklearn-digits-rgb" if case == "images" else "stdlib-packages.csv")
         if not data.exists():
@@ -124,34 +126,38 @@ def main() -> None:
             else:
                 recipe.write_text(TEXT_RECIPE.format(folder=data.resolve()))
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "edgekd", "build", f"recipe={recipe}", "target=cpu-int8",
-                            "--out", str(where), "--force", *(PREVIOUS[case] if variant == "previous" else []), *extra],
-                           check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-            r = json.loads((where / "cpu-int8" / "report.json").read_text())
-            m, tr = r["models"], r["training"]
-            lock = tomllib.loads((where / "cpu-int8" / "recipe.lock.toml").read_text())
-            results[f"{case}/{variant}"] = {
-                "build_s": time.perf_counter() - t,
-                "accuracy": {k: v["accuracy"] for k, v in m.items()},
-                "p50_ms": {k: v["latency_ms"]["p50"] for k, v in m.items()},
-                "chosen_epoch": {k: [v.get("chosen_epoch"), len(v.get("history") or [])] for k, v in tr.items()},
-                "retried": {k: v["first_run"] for k, v in tr.items() if v.get("first_run")},
-                "settings": {k: {f: lock[k][f] for f in ("optimizer", "lr", "epochs", "batch_size")}
-                             for k in ("teacher", "distill")},
-            }
-    for variant, x in results.items():
-        a, p = x["accuracy"], x["p50_ms"]
-        rows = [("teacher accuracy (%)", 100 * a["teacher"], "(info)", True),
-                ("baseline accuracy (%)", 100 * a["student-baseline"], "(info)", True),
-                ("distilled FP32 - baseline (pts)", 100 * (a["student-fp32"] - a["student-baseline"]), ">= 0",
-                 a["student-fp32"] >= a["student-baseline"]),
-                ("INT8 accuracy (%)", 100 * a["student-int8"], "(info)", True),
-                ("student FP32 p50 / INT8 p50", p["student-fp32"] / p["student-int8"], ">= 1", p["student-fp32"] >= p["student-int8"]),
-                ("teacher p50 / INT8 p50", p["teacher"] / p["student-int8"], "(info)", True),
-                ("build (s)", x["build_s"], "(info)", True)]
-        print_goals(f"\n{variant}: chosen epochs {x['chosen_epoch']}; retried {list(x['retried']) or 'none'}", rows)
-        x["rows"] = rows
-    print(f"\nwritten to {write_results('new-data', [], variants=results).relative_to(ROOT)}")
+            if not args.report_only:
+                subprocess.run([sys.executable, "-m", "edgekd", "build", f"recipe={recipe}", "target=cpu-int8",
+                                "--out", str(where), "--force", *(PREVIOUS[case] if variant == "previous" else []),
+                                *extra], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            x = results[f"{case}/{variant}"] = summary(where / "cpu-int8", None if args.report_only else time.perf_counter() - t)
+            print_goals(f"\n{case}/{variant}: settings {x['settings']}; chosen epochs {x['chosen_epoch']}; "
+                        f"retried {list(x['retried']) or 'none'}", [tuple(r.values()) for r in x["rows"]])
+            # written after every build, merged with earlier runs' cases, so a long run stopped half-way keeps its results
+            print(f"written to {write_results('new-data', [], variants=results).relative_to(ROOT)}")
+
+
+def summary(build: Path, seconds: float | None) -> dict:
+    r = json.loads((build / "report.json").read_text())
+    m, tr = r["models"], r["training"]
+    lock = tomllib.loads((build / "recipe.lock.toml").read_text())
+    a, p = {k: v["accuracy"] for k, v in m.items()}, {k: v["latency_ms"]["p50"] for k, v in m.items()}
+    rows = [("teacher accuracy (%)", 100 * a["teacher"], "(info)", True),
+            ("baseline accuracy (%)", 100 * a["student-baseline"], "(info)", True),
+            ("distilled FP32 - baseline (pts)", 100 * (a["student-fp32"] - a["student-baseline"]), ">= 0",
+             a["student-fp32"] >= a["student-baseline"]),
+            ("INT8 accuracy (%)", 100 * a["student-int8"], "(info)", True),
+            ("student FP32 p50 / INT8 p50", p["student-fp32"] / p["student-int8"], ">= 1",
+             p["student-fp32"] >= p["student-int8"]),
+            ("teacher p50 / INT8 p50", p["teacher"] / p["student-int8"], "(info)", True)]
+    if seconds is not None:
+        rows.append(("build (s)", seconds, "(info)", True))
+    return {"build_s": seconds, "accuracy": a, "p50_ms": p,
+            "chosen_epoch": {k: v.get("chosen_epoch") for k, v in tr.items()},
+            "retried": {k: v["first_run"] for k, v in tr.items() if v.get("first_run")},
+            "settings": {k: {f: lock[k][f] for f in ("optimizer", "lr", "epochs", "batch_size")} for k in ("teacher", "distill")},
+            "stage_seconds": {k: v.get("seconds") for k, v in (r.get("stages") or {}).items()},
+            "rows": [{"measure": n, "value": v, "goal": g, "met": bool(ok)} for n, v, g, ok in rows]}
 
 
 if __name__ == "__main__":
