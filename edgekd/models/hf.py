@@ -40,7 +40,31 @@ def resolve_ref(ref: str, base: Path) -> str:
         return str(p)
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise InputError(f"model 'hf:{ref}': folder '{p}' does not exist")
+    _check_hub_reachable(ref)
     return ref  # a hub id: from_pretrained downloads it (needs internet)
+
+
+def _check_hub_reachable(ref: str, *, timeout: float = 3.0) -> None:
+    """A hub id that is not in the local cache needs the hub: when it cannot be reached, one line now
+    instead of the libraries' retries (a minute of messages) before the same failure."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:
+        return  # transformers says what to install when it loads
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        return  # offline mode reads the cache; a cached model loads without the network
+    url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise InputError(f"model 'hf:{ref}' is not in the local cache and the hub ({host}:{port}) cannot be reached "
+                         f"({e.strerror or type(e).__name__}); give a local model folder or 'package:NAME/SUBDIR', or "
+                         "run once with network access") from None
 
 
 @sources.register("hf")
