@@ -325,7 +325,7 @@ class DistillSpec:
 @dataclass(frozen=True)
 class QuantizeSpec:
     method: str = "qat"  # "qat": quantization-aware distillation; "ptq": calibration only
-    epochs: int = 3
+    epochs: int = 3  # quantization-aware fine-tuning epochs, from the distilled student (0: calibration only)
     # Small: BatchNorm is folded before fake-quant, so the network is no longer scale-invariant and
     # SGD at the distillation rate diverges (seen at 5e-3).
     lr: float = 5e-4
