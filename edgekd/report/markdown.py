@@ -225,6 +225,10 @@ def _checks(r: dict, name: str) -> list[str]:
     gain = quality(r, m["student-fp32"])[0] - quality(r, m["student-baseline"])[0]
     if gain < 0 and not within_noise(r, "student-fp32", "student-baseline"):
         out.append(task_of(r).distillation_check(gain))
+    stage = {"student-fp32": "distill", "student-baseline": "baseline"}.get(name)
+    if stage and ((r.get("training") or {}).get(stage) or {}).get("peaked_early"):
+        out.append(f"its training ({stage}) peaked in its first epochs even after a retry at a lower learning rate: "
+                   "set distill.lr and distill.epochs for this model")
     if (r.get("teacher_check") or {}).get("below_baseline"):
         out.append("the teacher is worse than the hard-label student on validation")
     ab = (r.get("int8") or {}).get("accuracy_budget")
