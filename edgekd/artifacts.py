@@ -7,8 +7,6 @@ import hashlib
 import os
 from pathlib import Path
 
-from .backends import companion_files, file_size  # noqa: F401 - a model file's size counts its companions
-
 MODEL_NAMES = ("teacher", "student-baseline", "student-fp32", "student-int8")
 
 
