@@ -18,8 +18,8 @@ def model_file(name: str, target) -> str:
 
 
 def deliverable(target) -> str:
-    """Which of MODEL_NAMES the target ships."""
-    return "student-int8" if target.precision == "int8" else "student-fp32"
+    """Which model the target ships (student-int4: a language model's weight-only INT4)."""
+    return "student-fp32" if target.precision == "fp32" else f"student-{target.precision}"
 
 
 def sha256_file(path: Path) -> str:

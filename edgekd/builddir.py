@@ -32,14 +32,19 @@ def write_build(out_dir: Path, target, recipe, report: dict, st_export, manifest
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        for name in MODEL_NAMES:
+        for name in st_export.meta.get("model_names") or MODEL_NAMES:
             src = st_export.dir / model_file(name, target)
+            if not src.exists() and (st_export.dir / name).is_dir():  # a model folder (a causal LM: graph,
+                shutil.copytree(st_export.dir / name, tmp / name)  # config, tokenizer), loadable as it is
+                continue
             for f in (src, *companion_files(src)):
                 shutil.copy2(f, tmp / f.name)
         for folder in FOLDERS:
             if (st_export.dir / folder).is_dir():
                 shutil.copytree(st_export.dir / folder, tmp / folder)
         main = model_file(deliverable(target), target)
+        if not (tmp / main).exists():
+            main = f"{deliverable(target)}/model.onnx"
         if main.endswith(".onnx") and (tmp / "hf").is_dir():
             # hf/ becomes a standard optimum folder of the deliverable: ORTModelFor*.from_pretrained(hf)
             # and transformers.pipeline load it with no edgekd code. A hard link costs no disk space.
@@ -67,7 +72,7 @@ def write_build(out_dir: Path, target, recipe, report: dict, st_export, manifest
             raise RuntimeError(f"edgekd wrote a manifest its schema refuses (a bug in edgekd): {e}") from None
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         lock = replace(recipe.with_absolute_paths(), quantize=replace(recipe.quantize,
-                                                reduce_range="true" if report["int8"]["reduce_range"] else "false"))
+                                                reduce_range="true" if report.get("int8", {}).get("reduce_range") else "false"))
         (tmp / "recipe.lock.toml").write_text(
             f"# edgekd {__version__}: the resolved recipe of build '{target.name}'.\n"
             f"# Reproduce: edgekd build recipe=recipe.lock.toml target={target.name}\n" + recipe_toml(lock))

@@ -195,6 +195,11 @@ def _summary(report: dict) -> None:
     from .report.markdown import format_size
 
     task = task_of(report)
+    own = task.summary_lines(report)
+    if own is not None:
+        for line in own:
+            click.echo(line, err=True)
+        return
     head = task.quality_short()
     click.echo(f"{'model':18s} {head:>7s} {'95% CI':>13s} {'p50 ms':>8s} {'speedup':>8s} {'size':>10s} {'peak RSS':>9s}",
                err=True)

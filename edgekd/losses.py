@@ -6,7 +6,10 @@ teacher's features, dicts keyed by what losses read ("logits" (B, K); "embedding
 penultimate or pooled representation; text "hidden" and "attention", as
 edgekd.models.hf_text.TextEncoder.features makes them; images "feature_maps", edgekd.features.Hints);
 mask is the attention mask (text) or None (images); options are labels, temperature, alpha (kd),
-layer_map and proj (tinybert_hidden), and each loss ignores the others."""
+layer_map and proj (tinybert_hidden), and each loss ignores the others. Language models ("lm") read
+"token_logits": (N, V), one row per scored token of the batch (a response's tokens), and labels (N,),
+the next tokens; the teacher's side is its full logits (online), or its cached top-k as "topk_ids" and
+"topk_logprobs", (N, k) each."""
 
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ from .errors import RecipeError
 from .registry import Registry
 
 FAMILIES = ("response", "feature", "relation")
-READS = ("logits", "embedding", "hidden", "attention", "feature_maps")
-KINDS = ("image", "text")
+READS = ("logits", "embedding", "hidden", "attention", "feature_maps", "token_logits")
+KINDS = ("image", "text", "lm")
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,85 @@ def embedding_cos(s: dict, t: dict, mask, **_):
     import torch.nn.functional as F
 
     return (1 - F.cosine_similarity(s["embedding"], t["embedding"], dim=-1)).mean()
+
+
+# response of language models: one distribution per scored token ------------------------------------
+
+def _hard(logits, labels, alpha: float):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits, labels) if alpha < 1 else logits.new_zeros(())
+
+
+@register(family="response", reads="token_logits", kinds=("lm",), default=1.0)
+def forward_kl(s: dict, t: dict, mask, *, labels, temperature: float, alpha: float, **_):
+    """Token-level knowledge distillation (Hinton et al. 2015 per next-token distribution; Sanh et al.
+    2019, DistilBERT; Kim & Rush 2016, "Sequence-Level Knowledge Distillation", word-level KD):
+
+        L = alpha * T^2 * mean_n KL(p_t[n] || q_s[n]) + (1 - alpha) * CE(s[n], y[n])
+
+    s["token_logits"]: (N, V), the student's logits at the N scored tokens; labels y: (N,). With the
+    teacher's full logits t["token_logits"] (N, V), the exact KL at temperature T. With its cached top-k
+    (t["topk_ids"], t["topk_logprobs"]: (N, k), as Arcee's DistillKit stores them), p_t is renormalised
+    over its k tokens and q_s is the student's full softmax read at those ids:
+    KL = sum_k p_t[k] (log p_t[k] - log q_s[k]) >= 0, which is the exact KL when the top-k holds all the
+    teacher's mass (k = 64 holds > 0.99 of it on most tokens of a small LM)."""
+    import torch.nn.functional as F
+
+    T = temperature
+    ls = F.log_softmax(s["token_logits"].float() / T, dim=-1)  # (N, V)
+    if "token_logits" in t:
+        lt = F.log_softmax(t["token_logits"].float() / T, dim=-1)
+        soft = F.kl_div(ls, lt, reduction="batchmean", log_target=True)
+    else:
+        lt = F.log_softmax(t["topk_logprobs"].float() / T, dim=-1)  # (N, k): renormalised over the top-k
+        soft = (lt.exp() * (lt - ls.gather(1, t["topk_ids"].long()))).sum(-1).mean()
+    return alpha * T * T * soft + (1 - alpha) * _hard(s["token_logits"].float(), labels, alpha)
+
+
+@register(family="response", reads="token_logits", kinds=("lm",), online=True)
+def reverse_kl(s: dict, t: dict, mask, *, labels, temperature: float, alpha: float, **_):
+    """Reverse KL, the student's distribution against the teacher's (Gu et al. ICLR 2024, "MiniLLM:
+    Knowledge Distillation of Large Language Models"; here per token on the training sequences, the
+    form DistiLLM (Ko et al. 2024) compares, not MiniLLM's policy gradient over whole samples):
+
+        L = alpha * T^2 * mean_n KL(q_s[n] || p_t[n]) + (1 - alpha) * CE(s[n], y[n])
+
+    s["token_logits"], t["token_logits"]: (N, V). Mode-seeking: the student puts its mass on the
+    teacher's likeliest tokens instead of spreading it over all of them, which suits a small student.
+    Needs the teacher's full distribution: the teacher runs in the step."""
+    import torch.nn.functional as F
+
+    T = temperature
+    ls = F.log_softmax(s["token_logits"].float() / T, dim=-1)
+    lt = F.log_softmax(t["token_logits"].float() / T, dim=-1)
+    soft = (ls.exp() * (ls - lt)).sum(-1).mean()
+    return alpha * T * T * soft + (1 - alpha) * _hard(s["token_logits"].float(), labels, alpha)
+
+
+@register(family="response", reads="token_logits", kinds=("lm",), online=True)
+def gkd_jsd(s: dict, t: dict, mask, *, labels, temperature: float, alpha: float, beta: float = 0.5, **_):
+    """Generalized Jensen-Shannon divergence of GKD (Agarwal et al. ICLR 2024, "On-Policy Distillation
+    of Language Models: Learning from Self-Generated Mistakes", eq. 3; TRL's GKDTrainer):
+
+        M = beta p_t + (1 - beta) q_s
+        JSD_beta = beta KL(p_t || M) + (1 - beta) KL(q_s || M)
+        L = alpha * T^2 * mean_n JSD_beta[n] + (1 - alpha) * CE(s[n], y[n])
+
+    s["token_logits"], t["token_logits"]: (N, V); beta = 0.5 (GKD's and TRL's default) is the symmetric
+    JSD, between forward KL (beta -> 0) and reverse KL (beta -> 1) in behaviour. With lm.on_policy > 0
+    the sequences of that share of batches are the student's own samples (GKD's lambda)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    T = temperature
+    ls = F.log_softmax(s["token_logits"].float() / T, dim=-1)
+    lt = F.log_softmax(t["token_logits"].float() / T, dim=-1)
+    lm = torch.logsumexp(torch.stack([lt + math.log(beta), ls + math.log(1 - beta)]), dim=0)  # log M: (N, V)
+    jsd = beta * (lt.exp() * (lt - lm)).sum(-1) + (1 - beta) * (ls.exp() * (ls - lm)).sum(-1)
+    return alpha * T * T * jsd.mean() + (1 - alpha) * _hard(s["token_logits"].float(), labels, alpha)
 
 
 # feature -------------------------------------------------------------------------------------------

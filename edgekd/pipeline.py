@@ -52,6 +52,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
     from .backends import check_target as check_backend
 
     check_backend(target, kind=task.kind)  # before any training: the target's runtime is here and fits the task
+    task.check_target(target)
     if recipe.quantize.max_accuracy_drop:  # before any training: can this target and install honour it?
         from .budget import check_target
 
@@ -92,7 +93,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
 
         # 2. The teacher's targets, computed once.
         st_targets = stages.run("soft-labels", lambda d, _: task.teacher_targets(ctx, teacher, d),
-                                inputs={"views": recipe.distill.views, "precision": precision},
+                                inputs={"views": recipe.distill.views, "precision": precision, **task.targets_inputs(ctx)},
                                 after=(st_teacher,))
         task.load_targets(ctx, st_targets.dir)
 
@@ -125,19 +126,16 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         if stages.rank != 0:  # export, benchmark and report are rank 0's alone
             return None
         stages.distributed = False  # no collective calls from here on: the other ranks have left
-        models = {"teacher": teacher, "student-baseline": baseline, "student-fp32": student, "student-int8": qat}
+        models = {"teacher": teacher, "student-baseline": baseline, "student-fp32": student, task.quantized_name(target): qat}
         st_export = stages.run("export", lambda d, _: _export(task, ctx, models, d), after=(st_teacher, st_base, st_dist, st_qat),
                                inputs={"export": asdict(recipe.export), "quantize": asdict(recipe.quantize),
                                        "runtime": target.runtime, "format": target.format, "precision": target.precision})
-        from .bench import bench_models
-
-        bench_in = task.bench_inputs(ctx)
-        stages.run("benchmark", lambda d, _: bench_models(d, st_export.dir, target, bench_in),
-                   inputs={"target": asdict(target), "cases": list(bench_in.cases)}, after=(st_export,))
+        stages.run("benchmark", lambda d, _: task.benchmark(ctx, st_export.dir, d),
+                   inputs={"target": asdict(target), **task.benchmark_key(ctx)}, after=(st_export,))
         from .models import count_params
-        from .report import assemble, check_budget
+        from .report import check_budget
 
-        report = assemble(task, ctx, stages.done, data_seconds, {n: count_params(m) for n, m in models.items()})
+        report = task.assemble(ctx, stages.done, data_seconds, {n: count_params(m) for n, m in models.items()})
         check_budget(report, target)
         arm_inputs = task.arm_inputs(ctx) if target.backend.arm_check and target.precision == "int8" else None
         if arm_inputs is not None:
@@ -324,7 +322,7 @@ def _model_files(recipe: Recipe, spec) -> dict:
     if spec.scheme == "hf" and ref.startswith("package:"):
         from .models.hf import resolve_ref
 
-        ref = resolve_ref(ref, Path(recipe.base_dir))
+        ref = resolve_ref(ref, Path(recipe.base_dir), gguf=True)
     local = ref if spec.scheme in ("hf", "hf-config", "torchscript") else ""
     return _files(recipe, local, spec.weights)
 

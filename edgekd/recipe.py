@@ -12,6 +12,8 @@ from pathlib import Path
 
 from .errors import RecipeError
 from .overrides import coerce, parse_override
+from .recipe_lm import LMSpec
+from .recipe_parse import parse_layer_map, parse_mean_std  # noqa: F401 - the recipe's value parsers
 from .registry import closest
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -51,6 +53,7 @@ class DataSpec:
     # text
     text_field: str = "text"
     label_field: str = "label"
+    response_field: str = ""  # text-generation: the column of reference responses to the prompts (text_field)
     max_length: int = 128  # tokens per text (longer texts are truncated)
     # source = "stdlib-docstrings": also train on the comment blocks of the training modules
     train_comments: bool = False
@@ -82,19 +85,6 @@ class DataSpec:
         _check(self.train_packages >= 0, "data.train_packages", ">= 0", self.train_packages)
         _check(not self.train_packages or self.source == "stdlib-docstrings", "data.train_packages",
                "0 unless data.source = 'stdlib-docstrings'", self.train_packages)
-
-
-def parse_mean_std(text: str) -> tuple[list[float], list[float]]:
-    """"0.5,0.5,0.5/0.25,0.25,0.25" -> ([mean...], [std...])."""
-    try:
-        m, s = text.split("/")
-        mean, std = [float(v) for v in m.split(",")], [float(v) for v in s.split(",")]
-    except ValueError:
-        raise RecipeError(f"data.normalize must be 'auto', 'imagenet', 'none' or 'MEAN,.../STD,...' "
-                          f"(e.g. '0.5,0.5,0.5/0.25,0.25,0.25'), got {text!r}") from None
-    if len(mean) != len(std) or min(std) <= 0:
-        raise RecipeError(f"data.normalize {text!r}: as many means as stds, every std > 0")
-    return mean, std
 
 
 @dataclass(frozen=True)
@@ -342,6 +332,8 @@ class QuantizeSpec:
     # Image students: weights on a b-bit symmetric grid, +-(2^(b-1) - 1), stored and run as INT8 (no
     # smaller, no faster here): what an accelerator with b-bit weights would compute. 8 = INT8.
     weight_bits: int = 8
+    # text-generation: weight-only quantization in blocks of block_size weights (one scale each), symmetric
+    block_size: int = 32
     # "auto": kinds of layer where INT8 is slower than float on the target's runtime stay float (edgekd.payoff)
     int8_layers: str = "auto"
 
@@ -355,6 +347,8 @@ class QuantizeSpec:
         _check(self.reduce_range in ("auto", "true", "false"), "quantize.reduce_range",
                "'auto', 'true' or 'false'", self.reduce_range)
         _check(2 <= self.weight_bits <= 8, "quantize.weight_bits", "in [2, 8] (8 = INT8)", self.weight_bits)
+        _check(self.block_size >= 16 and self.block_size & (self.block_size - 1) == 0, "quantize.block_size",
+               "a power of 2 >= 16", self.block_size)
         # not (0 <= x <= 100) is also true for NaN
         _check(0 <= self.max_accuracy_drop <= 100, "quantize.max_accuracy_drop",
                "in [0, 100] absolute points of the quality metric (0.5 = half a point of accuracy; 0 = no budget)",
@@ -394,6 +388,7 @@ class Recipe:
     distill: DistillSpec = field(default_factory=DistillSpec)
     quantize: QuantizeSpec = field(default_factory=QuantizeSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
+    lm: LMSpec = field(default_factory=LMSpec)  # task text-generation (edgekd.recipe_lm)
     # Where relative paths in the recipe are resolved from; not part of the recipe itself.
     base_dir: str = field(default=".", compare=False, metadata={"internal": True})
 
@@ -457,20 +452,6 @@ class Recipe:
         """A path from the recipe, relative to the recipe file's folder."""
         p = Path(value).expanduser()
         return p if p.is_absolute() else Path(self.base_dir) / p
-
-
-def parse_layer_map(text: str) -> dict[int, int]:
-    """"1:2,2:4,3:6" -> {1: 2, 2: 4, 3: 6}: student layer -> teacher layer, both 1-based."""
-    out = {}
-    try:
-        for pair in text.split(","):
-            s, t = pair.split(":")
-            out[int(s)] = int(t)
-    except ValueError:
-        raise RecipeError(f"distill.layer_map must look like '1:2,2:4,3:6' (student:teacher, 1-based), got {text!r}") from None
-    if not out or min(out) < 1 or min(out.values()) < 1:
-        raise RecipeError(f"distill.layer_map layers are 1-based, got {text!r}")
-    return out
 
 
 def _to_dict(obj) -> dict:

@@ -13,6 +13,10 @@ Where the defaults come from:
 - text encoders: AdamW with weight decay 0.01 and linear warm-up then decay (BERT's fine-tuning recipe,
   Devlin et al. 2019: 2e-5 to 5e-5 for 2-4 epochs on large data; small data needs more epochs);
   students built from the teacher's layers start close to a solution and take 1e-4.
+- causal LMs: AdamW with linear warm-up then decay; a pretrained teacher is only corrected on the
+  domain (2e-5, 1-3 epochs: Minitron's "teacher correction"); students built from its layers take 2e-4
+  (MiniLLM and DistiLLM train 100M-class students at 1e-4 to 5e-4), fewer steps than encoders (a
+  sequence carries tens of scored tokens, an encoder's text one label).
 Epochs follow the data: enough epochs to reach the family's number of optimizer steps, within its
 bounds, so a 1,600-image folder gets 30 passes and 50,000 images 10. A run whose loss diverges or whose
 best epoch comes first is retried at a lower rate (edgekd.train.fit)."""
@@ -44,14 +48,18 @@ DEFAULTS = {
     ("text", "teacher"): Defaults("adamw", 5e-5, "warmup-linear", 0.01, 1000, (3, 10)),
     ("text-probe", "teacher"): Defaults("adamw", 1e-3, "warmup-linear", 0.01, 1000, (8, 30)),
     ("text", "student"): Defaults("adamw", 1e-4, "warmup-linear", 0.01, 2000, (3, 20)),
+    ("lm", "teacher"): Defaults("adamw", 2e-5, "warmup-linear", 0.0, 300, (1, 3)),
+    ("lm", "student"): Defaults("adamw", 2e-4, "warmup-linear", 0.01, 600, (2, 10)),
 }
-BATCH = {"image": 64, "text": 32}
+BATCH = {"image": 64, "text": 32, "lm": 8}
 
 
 def family(spec, kind: str, *, role: str, probe: bool = False) -> str:
     """The family of a model spec (edgekd.recipe.ModelSpec) for training defaults."""
     if kind == "text":
         return "text-probe" if probe and role == "teacher" else "text"
+    if kind == "lm":
+        return "lm"
     if spec.scheme == "arch":
         return "edgekd-cnn"
     pretrained = bool(spec.weights) or spec.scheme == "hf"

@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import TargetError
 from .registry import closest
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "int4")  # int4: weight-only, language models (task text-generation)
 # earlier names -> the `<device>-<precision>[-<runtime>]` name
 ALIASES = {"openvino-int8": "cpu-int8-openvino", "mobile-xnnpack-int8": "mobile-int8-executorch"}
 

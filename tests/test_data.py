@@ -87,6 +87,8 @@ def _case(name: str, tmp: Path) -> DataSpec:
         return DataSpec(source="text-lines", path="d.txt")
     if name == "stdlib-docstrings":
         return DataSpec(source="stdlib-docstrings", n_train=40, n_val=10, n_test=10)
+    if name == "python-functions":
+        return DataSpec(source="python-functions", n_train=40, n_val=10, n_test=10)
     raise AssertionError(f"data source '{name}' has no test input here; add one to _case")
 
 
@@ -120,6 +122,8 @@ def test_source_contract(tmp_path, name):
     else:
         assert d.preprocessing == {"kind": "text", "raw": "UTF-8 text"} and d.augment == "none"
         assert (d.y_train is None) == (d.labels == [])
+    if d.responses is not None:  # prompt/response data: one response per text
+        assert all(len(d.responses[s]) == len(getattr(d, f"x_{s}")) for s in ("train", "val", "test"))
     assert len(set(map(_key, d.x_train)) & set(map(_key, d.x_test))) == 0  # no example in two splits
     assert _key_all(load_data(spec, seed=0, base=tmp_path)) == _key_all(d)  # a seed gives the same splits
 

@@ -18,7 +18,7 @@ def _random(reads: str, g) -> tuple:
     B, K, S, D = 4, 5, 6, 8
     mask = torch.ones(B, S, dtype=torch.long)
     mask[0, 4:] = 0  # one padded text
-    shapes = {"logits": (B, K), "embedding": (B, D)}
+    shapes = {"logits": (B, K), "embedding": (B, D), "token_logits": (B, K)}
 
     def make():
         if reads in shapes:
@@ -38,7 +38,10 @@ def test_every_loss_is_described(name):
     assert loss.name == name and loss.fn.__name__ == name
     assert loss.family in losses.FAMILIES and loss.reads in losses.READS
     assert loss.kinds and set(loss.kinds) <= set(losses.KINDS) and loss.default >= 0
-    assert loss.online == (loss.reads in ("hidden", "attention", "feature_maps"))  # never among cached targets
+    if loss.reads in ("hidden", "attention", "feature_maps"):
+        assert loss.online  # never among cached targets
+    elif loss.reads != "token_logits":  # a language model's full distribution is cached as its top-k only
+        assert not loss.online
     doc = loss.fn.__doc__ or ""
     assert re.search(r"\bL = ", doc), "the docstring gives the formula (L = ...)"
     assert re.search(r"\b(19|20)\d\d\b", doc) and re.search(r"[A-Z][a-z]+", doc), "the docstring cites the paper"
@@ -124,6 +127,15 @@ def _known(name):
         # (2, 0): 1/sqrt 2 vs -1 (Huber |d| - 1/2); at e_2 (0, 1) and (1, 0): 1/sqrt 2 vs 1 (Huber d^2 / 2)
         a, b = 1 / np.sqrt(2) + 1, 1 - 1 / np.sqrt(2)
         return _feats(right), _feats(line), None, {}, (2 * 0.5 + 2 * (a - 0.5) + 2 * b * b / 2) / 27
+    if name in ("forward_kl", "reverse_kl", "gkd_jsd"):
+        # one token, alpha = 1, T = 1: p = softmax([1, 0]), q = softmax([0, 0]) = (1/2, 1/2)
+        p = np.exp([1.0, 0.0]); p /= p.sum()
+        q = np.array([0.5, 0.5])
+        m = (p + q) / 2
+        want = {"forward_kl": (p * np.log(p / q)).sum(), "reverse_kl": (q * np.log(q / p)).sum(),
+                "gkd_jsd": 0.5 * (p * np.log(p / m)).sum() + 0.5 * (q * np.log(q / m)).sum()}[name]
+        s, t = {"token_logits": torch.tensor([[0.0, 0.0]])}, {"token_logits": torch.tensor([[1.0, 0.0]])}
+        return s, t, None, {"labels": torch.tensor([0]), "temperature": 1.0, "alpha": 1.0}, float(want)
     raise AssertionError(f"no known value for loss {name}: add one")
 
 
@@ -151,3 +163,23 @@ def test_attention_kl_with_different_head_counts_averages_heads():
     a = torch.softmax(torch.randn(2, 4, 5, 5), -1)
     s = {"attention": a.mean(1, keepdim=True).expand(2, 2, 5, 5)}  # 2 heads whose mean equals the teacher's
     assert float(losses.attention_kl(s, {"attention": a}, torch.ones(2, 5))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_forward_kl_from_the_cached_top_k_is_the_kl_over_those_tokens():
+    """With the teacher's top-k (k = 2 of 3 tokens), p_t renormalised over them and the student's full
+    softmax read at their ids; with all tokens cached it equals the full KL."""
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    y = torch.zeros(4, dtype=torch.long)
+    lt = F.log_softmax(t, -1)
+    full = losses.forward_kl({"token_logits": s}, {"token_logits": t}, None, labels=y, temperature=1.0, alpha=1.0)
+    v, i = lt.topk(3, -1)
+    cached = losses.forward_kl({"token_logits": s}, {"topk_ids": i, "topk_logprobs": v}, None, labels=y,
+                               temperature=1.0, alpha=1.0)
+    assert float(cached) == pytest.approx(float(full), rel=1e-5)
+    v, i = lt.topk(2, -1)
+    two = losses.forward_kl({"token_logits": s}, {"topk_ids": i, "topk_logprobs": v}, None, labels=y,
+                            temperature=1.0, alpha=1.0)
+    pt = F.softmax(v, -1)
+    want = (pt * (pt.log() - F.log_softmax(s, -1).gather(1, i))).sum(-1).mean()
+    assert float(two) == pytest.approx(float(want), rel=1e-5) and float(two) >= 0

@@ -53,5 +53,5 @@ def signature(path) -> list[dict]:
 
 BACKEND = register(Backend(
     format="onnx", runtime="onnxruntime", extension=".onnx", description="ONNX on ONNX Runtime (CPU)",
-    load=load, package="onnxruntime", install="onnxruntime", options=OPTIONS, profiles=True, check=check,
+    load=load, package="onnxruntime", install="onnxruntime", options=OPTIONS, profiles=True, check=check, kinds=("image", "text", "lm"),
     signature=signature))

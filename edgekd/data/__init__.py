@@ -31,6 +31,9 @@ class Splits:
     preprocessing: dict = field(default_factory=dict)
     origin: str = ""  # where the data comes from, one line for the report
     augment: str = "none"  # the resolved training augmentation policy (edgekd.data.augment)
+    # prompt/response text (text generation): {"train": [...], "val": [...], "test": [...]}, the response
+    # to each x_* text in order; None for every other data
+    responses: dict | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -60,6 +63,12 @@ class Splits:
                     h.update(t.encode("utf-8", "surrogatepass"))
                     h.update(b"\0")
         h.update("\0".join(map(str, self.labels)).encode())
+        if self.responses is not None:  # (absent from the hash of other data, so their digests stay as they were)
+            for part in ("train", "val", "test"):
+                h.update(f"responses {part} {len(self.responses[part])}".encode())
+                for t in self.responses[part]:
+                    h.update(t.encode("utf-8", "surrogatepass"))
+                    h.update(b"\0")
         return h.hexdigest()
 
 
@@ -98,6 +107,15 @@ def check_splits(s, *, where: str) -> None:
                                                                 or y.max() >= max(len(s.labels), 1))):
                 bad(f"y_{part}", f"{len(x)} integer labels in [0, {len(s.labels)}) (one per input, indexing labels)",
                     f"{y.dtype} {y.shape}")
+    if s.responses is not None:
+        if s.kind != "text" or not isinstance(s.responses, dict) or set(s.responses) != {"train", "val", "test"}:
+            bad("responses", "None or {'train', 'val', 'test'} lists of str beside text inputs",
+                type(s.responses).__name__ if s.kind == "text" else f"responses with kind {s.kind!r}")
+        for part in ("train", "val", "test"):
+            r, x = s.responses[part], getattr(s, f"x_{part}")
+            if not isinstance(r, list) or len(r) != len(x) or not all(isinstance(t, str) for t in r):
+                bad(f"responses['{part}']", f"a list of {len(x)} str (one response per x_{part} text)",
+                    f"{type(r).__name__} of {len(r) if isinstance(r, list) else '?'}")
     if s.kind == "image":
         from ..manifest import check_fragment
 
@@ -106,4 +124,4 @@ def check_splits(s, *, where: str) -> None:
 
 def _register_builtin() -> None:
     # Importing a source module registers it; they import their heavy libraries inside their functions.
-    from . import arrays, hf_dataset, image_folder, mnist, text  # noqa: F401
+    from . import arrays, code, hf_dataset, image_folder, mnist, text  # noqa: F401

@@ -22,13 +22,16 @@ PREPROCESSING = {"kind": "text", "raw": "UTF-8 text"}  # the task adds its token
 
 
 def text_splits(stored: dict[str, tuple[list[str], list | None]], spec, *, seed: int, where: str, origin: str,
-                names: list[str] | None = None) -> Splits:
+                names: list[str] | None = None, responses: dict[str, list[str]] | None = None) -> Splits:
     """Splits of texts. `stored`: {split: (texts, labels or None)} as the data comes ("train" always);
-    missing splits are carved from train with `seed` (edgekd.data.arrays.split_indices)."""
+    missing splits are carved from train with `seed` (edgekd.data.arrays.split_indices). `responses`:
+    {split: the response to each text} for prompt/response data, carved with the same indices."""
     from .augment import resolve_policy
 
     idx = split_indices({s: len(t) for s, (t, _) in stored.items()}, spec, seed=seed, where=where)
     x = {s: [stored[src][0][i] for i in ii] for s, (src, ii) in idx.items()}
+    if responses is not None:
+        responses = {s: [responses[src][i] for i in ii] for s, (src, ii) in idx.items()}
     if stored["train"][1] is None:
         y, labels = {s: None for s in idx}, []
     else:
@@ -36,7 +39,7 @@ def text_splits(stored: dict[str, tuple[list[str], list | None]], spec, *, seed:
                                   where=where, names=names)
     return Splits(x["train"], y["train"], x["val"], y["val"], x["test"], y["test"], labels=labels, kind="text",
                   preprocessing=dict(PREPROCESSING), origin=origin,
-                  augment=resolve_policy(spec.augment, kind="text", input_shape=()))
+                  augment=resolve_policy(spec.augment, kind="text", input_shape=()), responses=responses)
 
 
 def _has(row: dict, key: str) -> bool:
@@ -63,6 +66,18 @@ def texts_of(rows: list[dict], spec, where: str) -> list[str]:
             raise InputError(f"{where} row {i} has no '{spec.text_field}' field (it has {sorted(r)}); set "
                              "data.text_field to the name of the text column")
     return [str(r[spec.text_field]) for r in rows]
+
+
+def responses_of(rows: list[dict], spec, where: str) -> list[str] | None:
+    """Each row's data.response_field (prompt/response data), or None when the field is not set."""
+    key = spec.response_field
+    if not key:
+        return None
+    for i, r in enumerate(rows, 1):
+        if not _has(r, key):
+            raise InputError(f"{where} row {i} has no '{key}' (data.response_field); give every row a response, or "
+                             "unset data.response_field")
+    return [str(r[key]) for r in rows]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -106,9 +121,12 @@ def csv_file(spec, *, seed: int, base: Path) -> Splits:
     n_test (or by fraction). Labels are sorted, so their indices do not depend on row order."""
     path = _file(spec, base, f"give a CSV file with a header and '{spec.text_field}', '{spec.label_field}' columns")
     rows = _read_csv(path)
-    texts, labels = texts_of(rows, spec, str(path)), labels_of(rows, spec, str(path), required=True)
+    responses = responses_of(rows, spec, str(path))
+    # prompt/response rows need no label
+    texts, labels = texts_of(rows, spec, str(path)), labels_of(rows, spec, str(path), required=responses is None)
     return text_splits({"train": (texts, labels)}, spec, seed=seed, where=str(path),
-                       origin=f"{path.name} ({len(rows)} rows)")
+                       origin=f"{path.name} ({len(rows)} rows)",
+                       responses=None if responses is None else {"train": responses})
 
 
 @sources.register("jsonl")
@@ -117,8 +135,10 @@ def jsonl_file(spec, *, seed: int, base: Path) -> Splits:
     path = _file(spec, base, f"give a JSONL file of {{\"{spec.text_field}\": ..., \"{spec.label_field}\": ...}} rows")
     rows = _read_jsonl(path)
     texts, labels = texts_of(rows, spec, str(path)), labels_of(rows, spec, str(path), required=False)
+    responses = responses_of(rows, spec, str(path))
     return text_splits({"train": (texts, labels)}, spec, seed=seed, where=str(path),
-                       origin=f"{path.name} ({len(rows)} rows{'' if labels else ', unlabeled'})")
+                       origin=f"{path.name} ({len(rows)} rows{'' if labels else ', unlabeled'})",
+                       responses=None if responses is None else {"train": responses})
 
 
 @sources.register("text-lines")
@@ -210,8 +230,20 @@ def stdlib_documents(root: Path | None = None, *, kind: str = "docstrings") -> d
 def _documents(root: str, kind: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """stdlib_documents, parsed once per process (parsing the whole library takes seconds)."""
     extract = _comment_blocks if kind == "comments" else _docstrings
-    root = Path(root)
     docs: dict[str, list[str]] = {}
+    for name, src in stdlib_sources(root):
+        paras = [p for text in extract(src) for p in _paragraphs(text)]
+        if paras:
+            docs[name] = list(dict.fromkeys(paras))  # dedupe, keep order
+    return tuple((name, tuple(paras)) for name, paras in docs.items())
+
+
+def stdlib_sources(root: str | Path | None = None):
+    """(module name, source text) of the standard library at `root` (this interpreter's), in path order,
+    without tests, demos and vendored code; read, never imported."""
+    import sysconfig
+
+    root = Path(root or sysconfig.get_paths()["stdlib"])
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
         if _SKIP & set(rel.parts[:-1]) or rel.name.startswith("test_"):
@@ -220,10 +252,7 @@ def _documents(root: str, kind: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
             src = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        paras = [p for text in extract(src) for p in _paragraphs(text)]
-        if paras:
-            docs[str(rel.with_suffix("")).replace("/", ".")] = list(dict.fromkeys(paras))  # dedupe, keep order
-    return tuple((name, tuple(paras)) for name, paras in docs.items())
+        yield str(rel.with_suffix("")).replace("/", "."), src
 
 
 def package_paragraphs(n: int, *, exclude: set[str], per_file: int = 20) -> tuple[list[str], int]:

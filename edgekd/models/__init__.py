@@ -18,7 +18,7 @@ architectures: Registry = Registry("architecture", error=RecipeError)
 @dataclass(frozen=True)
 class ModelIO:
     """What the data asks of a model."""
-    kind: str  # "image" or "text"
+    kind: str  # "image", "text" or "lm" (causal language models)
     input_shape: tuple[int, ...]  # (C, H, W) for images, () for text
     num_classes: int  # 0: no classes (embedding)
     labels: list[str] = field(default_factory=list)

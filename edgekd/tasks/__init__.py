@@ -42,6 +42,17 @@ class Task:
     def check_recipe(self, recipe) -> None:
         """Refuse, at recipe build time, settings this task cannot run."""
 
+    def check_target(self, target) -> None:
+        """Refuse, before any training, a target precision this task does not build."""
+        if target.precision not in ("fp32", "int8"):
+            from ..errors import InputError
+
+            raise InputError(f"task {self.name} builds fp32 and int8 targets, not '{target.name}' ({target.precision})")
+
+    def quantized_name(self, target) -> str:
+        """The quantized student's name among the build's models."""
+        return "student-int8"
+
     def prepare(self, ctx: Context) -> None:
         """Turn ctx.data into what training needs (ctx.io, ctx.extra) and check it fits this task."""
         raise NotImplementedError
@@ -70,6 +81,10 @@ class Task:
     def load_targets(self, ctx: Context, folder: Path) -> None:
         raise NotImplementedError
 
+    def targets_inputs(self, ctx: Context) -> dict:
+        """Settings the teacher's targets depend on beyond the teacher and the data (part of their key)."""
+        return {}
+
     # students
     def new_student(self, ctx: Context, teacher, *, spec=None):
         """The student of `spec` (default ctx.recipe.student; an assistant's spec), freshly initialised."""
@@ -95,6 +110,35 @@ class Task:
     def bench_inputs(self, ctx: Context):
         """-> edgekd.bench.BenchInputs: the test split's evaluation feeds and the batch-1 cases to time."""
         raise NotImplementedError
+
+    def benchmark_key(self, ctx: Context) -> dict:
+        """What the benchmark stage measures beyond the target profile (part of its key)."""
+        return {"cases": list(self._bench_inputs(ctx).cases)}
+
+    def benchmark(self, ctx: Context, export_dir: Path, folder: Path) -> dict:
+        """Every exported model timed on the target's runtime, a fresh process each; outputs into `folder`."""
+        from ..bench import bench_models
+
+        return bench_models(folder, export_dir, ctx.target, self._bench_inputs(ctx))
+
+    def _bench_inputs(self, ctx: Context):
+        if "bench_inputs" not in ctx.extra:
+            ctx.extra["bench_inputs"] = self.bench_inputs(ctx)
+        return ctx.extra["bench_inputs"]
+
+    def assemble(self, ctx: Context, done: list, data_seconds: float, params: dict) -> dict:
+        """report.json from the stages' results (edgekd.report.assemble: the classifiers' and encoders')."""
+        from ..report import assemble
+
+        return assemble(self, ctx, done, data_seconds, params)
+
+    def render_markdown(self, r: dict) -> str | None:
+        """report.md of a task whose report is its own; None: edgekd.report's sections with report_parts."""
+        return None
+
+    def summary_lines(self, r: dict) -> list[str] | None:
+        """The CLI's table after a build, for a task whose report is its own; None: the shared one."""
+        return None
 
     def scores(self, ctx: Context, outputs, teacher_outputs) -> dict:
         """Quality fields of one model from its runtime outputs on the test split."""
@@ -178,5 +222,5 @@ def get(name: str) -> Task:
 
 
 def _register_builtin() -> None:
-    from . import image, text  # noqa: F401
+    from . import image, text, text_generation  # noqa: F401
 

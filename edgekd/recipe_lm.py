@@ -1,0 +1,79 @@
+"""The recipe's [lm] section: what task text-generation needs beyond the shared sections, namely how
+prompts are written, the data the teacher generates and the filter it passes, the teacher's cached
+logits, and what the benchmark times."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import RecipeError
+
+
+def _check(cond: bool, key: str, want: str, got) -> None:
+    if not cond:
+        raise RecipeError(f"lm.{key} must be {want}, got {got!r}")
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    # Prompts: `instruction` goes before each prompt (a blank line between); the tokenizer's chat
+    # template wraps them as the user's message when it has one ("auto") or when asked ("true").
+    instruction: str = ""
+    chat: str = "auto"  # "auto", "true", "false"
+    # Distillation via data generation: the teacher writes `generate` responses per training prompt
+    # (0: learn from the data's own responses or text alone), sampled at this temperature / top_p
+    # (temperature 0: greedy, then one response per prompt), each at most max_new_tokens tokens.
+    generate: int = 1
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 64
+    # Which generated responses are kept: at least min_tokens tokens; at most max_repeat of their
+    # 3-grams repeated; the teacher's own mean log-probability per token >= min_logprob (its confidence;
+    # -inf keeps all); matching `pattern` (a regular expression searched in the response); parsing as
+    # JSON when `json`; and the user's `filter`, package.module:function(prompt, response) -> True to
+    # keep, or a short reason (str) to drop.
+    min_tokens: int = 3
+    max_repeat: float = 0.5
+    min_logprob: float = -3.0
+    pattern: str = ""
+    json: bool = False
+    filter: str = ""
+    # GKD's lambda: the share of training batches whose responses the student samples itself (on-policy
+    # distillation; needs a loss that runs the teacher in the step: reverse_kl or gkd_jsd)
+    on_policy: float = 0.0
+    # the teacher's logits kept per training token for forward KL: its top_k tokens and log-probabilities
+    top_k: int = 64
+    # The benchmark, as llama-bench reports it: prefill tokens/s and time to first token at each prompt
+    # length (capped to the models' context), decode tokens/s over bench_new_tokens, repeats runs each.
+    bench_prompt_tokens: list[int] = field(default_factory=lambda: [128, 512])
+    bench_new_tokens: int = 128
+    bench_repeats: int = 5
+    # held-out prompts the models answer greedily in the report (exact match, ROUGE-L); 0: all test prompts
+    eval_prompts: int = 64
+
+    def __post_init__(self):
+        _check(self.chat in ("auto", "true", "false"), "chat", "'auto', 'true' or 'false'", self.chat)
+        _check(self.generate >= 0, "generate", ">= 0 (0: no generated data)", self.generate)
+        _check(self.temperature >= 0, "temperature", ">= 0 (0: greedy)", self.temperature)
+        _check(0 < self.top_p <= 1, "top_p", "in (0, 1]", self.top_p)
+        _check(self.max_new_tokens >= 1, "max_new_tokens", ">= 1", self.max_new_tokens)
+        _check(self.min_tokens >= 0, "min_tokens", ">= 0", self.min_tokens)
+        _check(0 < self.max_repeat <= 1, "max_repeat", "in (0, 1] (1: keep every response)", self.max_repeat)
+        _check(self.min_logprob <= 0, "min_logprob", "<= 0 (a mean log-probability; -inf keeps all)", self.min_logprob)
+        _check(0 <= self.on_policy <= 1, "on_policy", "in [0, 1]", self.on_policy)
+        _check(1 <= self.top_k <= 1024, "top_k", "in [1, 1024]", self.top_k)
+        if self.pattern:
+            import re
+
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise RecipeError(f"lm.pattern {self.pattern!r} is not a regular expression ({e})") from None
+        if self.filter:
+            _check(self.filter.count(":") == 1 and all(self.filter.split(":")), "filter", "package.module:function",
+                   self.filter)
+        _check(bool(self.bench_prompt_tokens) and all(isinstance(n, int) and n >= 1 for n in self.bench_prompt_tokens),
+               "bench_prompt_tokens", "a list of token counts >= 1", self.bench_prompt_tokens)
+        _check(self.bench_new_tokens >= 2, "bench_new_tokens", ">= 2", self.bench_new_tokens)
+        _check(self.bench_repeats >= 1, "bench_repeats", ">= 1", self.bench_repeats)
+        _check(self.eval_prompts >= 0, "eval_prompts", ">= 0 (0: every test prompt)", self.eval_prompts)

@@ -1,0 +1,172 @@
+"""Task text-generation's export and benchmark stages: every model to an ONNX folder with its KV cache
+(loadable by optimum's ORTModelForCausalLM), the quantized student chosen between post-training and
+quantization-aware rounding by the validation split, parity against PyTorch, then the llama-bench
+measures of each model in a fresh process and its greedy answers to held-out prompts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+# INT4 weights move a small LM's next token at some positions by design: the floor catches a broken
+# graph; the report states the measured agreement and perplexity beside it
+INT4_MIN_AGREEMENT = 0.6
+# ONNX Runtime's fused attention and matmul order differ from PyTorch's; logits of a 30-layer model
+# differ by more than a classifier's 1e-3 while greedy tokens stay equal (the parity test's other half)
+LM_FP32_MAX_ABS_DIFF = 2e-2
+
+
+def quantized_name(target) -> str:
+    return "student-int8" if target.precision == "int8" else "student-int4"
+
+
+def model_names(target) -> list[str]:
+    return ["teacher", "student-baseline", "student-fp32", quantized_name(target)]
+
+
+def _parity_prompts(ctx) -> list[str]:
+    """Held-out prompts (or the openings of held-out texts) the exports are compared on."""
+    tok, seqs = ctx.extra["tokenizer"], ctx.extra["seqs"]["test"]
+    n = min(ctx.recipe.export.parity_samples, 8, len(seqs))
+    if ctx.extra["mode"] == "text":
+        return [tok.decode(x[:16], skip_special_tokens=True) for x in seqs.ids[:n]]
+    return [ctx.data.x_test[i] for i in seqs.prompt[:n]]
+
+
+def _prompt_text(ctx, prompt: str) -> str:
+    """What check_parity tokenizes: the prompt as the model reads it."""
+    from ._lm_data import prompt_ids
+
+    if ctx.extra["mode"] == "text":
+        return prompt
+    tok = ctx.extra["tokenizer"]
+    return tok.decode(prompt_ids(tok, prompt, ctx.recipe.lm), skip_special_tokens=False)
+
+
+def export_all(task, ctx, models: dict, folder: Path) -> dict:
+    from ..export_lm import check_parity, export_causal_lm, quantize_weights
+    from ..quantize.weight_only import bake
+
+    r, tok = ctx.recipe, ctx.extra["tokenizer"]
+    prompts = [_prompt_text(ctx, p) for p in _parity_prompts(ctx)]
+    names = model_names(ctx.target)
+    q = names[-1]
+    meta: dict = {"parity": {}, "exports": {}, "model_names": names, "deliverable": q if ctx.target.precision != "fp32"
+                  else "student-fp32"}
+    for name in names[:3]:
+        ctx.log(f"[export] {name}")
+        meta["exports"][name] = export_causal_lm(models[name], tok, folder / name, opset=0)
+        meta["parity"][name] = check_parity(models[name], tok, folder / name, prompts, quantized=False,
+                                            max_abs_diff=max(r.export.fp32_max_abs_diff, LM_FP32_MAX_ABS_DIFF))
+    bits = 8 if q == "student-int8" else 4
+    qs = r.quantize
+    how = dict(bits=bits, block_size=qs.block_size, symmetric=True, accuracy_level=4, embeddings=True)
+    candidates = {"ptq": (models["student-fp32"], folder / "student-fp32")}
+    if qs.method == "qat" and qs.epochs > 0:
+        baked = bake(models[q])
+        export_causal_lm(baked, tok, folder / ".qat-fp32", opset=0)
+        candidates["qat"] = (baked, folder / ".qat-fp32")
+    found = {}
+    for how_name, (_, src) in candidates.items():
+        ctx.log(f"[export] {q}: {bits}-bit weights ({'post-training' if how_name == 'ptq' else 'quantization-aware'})")
+        found[how_name] = quantize_weights(src, folder / f".{how_name}", **how)
+        found[how_name]["val_nll"] = _val_nll(folder / f".{how_name}", ctx)
+    chosen = min(found, key=lambda k: found[k]["val_nll"])
+    (folder / f".{chosen}").rename(folder / q)
+    for k in found:
+        shutil.rmtree(folder / f".{k}", ignore_errors=True)
+    shutil.rmtree(folder / ".qat-fp32", ignore_errors=True)
+    floor = r.export.int8_min_agreement if bits == 8 else INT4_MIN_AGREEMENT
+    meta["parity"][q] = check_parity(candidates[chosen][0], tok, folder / q, prompts, quantized=True, min_agreement=floor)
+    meta["quantization"] = {"chosen": chosen, "candidates": found, "bits": bits, "block_size": qs.block_size,
+                            "min_agreement": floor}
+    meta["inputs"] = _inputs(folder / meta["deliverable"] / "model.onnx")
+    meta["sizes"] = {n: _folder_bytes(folder / n) for n in names}
+    return meta
+
+
+def _val_nll(folder: Path, ctx, *, limit: int = 64) -> float:
+    """Mean NLL per scored token of the validation sequences, on onnxruntime."""
+    import os
+
+    from ..lm_runtime import CausalLM, log_softmax
+
+    m = CausalLM(folder, threads=os.cpu_count() or 1)
+    seqs = ctx.extra["seqs"]["val"]
+    total, count = 0.0, 0
+    for x, start in zip(seqs.ids[:limit], seqs.start[:limit]):
+        lp = log_softmax(m.logits(x))  # (L, V)
+        pos = np.arange(int(start) - 1, len(x) - 1)
+        total -= float(lp[pos, x[pos + 1]].sum())
+        count += len(pos)
+    return total / max(count, 1)
+
+
+def _inputs(model: Path) -> list[dict]:
+    from ..backends.onnxruntime_onnx import signature
+
+    return signature(model)
+
+
+def _folder_bytes(folder: Path) -> int:
+    """The model's files on disk (graph and external weights; not the tokenizer and configs)."""
+    return sum(f.stat().st_size for f in folder.iterdir() if f.name.startswith("model.onnx"))
+
+
+def benchmark_all(task, ctx, export_dir: Path, folder: Path) -> dict:
+    """Each model in a fresh process (edgekd.lm_bench), the teacher first (its top-k is every student's
+    reference), then each model's greedy answers to held-out prompts, scored against the references (or
+    the teacher's answers where the data has none)."""
+    from ..lm_bench import bench_lm
+
+    lm, target = ctx.recipe.lm, ctx.target
+    names = model_names(target)
+    seqs = ctx.extra["seqs"]["test"]
+    eval_ids = [np.asarray(x) for x in seqs.ids]
+    ref = folder / "teacher-topk.npz"
+    out = {}
+    for name in names:
+        ctx.log(f"[benchmark] {name}")
+        out[name] = bench_lm(export_dir / name, threads=target.threads, prompt_lengths=tuple(lm.bench_prompt_tokens),
+                             new_tokens=lm.bench_new_tokens, repeats=lm.bench_repeats, eval_ids=eval_ids,
+                             seed=ctx.recipe.seed, **({"write_reference": ref} if name == "teacher" else {"reference": ref}))
+    answers = _answers(ctx, export_dir, names)
+    for name in names:
+        out[name].update(answers[name]["scores"])
+    (folder / "answers.json").write_text(json.dumps(answers, indent=1))
+    return out
+
+
+def _answers(ctx, export_dir: Path, names: list[str]) -> dict:
+    """Greedy answers of every exported model to the held-out prompts, with exact match and ROUGE-L
+    against the references."""
+    import os
+
+    from ..lm_runtime import CausalLM
+    from ._lm_data import prompt_ids, rouge_l
+
+    tok, lm, seqs = ctx.extra["tokenizer"], ctx.recipe.lm, ctx.extra["seqs"]["test"]
+    if ctx.extra["mode"] == "text":
+        return {n: {"scores": {}, "answers": []} for n in names}
+    n = len(seqs) if not lm.eval_prompts else min(lm.eval_prompts, len(seqs))
+    prompts = [ctx.data.x_test[i] for i in seqs.prompt[:n]]
+    refs = [tok.decode(x[s:], skip_special_tokens=True).strip() for x, s in zip(seqs.ids[:n], seqs.start[:n])]
+    against = "references" if seqs.source and seqs.source[0] == "reference" else "the teacher's greedy answers"
+    out = {}
+    for name in names:
+        m = CausalLM(export_dir / name, threads=os.cpu_count() or 1)
+        texts = []
+        for p in prompts:
+            ids = np.array(prompt_ids(tok, p, lm), dtype=np.int64)
+            texts.append(tok.decode(m.generate(ids, max_new_tokens=lm.max_new_tokens), skip_special_tokens=True).strip())
+        exact = [float(a == b) for a, b in zip(texts, refs)]
+        rl = [rouge_l(a, b) for a, b in zip(texts, refs)]
+        out[name] = {"scores": {"exact_match": float(np.mean(exact)) if exact else None,
+                                "rouge_l": float(np.mean(rl)) if rl else None, "rouge_l_items": rl,
+                                "answers_against": against, "answered": len(texts)},
+                     "answers": [{"prompt": p[:400], "reference": ref, "answer": a} for p, ref, a in
+                                 zip(prompts[:8], refs[:8], texts[:8])]}
+    return out

@@ -1,0 +1,176 @@
+"""Export, weight-only quantization and parity of causal LMs (edgekd.export_lm) on tiny random-weight
+Llama- and Qwen2-class models: the folders load with optimum and transformers alone, every weight of
+the INT4/INT8 graphs is quantized (the tied LM head and the embedding table included), and a folder that
+does not reproduce its model is refused."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lm_tiny
+import pytest
+
+from edgekd.errors import InputError, ParityError, RecipeError
+from edgekd.export_lm import check_parity, export_causal_lm, quantize_weights
+
+pytest.importorskip("optimum.onnxruntime")
+
+PROMPTS = [code for code, _ in lm_tiny.CORPUS[:3]]
+NEW_TOKENS = 8
+BLOCK = 32  # divides the tiny models' hidden size (64) and MLP width (128)
+
+
+@pytest.fixture(scope="module", params=lm_tiny.FAMILIES)
+def lm(request, tmp_path_factory):
+    """(family, model, tokenizer) of a tiny random-weight causal LM."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = lm_tiny.tiny_lm(tmp_path_factory.mktemp(f"hf-{request.param}"), request.param)
+    return request.param, AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def fp32(lm, tmp_path_factory):
+    """The FP32 folder and its meta. The tokenizer saves a GGUF copy as 'tokenizer.model', as one read
+    from a GGUF file does (the real teacher): the export must drop it."""
+    family, model, tok = lm
+    folder = tmp_path_factory.mktemp(f"fp32-{family}")
+    save = tok.save_pretrained
+
+    def save_with_gguf(path, *args, **kwargs):
+        (Path(path) / "tokenizer.model").write_bytes(b"GGUF" + bytes(64))
+        return save(path, *args, **kwargs)
+
+    tok.save_pretrained = save_with_gguf
+    try:
+        return folder, export_causal_lm(model, tok, folder)
+    finally:
+        del tok.save_pretrained
+
+
+@pytest.fixture(scope="module")
+def int4(lm, fp32, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"int4-{lm[0]}")
+    return folder, quantize_weights(fp32[0], folder, bits=4, block_size=BLOCK)
+
+
+def _graph(folder):
+    import onnx
+
+    return onnx.load(str(folder / "model.onnx")).graph
+
+
+def _weight_matmuls(graph) -> list[str]:
+    """MatMul nodes whose second input is a constant: an initializer, or a Transpose of one."""
+    inits = {i.name for i in graph.initializer}
+    made = {o: n for n in graph.node for o in n.output}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and (
+        n.input[1] in inits or (n.input[1] in made and made[n.input[1]].op_type == "Transpose"
+                                and made[n.input[1]].input[0] in inits))]
+
+
+def _attr(node, name):
+    return next(a.i for a in node.attribute if a.name == name)
+
+
+def test_fp32_folder_reproduces_pytorch(lm, fp32):
+    _, model, tok = lm
+    folder, meta = fp32
+    layers = model.config.num_hidden_layers
+    assert meta["inputs"] == ["input_ids", "attention_mask", "position_ids"]
+    assert meta["n_inputs"] == 3 + 2 * layers and meta["outputs"] == ["logits"]
+    assert {"config.json", "generation_config.json", "tokenizer.json", "model.onnx"} <= set(meta["files"])
+    assert meta["removed_files"] == ["tokenizer.model"] and not (folder / "tokenizer.model").exists()
+    assert meta["dedup"]["size_after"] == meta["size_bytes"] == (folder / "model.onnx").stat().st_size
+    parity = check_parity(model, tok, folder, PROMPTS, new_tokens=NEW_TOKENS, quantized=False)
+    assert parity["max_abs_diff"] <= 1e-3 and parity["greedy_exact"] == len(PROMPTS)
+    assert parity["pipeline_text"]
+
+
+def test_int4_quantizes_every_weight_with_head_and_embedding(fp32, int4):
+    folder, meta = int4
+    before = _weight_matmuls(_graph(fp32[0]))
+    graph = _graph(folder)
+    nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == len(before) == meta["matmul_nbits"]
+    assert any("lm_head" in n.name for n in nodes) and meta["untied_heads"]
+    assert all(_attr(n, "bits") == 4 and _attr(n, "block_size") == BLOCK for n in nodes)
+    assert _weight_matmuls(graph) == [] and meta["float_matmuls_left"] == []
+    gathers = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    assert len(gathers) == meta["gather_block_quantized"] == 1 and meta["float_gathers_left"] == []
+    assert meta["size_after"] < meta["size_before"] / 2
+
+
+def test_int4_folder_generates_with_optimum_alone(int4):
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    folder = int4[0]
+    model = ORTModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    enc = tok(PROMPTS[0], return_tensors="pt", return_token_type_ids=False)
+    out = model.generate(**enc, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] == enc["input_ids"].shape[1] + 4
+    assert isinstance(tok.decode(out[0]), str)
+
+
+def test_int4_parity(lm, int4):
+    _, model, tok = lm
+    # random weights have near-ties everywhere; a trained model is held to the default 0.9
+    parity = check_parity(model, tok, int4[0], PROMPTS, new_tokens=NEW_TOKENS, quantized=True, min_agreement=0.5)
+    assert 0.5 <= parity["top1_agreement"] <= 1 and parity["max_abs_diff"] > 0
+
+
+def test_int8_uses_8bit_kernels(lm, fp32, tmp_path):
+    _, model, tok = lm
+    meta = quantize_weights(fp32[0], tmp_path, bits=8, block_size=BLOCK)
+    graph = _graph(tmp_path)
+    ops = [n for n in graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")]
+    assert ops and all(_attr(n, "bits") == 8 for n in ops)
+    assert meta["gather_block_quantized"] == 1 and meta["float_matmuls_left"] == []
+    parity = check_parity(model, tok, tmp_path, PROMPTS, new_tokens=NEW_TOKENS, quantized=True, min_agreement=0.5)
+    assert parity["max_abs_diff"] < 0.1  # 8 bits stays close to FP32 even on random weights
+
+
+def test_hqq_quantizes_every_weight(lm, fp32, tmp_path):
+    _, model, tok = lm
+    meta = quantize_weights(fp32[0], tmp_path, bits=4, block_size=BLOCK, algorithm="hqq", symmetric=False)
+    assert meta["float_matmuls_left"] == [] and meta["gather_block_quantized"] == 1
+    assert all(_attr(n, "accuracy_level") == 4 for n in _graph(tmp_path).node if n.op_type == "MatMulNBits")
+    check_parity(model, tok, tmp_path, PROMPTS, new_tokens=NEW_TOKENS, quantized=True, min_agreement=0.5)
+
+
+def test_edited_fp32_folder_is_refused(lm, fp32, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    _, model, tok = lm
+    shutil.copytree(fp32[0], tmp_path, dirs_exist_ok=True)
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    inits = {i.name: i for i in proto.graph.initializer}
+    name = next(n.input[1] for n in proto.graph.node if n.name.endswith("q_proj/MatMul"))
+    inits[name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[name]) * 2, name))
+    onnx.save(proto, str(tmp_path / "model.onnx"))
+    with pytest.raises(ParityError, match="does not reproduce"):
+        check_parity(model, tok, tmp_path, PROMPTS, new_tokens=NEW_TOKENS, quantized=False)
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("biogpt", vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32)
+    with pytest.raises(InputError, match="'biogpt'.*llama"):
+        export_causal_lm(AutoModelForCausalLM.from_config(config), None, tmp_path / "out")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"algorithm": "rtm"}, "did you mean 'rtn'"),
+    ({"bits": 3}, "bits must be 4 or 8"),
+    ({"block_size": 24}, "power of two"),
+    ({"algorithm": "hqq"}, "symmetric=False"),
+])
+def test_bad_quantize_options(tmp_path, options, message):
+    with pytest.raises(RecipeError, match=message):
+        quantize_weights(tmp_path, tmp_path / "q", **options)

@@ -1,0 +1,123 @@
+"""Task text-generation end to end on tiny random-weight Llama- and Qwen2-class teachers (offline, seconds
+of training): generation with its filter, baseline, distillation, quantization-aware INT4, export with
+the KV cache, parity, the llama-bench measures and the report; and the one-line refusals."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("optimum.exporters.onnx")
+sys.path.insert(0, str(Path(__file__).parent))
+import lm_tiny  # noqa: E402
+
+TINY_LM = ["data.n_val=4", "data.n_test=4", "data.max_length=64", "distill.epochs=1", "distill.batch_size=4",
+           "quantize.epochs=1", "lm.max_new_tokens=8", "lm.bench_prompt_tokens=16", "lm.bench_new_tokens=4",
+           "lm.bench_repeats=1", "lm.eval_prompts=3", "lm.min_logprob=-100", "lm.max_repeat=1.0", "lm.min_tokens=0",
+           "export.parity_samples=2", "quantize.block_size=16"]
+
+
+def _recipe(folder: Path, family: str) -> Path:
+    teacher = lm_tiny.tiny_lm(folder / "teacher", family)
+    rows = [{"prompt": p, "summary": s} for p, s in lm_tiny.CORPUS] * 3
+    (folder / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (folder / "edgekd.toml").write_text(f"""name = "tiny-{family}"
+task = "text-generation"
+device = "cpu"
+[data]
+source = "jsonl"
+path = "data.jsonl"
+text_field = "prompt"
+response_field = "summary"
+[teacher]
+model = "hf:{teacher.name}"
+[student]
+model = "layer-subset"
+layers = 2
+[lm]
+instruction = "Summarize this function in one line."
+""")
+    return folder / "edgekd.toml"
+
+
+@pytest.fixture(scope="module", params=lm_tiny.FAMILIES)
+def lm_build(request, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    folder = tmp_path_factory.mktemp(f"lm-{request.param}")
+    recipe = _recipe(folder, request.param)
+    res = CliRunner().invoke(main, ["build", f"recipe={recipe}", "target=cpu-int4", "--out", str(folder / "build"), *TINY_LM])
+    assert res.exit_code == 0, res.output
+    return folder / "build" / "cpu-int4"
+
+
+def test_a_tiny_lm_builds_end_to_end(lm_build):
+    r = json.loads((lm_build / "report.json").read_text())
+    assert set(r["models"]) == {"teacher", "student-baseline", "student-fp32", "student-int4"}
+    for m in r["models"].values():
+        assert m["decode_tok_s"]["mean"] > 0 and m["peak_rss_mb"] > 0 and m["size_bytes"] > 0
+        assert m["perplexity"] > 1
+    assert r["models"]["student-int4"]["size_bytes"] < r["models"]["student-fp32"]["size_bytes"]
+    for n in ("student-baseline", "student-fp32", "student-int4"):  # against the teacher's top-64 on held-out text
+        assert 0 <= r["models"][n]["top1_agreement"] <= 1 and r["models"][n]["kl_teacher"] >= 0
+    g = r["teacher_data"]["generation"]
+    assert g["generated"] == g["prompts"] * g["per_prompt"] == 16 and g["kept"] + sum(g["dropped"].values()) == g["generated"]
+    assert set(r["quantization"]["candidates"]) == {"ptq", "qat"} and r["quantization"]["chosen"] in ("ptq", "qat")
+    assert all(p for p in r["parity"].values())
+    md = (lm_build / "report.md").read_text()
+    assert "the teacher's decode speed" in md and "perplexity" in md and "## Quantization" in md
+    m = json.loads((lm_build / "manifest.json").read_text())
+    assert m["precision"] == "int4" and m["model"] == "student-int4/model.onnx"
+    assert (lm_build / m["model"]).is_file() and (lm_build / "student-int4" / "tokenizer.json").is_file()
+
+
+def test_the_deliverable_folder_loads_with_optimum_and_transformers(lm_build):
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer, pipeline
+
+    folder = lm_build / "student-int4"
+    gen = pipeline("text-generation", model=ORTModelForCausalLM.from_pretrained(folder),
+                   tokenizer=AutoTokenizer.from_pretrained(folder))
+    out = gen("def add(a, b):", max_new_tokens=4, do_sample=False)
+    assert isinstance(out[0]["generated_text"], str)
+
+
+def test_a_student_with_another_vocabulary_is_refused_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    recipe = _recipe(tmp_path, "llama")
+    other = lm_tiny.tiny_lm(tmp_path / "other", "qwen2")
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["vocab_size"] += 7
+    (other / "config.json").write_text(json.dumps(cfg))
+    res = CliRunner().invoke(main, ["build", f"recipe={recipe}", "target=cpu-int4", "--out", str(tmp_path / "b"),
+                                    f"student.model=hf-config:{other / 'config.json'}", *TINY_LM])
+    assert res.exit_code == 2, res.output
+    assert "vocabulary" in res.output and "Traceback" not in res.output
+
+
+def test_a_prompt_longer_than_the_context_is_refused_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    recipe = _recipe(tmp_path, "llama")
+    res = CliRunner().invoke(main, ["build", f"recipe={recipe}", "target=cpu-int4", "--out", str(tmp_path / "b"),
+                                    *TINY_LM, "data.max_length=8"])
+    assert res.exit_code == 2, res.output
+    assert "longer than the context" in res.output and "Traceback" not in res.output
+
+
+def test_an_image_task_refuses_the_int4_target():
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    res = CliRunner().invoke(main, ["build", "target=cpu-int4", "--out", "/tmp/never"])
+    assert res.exit_code == 2 and "int4" in res.output
