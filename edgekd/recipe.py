@@ -191,13 +191,17 @@ class DistillSpec:
     # students built from the teacher: the student's recipe with that many layers, e.g. "4" for
     # 6 -> 4 -> 2) or a model as student.model takes it (an architecture name or SCHEME:REF)
     assistants: str = field(default="", metadata=_SIGNAL)
-    temperature: float = field(default=4.0, metadata=_SIGNAL)
+    # 0: the task's default (4, Hinton's, for classifiers and encoders; 1 for language models, whose
+    # thousands of tokens a high temperature flattens: MiniLLM, GKD and DistillKit train at 0.9-1)
+    temperature: float = field(default=0.0, metadata=_SIGNAL)
     alpha: float = field(default=0.9, metadata=_SIGNAL)
     # 0 / "auto": the student family's defaults for this data size (edgekd.schedules; the lock file says which)
     epochs: int = 0
     optimizer: str = "auto"
     lr: float = 0.0
     batch_size: int = 0
+    seed: int = -1  # the students' training order and initialisation; -1: the recipe's seed (repeat a
+    # comparison over seeds with the teacher and its targets cached)
     # Consistent teaching (Beyer et al. 2022): the teacher labels the very augmented view the student
     # sees. The teacher's logits for `views` augmented copies of each image are computed once and
     # cached, so an epoch costs one student pass, not a teacher pass too.
@@ -239,7 +243,7 @@ class DistillSpec:
             for k in old:
                 object.__setattr__(self, k, None)
         object.__setattr__(self, "losses", {**self.losses, **{k: float(v) for k, v in old.items()}})  # a copy
-        _check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
+        _check(self.temperature >= 0, "distill.temperature", "> 0 (0: the task's default)", self.temperature)
         _check(0 <= self.alpha <= 1, "distill.alpha", "in [0, 1]", self.alpha)
         _check(self.epochs >= 0, "distill.epochs", ">= 0 (0: the student family's default)", self.epochs)
         _check(self.optimizer in ("auto", *OPTIMIZERS), "distill.optimizer", " or ".join(map(repr, ("auto", *OPTIMIZERS))),

@@ -52,6 +52,9 @@ DEFAULTS = {
     ("lm", "student"): Defaults("adamw", 2e-4, "warmup-linear", 0.01, 600, (2, 10)),
 }
 BATCH = {"image": 64, "text": 32, "lm": 8}
+# distillation temperature: Hinton's 4 for classes and embeddings; 1 for a language model's next-token
+# distribution over tens of thousands of tokens (MiniLLM, DistillKit; GKD 0.9)
+TEMPERATURE = {"image": 4.0, "text": 4.0, "lm": 1.0}
 
 
 def family(spec, kind: str, *, role: str, probe: bool = False) -> str:
@@ -87,7 +90,8 @@ def resolve(recipe, *, kind: str, n_train: int):
     sd = defaults(recipe.student, kind, role="student")
     sb = ds.batch_size or BATCH[kind]
     distill = replace(ds, optimizer=sd.optimizer if ds.optimizer == "auto" else ds.optimizer, lr=ds.lr or sd.lr,
-                      epochs=ds.epochs or epochs_for(sd, n_train, sb), batch_size=sb)
+                      epochs=ds.epochs or epochs_for(sd, n_train, sb), batch_size=sb,
+                      temperature=ds.temperature or TEMPERATURE.get(kind, 4.0))
     return replace(recipe, teacher=teacher, distill=distill)
 
 
@@ -110,10 +114,16 @@ def fit_spec(ctx, *, role: str, n_rows: int, desc: str, qat: bool = False, epoch
     d = defaults(r.student, kind, role="student")
     if epochs is None:
         epochs = (qs.epochs if qs.method == "qat" else 0) if qat else ds.epochs
+    seed = student_seed(r)
     return FitSpec(epochs=epochs, lr=qs.lr if qat else ds.lr, batch_size=ds.batch_size, optimizer=ds.optimizer,
                    schedule=d.schedule, weight_decay=0.0 if qat else _decay(d, ds.optimizer),
-                   steps_per_epoch=_steps(n_rows, ds.batch_size), seed=r.seed + (2 if qat else 0), desc=desc,
+                   steps_per_epoch=_steps(n_rows, ds.batch_size), seed=seed + (2 if qat else 0), desc=desc,
                    precision="fp32" if qat else ctx.extra.get("precision", "fp32"), retry=not qat)
+
+
+def student_seed(recipe) -> int:
+    """The students' seed: distill.seed, or the recipe's when it is -1."""
+    return recipe.seed if recipe.distill.seed < 0 else recipe.distill.seed
 
 
 def _decay(d: Defaults, optimizer: str) -> float | None:

@@ -33,7 +33,7 @@ def test_overrides_are_typed():
     ("distill.temprature=2", "did you mean 'distill.temperature'"),
     ("distill.epochs=two", "distill.epochs must be an integer"),
     ("distill.alpha=1.5", "distill.alpha must be in [0, 1], got 1.5"),
-    ("distill.temperature=0", "distill.temperature must be > 0"),
+    ("distill.temperature=-1", "distill.temperature must be > 0"),
     ("teacher.epochs=-1", "teacher.epochs must be >= 0"),
     ("data.augment=maybe", "data.augment must be 'auto' or 'digits'"),
     ("task=segmentation", "task 'segmentation' is unknown"),

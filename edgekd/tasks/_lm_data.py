@@ -62,7 +62,7 @@ def prompt_ids(tokenizer, prompt: str, lm) -> list[int]:
         if not getattr(tokenizer, "chat_template", None):
             raise RecipeError("lm.chat = 'true' but the teacher's tokenizer has no chat template; set lm.chat = 'auto'")
         out = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-        return list(out["input_ids"] if isinstance(out, dict) else out)
+        return list(out if isinstance(out, (list, tuple)) else out["input_ids"])  # a BatchEncoding in transformers 5
     return list(tokenizer(text + "\n", add_special_tokens=True)["input_ids"])
 
 
@@ -154,11 +154,12 @@ def labels_at(ids, sel):
     return nxt[sel]
 
 
-def mean_nll(model, seqs: Seqs, *, pad_id: int, device: str, batch_size: int = 8) -> float:
-    """Mean negative log-likelihood per scored token (nats)."""
+def mean_nll(model, seqs: Seqs, *, pad_id: int, batch_size: int = 8) -> float:
+    """Mean negative log-likelihood per scored token (nats), on the device the model is on."""
     import torch
     import torch.nn.functional as F
 
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     order = np.argsort([len(x) for x in seqs.ids], kind="stable")
     with torch.no_grad():

@@ -159,7 +159,9 @@ class ImageClassification(Task):
         from ..models.checks import check_fits
 
         spec = spec or ctx.recipe.student
-        built = load_model(spec, ctx.io, base=ctx.base, teacher=teacher, seed=ctx.recipe.seed)
+        from ..schedules import student_seed
+
+        built = load_model(spec, ctx.io, base=ctx.base, teacher=teacher, seed=student_seed(ctx.recipe))
         check_fits(built.module, ctx.io, what=f"student '{spec.model}'")
         return built.module
 

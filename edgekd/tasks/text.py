@@ -157,7 +157,10 @@ class _TextTask(Task):
     def new_student(self, ctx: Context, teacher, *, spec=None):
         from ..models import load_model
 
-        return load_model(spec or ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher, seed=ctx.recipe.seed).module
+        from ..schedules import student_seed
+
+        return load_model(spec or ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher,
+                          seed=student_seed(ctx.recipe)).module
 
     def _layer_map(self, ctx: Context, student, teacher) -> dict[int, int]:
         from ..recipe import parse_layer_map

@@ -105,7 +105,7 @@ class TextGeneration(Task):
         seqs = ctx.extra.get("val_seqs") or ctx.extra["references"].get("val")
         if seqs is None or not len(seqs):
             return None
-        return -mean_nll(model, seqs, pad_id=ctx.extra["pad_id"], device=ctx.device)
+        return -mean_nll(model, seqs, pad_id=ctx.extra["pad_id"])
 
     def targets_inputs(self, ctx: Context) -> dict:
         from dataclasses import asdict
@@ -200,7 +200,9 @@ class TextGeneration(Task):
     def new_student(self, ctx: Context, teacher, *, spec=None):
         from ..models import load_model
 
-        s = load_model(spec or ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher, seed=ctx.recipe.seed).module
+        from ..schedules import student_seed
+
+        s = load_model(spec or ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher, seed=student_seed(ctx.recipe)).module
         tv, sv = teacher.get_input_embeddings().num_embeddings, s.get_input_embeddings().num_embeddings
         if tv != sv:
             raise RecipeError(f"the student's vocabulary ({sv} tokens) is not the teacher's ({tv}): token-level "
