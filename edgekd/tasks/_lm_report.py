@@ -88,9 +88,12 @@ def verdict(r: dict) -> list[str]:
     if c:
         out.append(f"- ROUGE-L of the answers, distilled - baseline: {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] "
                    f"(paired bootstrap, {c['n']} prompts{', within noise' if c['within_noise'] else ''})")
-    for n, p in r["parity"].items():
-        if p.get("greedy_exact") is False:
-            out.append(f"- ⚠ {LABELS.get(n, n)}: greedy tokens on onnxruntime differ from PyTorch's")
+    q = r["quantization"]
+    p = r["parity"].get(r["models"] and list(r["models"])[-1], {})
+    if p:
+        out.append(f"- Quantization: {'quantization-aware' if q['chosen'] == 'qat' else 'post-training'} rounding shipped "
+                   f"(lower validation NLL); next-token top-1 agreement with its PyTorch model {p['top1_agreement']:.3f}, "
+                   f"greedy answers identical on {p['greedy_exact']} of {p['prompts']} held-out prompts")
     return out
 
 
@@ -133,8 +136,10 @@ def render(r: dict) -> str:
         lines.append(f"- {what}: NLL {c['val_nll']:.4f}, {_mb(c.get('size_after', 0) or 0)}{mark}")
     lines += ["", "## Parity (onnxruntime against PyTorch, held-out prompts)", ""]
     for n, p in r["parity"].items():
-        lines.append(f"- {LABELS.get(n, n)}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                           for k, v in p.items() if not isinstance(v, (list, dict))))
+        lines.append(f"- {LABELS.get(n, n)}: logits max |diff| {p['max_abs_diff']:.2g}, next-token top-1 agreement "
+                     f"{p['top1_agreement']:.3f} over {p['positions']} prompt positions; greedy {p['new_tokens']} tokens "
+                     f"identical on {p['greedy_exact']} of {p['prompts']} prompts ({100 * p['greedy_token_agreement']:.0f}% "
+                     "of tokens)")
     lines += ["", "## Training", "", "| stage | sequences | chosen epoch | val perplexity | lr |", "|---|---:|---:|---:|---:|"]
     for n, t in r["training"].items():
         vp = t.get("val_perplexity") or (_exp(t.get("val_score")))
