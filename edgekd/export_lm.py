@@ -39,7 +39,7 @@ def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0) -> dict:
     import onnx
     from optimum.exporters.onnx import main_export
 
-    _check_exportable(model.config.model_type)
+    check_exportable(model.config.model_type)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -67,7 +67,7 @@ def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0) -> dict:
             "removed_files": removed, "dedup": dedup, "files": sorted(p.name for p in folder.iterdir())}
 
 
-def _check_exportable(model_type: str) -> None:
+def check_exportable(model_type: str) -> None:
     import optimum.exporters.onnx.model_configs  # noqa: F401 - importing it registers the per-architecture configs
     from optimum.exporters.tasks import TasksManager
 

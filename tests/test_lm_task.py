@@ -66,7 +66,8 @@ def test_a_tiny_lm_builds_end_to_end(lm_build):
         assert 0 <= r["models"][n]["top1_agreement"] <= 1 and r["models"][n]["kl_teacher"] >= 0
     g = r["teacher_data"]["generation"]
     assert g["generated"] == g["prompts"] * g["per_prompt"] == 16 and g["kept"] + sum(g["dropped"].values()) == g["generated"]
-    assert set(r["quantization"]["candidates"]) == {"ptq", "qat"} and r["quantization"]["chosen"] in ("ptq", "qat")
+    q = r["quantization"]
+    assert set(q["candidates"]) == {"ptq", "ptq-hqq", "qat"} and q["chosen"] in q["candidates"]
     assert all(p for p in r["parity"].values())
     md = (lm_build / "report.md").read_text()
     assert "the teacher's decode speed" in md and "perplexity" in md and "## Quantization" in md

@@ -19,6 +19,10 @@ INT4_MIN_AGREEMENT = 0.6
 LM_FP32_MAX_ABS_DIFF = 2e-2
 
 
+WHAT = {"ptq": "post-training, round to nearest", "ptq-hqq": "post-training, HQQ (asymmetric, fitted zero points)",
+        "qat": "quantization-aware distillation, weights trained on the grid"}
+
+
 def quantized_name(target) -> str:
     return "student-int8" if target.precision == "int8" else "student-int4"
 
@@ -69,10 +73,13 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
         baked = bake(models[q])
         export_causal_lm(baked, tok, folder / ".qat-fp32", opset=0)
         candidates["qat"] = (baked, folder / ".qat-fp32")
+    if bits == 4:  # HQQ's fitted zero points keep more of a model whose weights passed a 4-bit grid before
+        candidates["ptq-hqq"] = candidates["ptq"]
     found = {}
     for how_name, (_, src) in candidates.items():
-        ctx.log(f"[export] {q}: {bits}-bit weights ({'post-training' if how_name == 'ptq' else 'quantization-aware'})")
-        found[how_name] = quantize_weights(src, folder / f".{how_name}", **how)
+        ctx.log(f"[export] {q}: {bits}-bit weights ({WHAT[how_name]})")
+        kw = {**how, "symmetric": False, "algorithm": "hqq"} if how_name == "ptq-hqq" else how
+        found[how_name] = quantize_weights(src, folder / f".{how_name}", **kw)
         found[how_name]["val_nll"] = _val_nll(folder / f".{how_name}", ctx)
     chosen = min(found, key=lambda k: found[k]["val_nll"])
     (folder / f".{chosen}").rename(folder / q)

@@ -73,6 +73,8 @@ def headline(r: dict, n: str) -> str:
 
 
 def verdict(r: dict) -> list[str]:
+    from ._lm_export import WHAT
+
     out = [f"- {headline(r, r['deliverable'])} (the deliverable)"]
     for n in r["models"]:
         if n not in ("teacher", r["deliverable"]):
@@ -91,8 +93,8 @@ def verdict(r: dict) -> list[str]:
     q = r["quantization"]
     p = r["parity"].get(r["models"] and list(r["models"])[-1], {})
     if p:
-        out.append(f"- Quantization: {'quantization-aware' if q['chosen'] == 'qat' else 'post-training'} rounding shipped "
-                   f"(lower validation NLL); next-token top-1 agreement with its PyTorch model {p['top1_agreement']:.3f}, "
+        out.append(f"- Quantization: {WHAT[q['chosen']]} shipped (the lowest validation NLL of "
+                   f"{len(q['candidates'])}); next-token top-1 agreement with its PyTorch model {p['top1_agreement']:.3f}, "
                    f"greedy answers identical on {p['greedy_exact']} of {p['prompts']} held-out prompts")
     return out
 
@@ -127,13 +129,14 @@ def render(r: dict) -> str:
     lines += ["", "## Teacher's data", ""] + _data_lines(r)
     q = r["quantization"]
     lines += ["", "## Quantization", "",
-              f"Weight-only {q['bits']}-bit, symmetric, blocks of {q['block_size']} weights (onnxruntime MatMulNBits; "
+              f"Weight-only {q['bits']}-bit, blocks of {q['block_size']} weights (onnxruntime MatMulNBits; "
               "the LM head and the embedding quantized too). Candidates on the validation split (mean NLL per token, "
               "onnxruntime):", ""]
+    from ._lm_export import WHAT
+
     for k, c in q["candidates"].items():
         mark = " **(shipped)**" if k == q["chosen"] else ""
-        what = "post-training round-to-nearest" if k == "ptq" else "quantization-aware distillation (weights on the grid)"
-        lines.append(f"- {what}: NLL {c['val_nll']:.4f}, {_mb(c.get('size_after', 0) or 0)}{mark}")
+        lines.append(f"- {WHAT.get(k, k)}: NLL {c['val_nll']:.4f}, {_mb(c.get('size_after', 0) or 0)}{mark}")
     lines += ["", "## Parity (onnxruntime against PyTorch, held-out prompts)", ""]
     for n, p in r["parity"].items():
         lines.append(f"- {LABELS.get(n, n)}: logits max |diff| {p['max_abs_diff']:.2g}, next-token top-1 agreement "

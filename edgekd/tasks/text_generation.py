@@ -85,9 +85,12 @@ class TextGeneration(Task):
 
     # teacher -------------------------------------------------------------------------------------------
     def load_teacher(self, ctx: Context):
+        from ..export_lm import check_exportable
         from ..models import load_model
 
-        return load_model(ctx.recipe.teacher, ctx.io, base=ctx.base, seed=ctx.recipe.seed)
+        built = load_model(ctx.recipe.teacher, ctx.io, base=ctx.base, seed=ctx.recipe.seed)
+        check_exportable(built.module.config.model_type)  # before any training: every model is of its family
+        return built
 
     def train_teacher(self, ctx: Context, teacher, checkpoint: Path):
         """Fine-tune the teacher on the references by next-token cross-entropy ("teacher correction",
@@ -207,7 +210,9 @@ class TextGeneration(Task):
         if tv != sv:
             raise RecipeError(f"the student's vocabulary ({sv} tokens) is not the teacher's ({tv}): token-level "
                               "distillation compares distributions over one tokenizer's tokens; build the student from "
-                              "the teacher (student.model = 'layer-subset' or 'narrow')")
+                              "the teacher (student.model = 'layer-subset' or 'narrow'); a student with its own "
+                              "tokenizer would learn the teacher's generated text alone (sequence-level KD), which "
+                              "this task does not build yet")
         return s
 
     def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False,
