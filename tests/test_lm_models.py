@@ -223,3 +223,16 @@ def test_jsonl_and_csv_responses(tmp_path):
         load_data(DataSpec(source="jsonl", path="gap.jsonl", text_field="prompt", response_field="answer"), seed=0,
                   base=tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_a_saved_hf_dataset_gives_prompts_and_their_responses(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from edgekd.data import load_data
+    from edgekd.recipe import DataSpec
+
+    rows = {"prompt": [f"def f{i}(): return {i}" for i in range(20)], "summary": [f"Return {i}." for i in range(20)]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    s = load_data(DataSpec(source="hf-dataset", path="ds", text_field="prompt", response_field="summary"), seed=0,
+                  base=tmp_path)
+    for split, x in (("train", s.x_train), ("val", s.x_val), ("test", s.x_test)):
+        assert [r.removeprefix("Return ").rstrip(".") for r in s.responses[split]] == [p.split()[-1] for p in x]

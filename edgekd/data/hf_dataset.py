@@ -102,7 +102,7 @@ def hf_dataset(spec, *, seed: int, base: Path) -> Splits:
     absent ones are carved from train with `seed`."""
     from ._images import prepare_images
     from .augment import resolve_policy
-    from .text import labels_of, text_splits, texts_of
+    from .text import labels_of, responses_of, text_splits, texts_of
 
     ds, where = _load(spec, base)
     parts = _splits(ds, spec, where)
@@ -125,14 +125,17 @@ def hf_dataset(spec, *, seed: int, base: Path) -> Splits:
               + (f"its own {', '.join(['train', *own])} splits" if own else f"split with seed {seed}"))
 
     if field == spec.text_field and field != spec.image_field:
-        stored = {}
+        stored, responses = {}, {}
         for s, d in parts.items():
-            rows = d.select_columns([c for c in (field, spec.label_field) if c in d.column_names]).to_list()
+            keep = (field, spec.label_field, spec.response_field)
+            rows = d.select_columns([c for c in keep if c and c in d.column_names]).to_list()
             stored[s] = (texts_of(rows, spec, f"the {s} split of {where}"),
                          labels_of(rows, spec, f"the {s} split of {where}", required=False))
+            responses[s] = responses_of(rows, spec, f"the {s} split of {where}")
         if len({lab is None for _, lab in stored.values()}) > 1:
             raise InputError(f"some splits of {where} are labeled and some are not; label every split or none")
-        return text_splits(stored, spec, seed=seed, where=where, origin=origin, names=names)
+        return text_splits(stored, spec, seed=seed, where=where, origin=origin, names=names,
+                           responses=responses if spec.response_field else None)
 
     if not all(has_label):
         raise InputError(f"{where} has no '{spec.label_field}' column (it has {', '.join(columns)}); set "
