@@ -41,6 +41,10 @@ class LMSpec:
     # GKD's lambda: the share of training batches whose responses the student samples itself (on-policy
     # distillation; needs a loss that runs the teacher in the step: reverse_kl or gkd_jsd)
     on_policy: float = 0.0
+    # Which tokens of a training sequence the losses score: "all" (the prompt's too: a student cut from
+    # the teacher's layers heals on every token the teacher reads, as Minitron distils on whole text),
+    # or "response" (instruction tuning's usual mask). Held-out answers are scored on responses either way.
+    score: str = "all"
     # the teacher's logits kept per training token for forward KL: its top_k tokens and log-probabilities
     top_k: int = 64
     # The benchmark, as llama-bench reports it: prefill tokens/s and time to first token at each prompt
@@ -61,6 +65,7 @@ class LMSpec:
         _check(0 < self.max_repeat <= 1, "max_repeat", "in (0, 1] (1: keep every response)", self.max_repeat)
         _check(self.min_logprob <= 0, "min_logprob", "<= 0 (a mean log-probability; -inf keeps all)", self.min_logprob)
         _check(0 <= self.on_policy <= 1, "on_policy", "in [0, 1]", self.on_policy)
+        _check(self.score in ("all", "response"), "score", "'all' or 'response'", self.score)
         _check(1 <= self.top_k <= 1024, "top_k", "in [1, 1024]", self.top_k)
         if self.pattern:
             import re

@@ -3,6 +3,9 @@
     model = edgekd.runtime.load("build/cpu-int8")      # or the path of its manifest.json
     model.predict(["digit.png", uint8_28x28_array])    # [{"label": "7", "probability": 0.98}, ...]
     model.predict(["a sentence", "another"])           # text-embedding: float32 (N, D)
+    lm = edgekd.runtime.load("build/cpu-int4")         # text-generation: a Generator
+    lm.generate("def add(a, b): ...", max_new_tokens=64)   # the response, as text
+    for piece in lm.stream([{"role": "user", "content": "Hi"}]): print(piece, end="")
 
 Everything comes from manifest.json, validated against its schema (edgekd.manifest): the model file
 (checked against its sha256), the runtime and its session settings and thread count, every
@@ -10,13 +13,19 @@ preprocessing step as data, the labels. The image steps run the very functions t
 sources ran (edgekd.data._images), so the model sees bit-identical inputs; text is tokenized with
 `tokenizers` on the build's tokenizer.json, as transformers' fast tokenizer did at build time.
 
-Needs numpy and onnxruntime (or openvino), `tokenizers` for text models and Pillow for image files or
-resizing; it never imports torch, transformers or click (a test checks), so `pip install
-'edgekd[runtime]'` is enough to run a model."""
+A text-generation build's prompt is written as the build wrote its prompts (edgekd.tasks._lm_data): the
+instruction, a blank line and the prompt, as the user's turn of the tokenizer's chat template (rendered
+with jinja2 as transformers renders it) when the build used one.
+
+Needs numpy and onnxruntime (or openvino), `tokenizers` for text models, jinja2 for chat templates and
+Pillow for image files or resizing; it never imports torch, transformers or click (a test checks), so
+`pip install 'edgekd[runtime]'` is enough to run a model."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +33,32 @@ import numpy as np
 from .errors import InputError
 from .manifest import read_manifest
 
-__all__ = ["load", "Model"]
+__all__ = ["Generator", "Model", "TextStream", "load"]
 
 
-def load(path, *, threads: int | None = None, verify: bool = True) -> "Model":
-    """The model of a build folder (or of a manifest.json path). `threads` overrides the build's
-    thread count; `verify=False` skips the sha256 check of the model files."""
+def load(path, *, threads: int | None = None, verify: bool = True) -> Model | Generator:
+    """The model of a build folder (or of a manifest.json path): a Generator for a text-generation
+    build, else a Model. `threads` overrides the build's thread count; `verify=False` skips the sha256
+    check of the model files."""
     path = Path(path)
     manifest = read_manifest(path)
     folder = path if path.is_dir() else path.parent
-    return Model(manifest, folder, threads=threads, verify=verify)
+    cls = Generator if manifest["task"] == "text-generation" else Model
+    return cls(manifest, folder, threads=threads, verify=verify)
+
+
+def _check_files(manifest: dict, folder: Path, *, verify: bool) -> None:
+    """Every file the manifest names exists and, with `verify`, matches its sha256."""
+    from .artifacts import sha256_file
+
+    files = [(manifest["model"], manifest["sha256"])] + [(c["file"], c["sha256"]) for c in manifest["companions"]]
+    for name, digest in files:
+        f = folder / name
+        if not f.is_file():
+            raise InputError(f"'{f}' named by manifest.json is missing; copy the whole build folder")
+        if verify and sha256_file(f) != digest:
+            raise InputError(f"'{f}' does not match the sha256 in manifest.json: the file was changed or "
+                             "damaged; copy it again from the build folder")
 
 
 class Model:
@@ -42,21 +67,13 @@ class Model:
 
     def __init__(self, manifest: dict, folder: Path, *, threads: int | None = None, verify: bool = True):
         from . import backends
-        from .artifacts import sha256_file
 
         self.manifest, self.folder = manifest, Path(folder)
         self.task: str = manifest["task"]
         self.labels: list[str] = list(manifest["labels"])
         self.kind: str = manifest["preprocessing"]["kind"]
         self.threads = int(threads or manifest["threads"])
-        files = [(manifest["model"], manifest["sha256"])] + [(c["file"], c["sha256"]) for c in manifest["companions"]]
-        for name, digest in files:
-            f = self.folder / name
-            if not f.is_file():
-                raise InputError(f"'{f}' named by manifest.json is missing; copy the whole build folder")
-            if verify and sha256_file(f) != digest:
-                raise InputError(f"'{f}' does not match the sha256 in manifest.json: the file was changed or "
-                                 "damaged; copy it again from the build folder")
+        _check_files(manifest, self.folder, verify=verify)
         self._prep = _ImagePrep(manifest) if self.kind == "image" else _TextPrep(manifest, self.folder)
         backend = backends.get(manifest["format"])
         try:
@@ -294,3 +311,276 @@ class _TextPrep:
 
 
 _PAD_SLACK = 1.25
+
+
+class Generator:
+    """A loaded text-generation build: `generate` for a response as text, `stream` for its pieces as they
+    are generated, `prompt_ids` for the tokens the model reads. `context` is the build's data.max_length:
+    a prompt must leave room in it for a response, as the build's own prompts did."""
+
+    def __init__(self, manifest: dict, folder: Path, *, threads: int | None = None, verify: bool = True):
+        from .lm_runtime import CausalLM
+
+        self.manifest, self.folder = manifest, Path(folder)
+        self.task: str = manifest["task"]
+        self.kind: str = manifest["preprocessing"]["kind"]
+        self.threads = int(threads or manifest["threads"])
+        _check_files(manifest, self.folder, verify=verify)
+        pre = manifest["preprocessing"]
+        self.instruction: str = pre["instruction"]
+        self.context: int = pre["max_length"]
+        self.lm = CausalLM((self.folder / manifest["model"]).parent, threads=self.threads)
+        self.eos_ids: tuple[int, ...] = tuple(sorted({pre["eos_token_id"], *self.lm.eos_ids}))
+        tok_path = self.folder / pre["tokenizer"]
+        self.tokenizer = _tokenizer(tok_path)
+        # compiled at load, so a build whose template cannot render fails here, not on the first request
+        self._chat = _ChatTemplate(tok_path.parent) if pre["chat_template"] else None
+
+    @property
+    def chat(self) -> bool:
+        """Whether prompts are written with the tokenizer's chat template."""
+        return self._chat is not None
+
+    def prompt_ids(self, prompt) -> list[int]:
+        """The tokens the model reads for `prompt`: a string, written as the build wrote its prompts (the
+        instruction, a blank line, the prompt; as the user's turn of the chat template with the
+        assistant's turn opened when the build used one), or a list of {"role", "content"} messages
+        (no instruction added). Not checked against `context` (stream and generate check)."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise InputError("the prompt is empty; give text")
+            text = f"{self.instruction}\n\n{prompt}" if self.instruction else prompt
+            messages = [{"role": "user", "content": text}]
+        else:
+            messages = _check_messages(prompt)
+        if self._chat is not None:  # the template writes the special tokens itself, as transformers tokenizes it
+            return self.tokenizer.encode(self._chat.render(messages), add_special_tokens=False).ids
+        if len(messages) != 1 or messages[0]["role"] != "user":
+            raise InputError("this build was distilled without a chat template, so it reads one prompt: give a "
+                             "string or a single user message")
+        return self.tokenizer.encode(messages[0]["content"] + "\n", add_special_tokens=True).ids
+
+    def stream(self, prompt, *, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+               top_k: int = 0, stop=(), seed: int = 0) -> TextStream:
+        """The response to `prompt` (see prompt_ids) in pieces, one per new token, as the model writes
+        them: greedy at temperature 0, else sampled (top_k, then top_p, seeded by `seed`). It ends at
+        eos, at max_new_tokens, or where a `stop` string appears (the text is cut before it). The
+        arguments are checked now; the model runs as the stream is read."""
+        ids = self.prompt_ids(prompt)
+        if len(ids) >= self.context:
+            raise InputError(f"the prompt is {len(ids)} tokens, at most {self.context - 1} (the model was distilled "
+                             f"on {self.context}-token sequences, prompt and response: data.max_length); shorten the prompt")
+        stops = _check_stop(stop)
+        _check_whole("max_new_tokens", max_new_tokens, 1)
+        _check_whole("top_k", top_k, 0)
+        _check_whole("seed", seed, 0)
+        for name, v in (("temperature", temperature), ("top_p", top_p)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InputError(f"{name} must be a number, got {v!r}")
+        tokens = self.lm.stream(ids, max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
+                                top_p=float(top_p), seed=seed, stop_ids=self.eos_ids)
+        return TextStream(tokens, self.decode, prompt_tokens=len(ids), max_new_tokens=max_new_tokens,
+                          eos_ids=self.eos_ids, stop=stops)
+
+    def generate(self, prompt, *, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, stop=(), seed: int = 0) -> str:
+        """The response to `prompt` as text (see stream)."""
+        return "".join(self.stream(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                   top_k=top_k, stop=stop, seed=seed))
+
+    def decode(self, ids) -> str:
+        """Token ids -> text, special tokens left out (as transformers' decode with skip_special_tokens)."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+class TextStream:
+    """The pieces of one response, one per new token (empty while a character's bytes or a possible stop
+    string are incomplete). Once the last piece is out: `finish_reason` is "stop" (eos or a stop string)
+    or "length" (max_new_tokens); `tokens` counts the new tokens, `prompt_tokens` the prompt's, `text`
+    is the pieces joined. `close()` ends the generation early."""
+
+    def __init__(self, tokens: Iterator[int], decode, *, prompt_tokens: int, max_new_tokens: int,
+                 eos_ids: tuple[int, ...], stop: tuple[str, ...]):
+        self.prompt_tokens, self.tokens, self.text = prompt_tokens, 0, ""
+        self.finish_reason: str | None = None
+        self._tokens = tokens
+        self._pieces = self._run(decode, max_new_tokens, set(eos_ids), stop)
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
+        self._tokens.close()
+
+    def _run(self, decode, max_new_tokens: int, eos: set, stop: tuple[str, ...]) -> Iterator[str]:
+        new: list[int] = []
+        try:
+            for token in self._tokens:
+                new.append(token)
+                self.tokens += 1
+                # the whole response decoded again: a character split over tokens comes out whole
+                full = decode(new)
+                cut = min((i for i in (full.find(s) for s in stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    full, reason = full[:cut], "stop"
+                else:
+                    reason = "stop" if token in eos else "length" if self.tokens == max_new_tokens else None
+                end = len(full) if reason else len(full) - _held(full, stop)
+                piece = full[len(self.text):end] if end > len(self.text) else ""
+                self.text += piece
+                self.finish_reason = reason
+                yield piece
+                if reason:
+                    return
+        finally:
+            self._tokens.close()
+
+
+def _held(text: str, stop: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` must wait for the next token: an incomplete character
+    (decoded as U+FFFD until its last byte comes) or the beginning of a stop string."""
+    n = len(text) - len(text.rstrip("\ufffd"))
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), n, -1):
+            if text.endswith(s[:k]):
+                n = k
+                break
+    return n
+
+
+def _check_stop(stop) -> tuple[str, ...]:
+    stops = (stop,) if isinstance(stop, str) else stop
+    try:
+        stops = tuple(stops)
+    except TypeError:
+        raise InputError(f"stop must be a string or a list of strings, got {type(stop).__name__}") from None
+    for s in stops:
+        if not isinstance(s, str) or not s:
+            raise InputError(f"stop strings must be non-empty strings, got {s!r}")
+    return stops
+
+
+def _check_whole(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InputError(f"{name} must be a whole number >= {low}, got {value!r}")
+
+
+def _check_messages(messages) -> list[dict]:
+    """A chat as a list of {"role": str, "content": str}."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError(f"give a prompt string or a non-empty list of {{\"role\", \"content\"}} messages, "
+                         f"got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise InputError(f"message {i} must be {{\"role\": a string, \"content\": a string}}, got {str(m)[:80]}")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _tokenizer(path: Path):
+    """tokenizer.json with no truncation or padding of its own: transformers' fast tokenizer turns both off
+    for a call that asks for neither, as the build's calls did."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise InputError("text models need the tokenizers package: pip install 'edgekd[runtime]'") from None
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises untyped errors for missing or bad files
+        raise InputError(f"cannot load the tokenizer '{path}' ({str(e).splitlines()[0][:120]}); copy the whole "
+                         "build folder") from None
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
+_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+class _ChatTemplate:
+    """A tokenizer folder's chat template, rendered as transformers' apply_chat_template renders it: a
+    sandboxed jinja2 environment with trim_blocks and lstrip_blocks, its `raise_exception`, `tojson`
+    and `strftime_now`, and the special tokens (bos_token, eos_token, ...) in the context."""
+
+    def __init__(self, folder: Path):
+        from .lm_runtime import _read_json
+
+        config = _read_json(folder / "tokenizer_config.json")
+        file = folder / "chat_template.jinja"  # transformers reads this file first, as its saving writes it
+        source = file.read_text(encoding="utf-8") if file.is_file() else config.get("chat_template")
+        if isinstance(source, list):  # named templates: transformers uses "default"
+            source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
+        if not isinstance(source, str) or not source.strip():
+            raise InputError(f"the build writes prompts with a chat template, but '{folder}' has none (no "
+                             "chat_template.jinja or tokenizer_config.json chat_template); copy the whole build folder")
+        legacy = _read_json(folder / "special_tokens_map.json")
+        self.specials: dict = {}
+        for name in _SPECIAL:
+            v = config.get(name, legacy.get(name))
+            v = v.get("content") if isinstance(v, dict) else v
+            if isinstance(v, str) and v:
+                self.specials[name] = v
+        extra = config.get("additional_special_tokens", legacy.get("additional_special_tokens")) or []
+        if extra := [t.get("content") if isinstance(t, dict) else t for t in extra]:
+            self.specials["additional_special_tokens"] = extra
+        if isinstance(config.get("extra_special_tokens"), dict):
+            self.specials.update({k: v.get("content") if isinstance(v, dict) else v
+                                  for k, v in config["extra_special_tokens"].items()})
+        self.template = _compile(source, folder)
+
+    def render(self, messages: list[dict]) -> str:
+        """The chat with the assistant's turn opened (add_generation_prompt)."""
+        import jinja2
+
+        try:
+            return self.template.render(messages=messages, tools=None, documents=None, add_generation_prompt=True,
+                                        **self.specials)
+        except jinja2.TemplateError as e:  # raise_exception in the template: it refuses this chat
+            raise InputError(f"the chat template refuses these messages ({str(e).splitlines()[0][:160]}); "
+                             "give the roles and order this model's template expects") from None
+        except Exception as e:  # noqa: BLE001 - a template can fail in any Python way on content it did not expect
+            raise InputError(f"the chat template failed on these messages ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:120] if str(e) else ''}); give plain user/assistant messages") from None
+
+
+def _compile(source: str, folder: Path):
+    try:
+        import jinja2
+        from jinja2.ext import Extension, loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise InputError("this build's prompts use a chat template, which needs jinja2: "
+                         "pip install 'edgekd[runtime]'") from None
+    from datetime import datetime
+
+    class Generation(Extension):
+        """`{% generation %}...{% endgeneration %}`: marks an assistant's text for training masks; renders its body."""
+        tags = frozenset({"generation"})
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        # jinja's own tojson escapes HTML characters; transformers' does not
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateError as e:
+        raise InputError(f"the chat template in '{folder}' does not compile ({str(e).splitlines()[0][:120]}); "
+                         "fix it or re-export the model") from None

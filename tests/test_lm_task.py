@@ -122,3 +122,31 @@ def test_an_image_task_refuses_the_int4_target():
 
     res = CliRunner().invoke(main, ["build", "target=cpu-int4", "--out", "/tmp/never"])
     assert res.exit_code == 2 and "int4" in res.output
+
+
+def test_on_policy_gkd_and_reverse_kl_train_with_the_teacher_in_the_step(tmp_path):
+    """GKD: generalized JSD with the teacher run in the step on half the batches' student samples; the
+    report names the losses and the build completes."""
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    recipe = _recipe(tmp_path, "llama")
+    res = CliRunner().invoke(main, ["build", f"recipe={recipe}", "target=cpu-int4", "--out", str(tmp_path / "b"), *TINY_LM,
+                                    "distill.losses.forward_kl=0", "distill.losses.gkd_jsd=1", "distill.losses.reverse_kl=0.5",
+                                    "lm.on_policy=0.5", "lm.score=response", "quantize.method=ptq"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "b" / "cpu-int4" / "report.json").read_text())
+    assert r["loss_weights"] == {"gkd_jsd": 1.0, "reverse_kl": 0.5}
+    assert set(r["quantization"]["candidates"]) == {"ptq", "ptq-hqq"}
+
+
+def test_on_policy_needs_a_loss_that_runs_the_teacher(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    recipe = _recipe(tmp_path, "llama")
+    res = CliRunner().invoke(main, ["build", f"recipe={recipe}", "target=cpu-int4", "--out", str(tmp_path / "b"),
+                                    "lm.on_policy=0.5", "lm.score=response"])
+    assert res.exit_code == 2 and "gkd_jsd" in res.output and "Traceback" not in res.output

@@ -40,6 +40,8 @@ class TextGeneration(Task):
             raise RecipeError(f"task text-generation needs text data (jsonl, csv, text-lines, hf-dataset, "
                               f"python-functions), not data.source = '{recipe.data.source}'")
         online = [n for n in recipe.distill.losses if n in ("reverse_kl", "gkd_jsd") and recipe.distill.losses[n] > 0]
+        if recipe.lm.on_policy and recipe.lm.score != "response":
+            raise RecipeError("lm.on_policy > 0 samples responses to the prompts: set lm.score = 'response'")
         if recipe.lm.on_policy and not online:
             raise RecipeError("lm.on_policy > 0 needs a loss that runs the teacher in the step: "
                               "distill.losses = {gkd_jsd = 1.0} (or reverse_kl)")
@@ -74,6 +76,10 @@ class TextGeneration(Task):
             if refs:
                 seqs[split], c = pair_seqs(tok, x, refs[split], r.lm, max_length=L, source="reference")
                 cut += c
+        if r.lm.score == "all":  # training and validation read every token after the first (held-out: responses)
+            for split in ("train", "val"):
+                if split in seqs:
+                    seqs[split].start[:] = 1
         ctx.extra["references"] = seqs  # prompts with the data's own responses (or text); {} for prompts alone
         ctx.extra["truncated"] = cut
         if mode == "text" and not len(seqs["train"]):
@@ -180,6 +186,9 @@ class TextGeneration(Task):
             else:
                 raise RecipeError("no training responses: give references (data.response_field) or let the teacher "
                                   "write them (lm.generate >= 1)")
+        if lm.score == "all":  # the training and validation losses read every token after the first
+            for split in ("train", "val"):
+                out[split].start[:] = 1
         for split, s in out.items():
             s.save(folder / f"{split}.json")
         for split in ("train", "val"):
