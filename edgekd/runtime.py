@@ -414,7 +414,11 @@ class TextStream:
 
     def close(self) -> None:
         self._pieces.close()
-        self._tokens.close()
+        self._close_tokens()
+
+    def _close_tokens(self) -> None:
+        if close := getattr(self._tokens, "close", None):  # a generator: its cache is freed now
+            close()
 
     def _run(self, decode, max_new_tokens: int, eos: set, stop: tuple[str, ...]) -> Iterator[str]:
         new: list[int] = []
@@ -437,19 +441,20 @@ class TextStream:
                 if reason:
                     return
         finally:
-            self._tokens.close()
+            self._close_tokens()
 
 
 def _held(text: str, stop: tuple[str, ...]) -> int:
     """How many characters at the end of `text` must wait for the next token: an incomplete character
     (decoded as U+FFFD until its last byte comes) or the beginning of a stop string."""
-    n = len(text) - len(text.rstrip("\ufffd"))
+    whole = text.rstrip("\ufffd")
+    held = 0  # of `whole`: the longest end that begins a stop string (the incomplete character may go on with it)
     for s in stop:
-        for k in range(min(len(s) - 1, len(text)), n, -1):
-            if text.endswith(s[:k]):
-                n = k
+        for k in range(min(len(s) - 1, len(whole)), held, -1):
+            if whole.endswith(s[:k]):
+                held = k
                 break
-    return n
+    return len(text) - len(whole) + held
 
 
 def _check_stop(stop) -> tuple[str, ...]:

@@ -86,8 +86,10 @@ class TextGeneration(Task):
             raise InputError("no training text of 2 tokens or more; check data.source and data.text_field")
 
     def fingerprint(self, ctx: Context) -> dict:
-        tok = ctx.extra["tokenizer"]
-        return {"vocab": len(tok), "chat_template": getattr(tok, "chat_template", None) or ""}
+        tok, lm = ctx.extra["tokenizer"], ctx.recipe.lm
+        # how prompts are written and which tokens are scored change what the teacher fine-tunes on
+        return {"vocab": len(tok), "chat_template": getattr(tok, "chat_template", None) or "",
+                "prompts": {"instruction": lm.instruction, "chat": lm.chat, "score": lm.score}}
 
     # teacher -------------------------------------------------------------------------------------------
     def load_teacher(self, ctx: Context):
