@@ -326,9 +326,15 @@ def verify_arm(build_dir, cpu, samples, debug):
 @click.option("--max-queue", default=256, show_default=True, type=click.IntRange(1, 1 << 20),
               help="Inputs waiting for the model; past this, 503.")
 @click.option("--max-items", default=64, show_default=True, type=click.IntRange(1, 1 << 16), help="Inputs per request.")
+@click.option("--max-generations", default=8, show_default=True, type=click.IntRange(1, 1024),
+              help="Text generation: responses generated at once (each holds a KV cache); past this, 503.")
+@click.option("--max-new-tokens", default=1024, show_default=True, type=click.IntRange(1, 1 << 16),
+              help="Text generation: the most new tokens a request may ask for.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def serve(build_dir, host, port, workers, threads, max_batch, max_wait_ms, max_queue, max_items, debug):
-    """Serve BUILD_DIR's model over HTTP: POST /predict {"inputs": [...]}, GET /health, GET /metadata."""
+def serve(build_dir, host, port, workers, threads, max_batch, max_wait_ms, max_queue, max_items, max_generations,
+          max_new_tokens, debug):
+    """Serve BUILD_DIR's model over HTTP: POST /predict {"inputs": [...]}, GET /health, GET /metadata; a
+    text-generation build: POST /generate (streamed with "stream": true), /v1/chat/completions, /v1/completions."""
 
     def go():
         from pathlib import Path
@@ -336,7 +342,8 @@ def serve(build_dir, host, port, workers, threads, max_batch, max_wait_ms, max_q
         from .serve import ServeSpec, serve as run
 
         spec = ServeSpec(build=str(Path(build_dir).resolve()), threads=threads, max_batch=max_batch,
-                         max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items)
+                         max_wait_ms=max_wait_ms, max_queue=max_queue, max_items=max_items,
+                         max_generations=max_generations, max_new_tokens=max_new_tokens)
         run(spec, host=host, port=port, workers=workers, log=lambda m: click.echo(m, err=True))
 
     _run(debug, go)
