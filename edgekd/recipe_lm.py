@@ -41,10 +41,10 @@ class LMSpec:
     # GKD's lambda: the share of training batches whose responses the student samples itself (on-policy
     # distillation; needs a loss that runs the teacher in the step: reverse_kl or gkd_jsd)
     on_policy: float = 0.0
-    # Which tokens of a training sequence the losses score: "all" (the prompt's too: a student cut from
-    # the teacher's layers heals on every token the teacher reads, as Minitron distils on whole text),
-    # or "response" (instruction tuning's usual mask). Held-out answers are scored on responses either way.
-    score: str = "all"
+    # Which tokens of a training sequence the losses score: "response" (instruction tuning's usual mask),
+    # or "all" (the prompt's too, as Minitron distils a cut model on whole text: more signal per step for
+    # a student cut from the teacher's layers). Held-out answers are scored on responses either way.
+    score: str = "response"
     # the teacher's logits kept per training token for forward KL: its top_k tokens and log-probabilities
     top_k: int = 64
     # The benchmark, as llama-bench reports it: prefill tokens/s and time to first token at each prompt
