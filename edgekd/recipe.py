@@ -363,7 +363,7 @@ class QuantizeSpec:
 class ExportSpec:
     opset: int = 17
     parity_samples: int = 500
-    fp32_max_abs_diff: float = 1e-3
+    fp32_max_abs_diff: float = 1e-3  # per unit of the largest |output| (at least 1): float32 rounding scales
     fp32_min_agreement: float = 0.99
     int8_min_agreement: float = 0.97
     # text INT8 student: store the word and position embedding tables INT8 with one scale per row

@@ -25,19 +25,19 @@ class LMSpec:
     # (temperature 0: greedy, then one response per prompt), each at most max_new_tokens tokens.
     generate: int = 1
     temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 64
+    top_p: float = 0.9  # nucleus sampling of the generated responses
+    max_new_tokens: int = 64  # the longest generated response (and held-out answer), in tokens
     # Which generated responses are kept: at least min_tokens tokens; at most max_repeat of their
     # 3-grams repeated; the teacher's own mean log-probability per token >= min_logprob (its confidence;
     # -inf keeps all); matching `pattern` (a regular expression searched in the response); parsing as
     # JSON when `json`; and the user's `filter`, package.module:function(prompt, response) -> True to
     # keep, or a short reason (str) to drop.
     min_tokens: int = 3
-    max_repeat: float = 0.5
-    min_logprob: float = -3.0
-    pattern: str = ""
-    json: bool = False
-    filter: str = ""
+    max_repeat: float = 0.5  # drop a response when more than this share of its 3-grams repeat
+    min_logprob: float = -3.0  # drop it when the teacher's mean log-probability per token is lower
+    pattern: str = ""  # drop it when this regular expression is not found in it ("" = no check)
+    json: bool = False  # drop it when it does not parse as JSON
+    filter: str = ""  # package.module:function(prompt, response) -> True to keep, or a reason to drop
     # GKD's lambda: the share of training batches whose responses the student samples itself (on-policy
     # distillation; needs a loss that runs the teacher in the step: reverse_kl or gkd_jsd)
     on_policy: float = 0.0
@@ -50,8 +50,8 @@ class LMSpec:
     # The benchmark, as llama-bench reports it: prefill tokens/s and time to first token at each prompt
     # length (capped to the models' context), decode tokens/s over bench_new_tokens, repeats runs each.
     bench_prompt_tokens: list[int] = field(default_factory=lambda: [128, 512])
-    bench_new_tokens: int = 128
-    bench_repeats: int = 5
+    bench_new_tokens: int = 128  # decode tokens/s is timed over this many greedy new tokens
+    bench_repeats: int = 5  # runs of each timing (mean and std)
     # held-out prompts the models answer greedily in the report (exact match, ROUGE-L); 0: all test prompts
     eval_prompts: int = 64
 

@@ -43,7 +43,8 @@ def load(path, *, threads: int | None = None, verify: bool = True) -> Model | Ge
     path = Path(path)
     manifest = read_manifest(path)
     folder = path if path.is_dir() else path.parent
-    cls = Generator if manifest["task"] == "text-generation" else Model
+    # a causal LM's preprocessing is a prompt format: it generates; every other build predicts
+    cls = Generator if manifest["preprocessing"]["kind"] == "causal-lm" else Model
     return cls(manifest, folder, threads=threads, verify=verify)
 
 

@@ -216,7 +216,7 @@ def create_app(spec: ServeSpec, *, model=None):
 
     if model is None:
         model = runtime.load(spec.build, threads=spec.threads)
-    if model.task == "text-generation":
+    if model.kind == "causal-lm":
         from .serve_lm import generation_app
 
         return generation_app(spec, model)
@@ -427,7 +427,7 @@ def serve(spec: ServeSpec, *, host: str = "127.0.0.1", port: int = 8000, workers
     if workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
     _check_port(host, port)
-    paths = "POST /generate, POST /v1/chat/completions, POST /v1/completions" if model.task == "text-generation" \
+    paths = "POST /generate, POST /v1/chat/completions, POST /v1/completions" if model.kind == "causal-lm" \
         else "POST /predict"
     log(f"edgekd serve: {Path(spec.build) / model.manifest['model']} ({model.task}) on http://{host}:{port} "
         f"with {workers} worker(s); {paths}, GET /health, GET /metadata")

@@ -96,3 +96,15 @@ def test_parity_check_fails_on_a_perturbed_model(tmp_path):
     onnx.save(model, str(tmp_path / "bad.onnx"))
     with pytest.raises(ParityError, match=r"'bad.onnx' does not match .* top-1 agreement 0\.\d+"):
         check_parity("bad.onnx", onnxruntime_runner(str(tmp_path / "bad.onnx"))(x), ref, min_agreement=0.99, max_abs_diff=1e-3)
+
+
+def test_fp32_parity_bound_scales_with_the_outputs_magnitude():
+    """1e-3 per unit of the largest |logit|: 0.003 off on logits near 30 passes, on logits near 1 fails."""
+    from edgekd.errors import ParityError
+    from edgekd.export import check_parity
+
+    ref = np.array([[30.0, -2.0], [1.0, 28.0]], dtype=np.float32)
+    assert check_parity("m", ref + 0.003, ref, min_agreement=1.0, max_abs_diff=1e-3).max_abs_diff == pytest.approx(0.003, rel=1e-3)
+    small = np.array([[1.0, -0.5], [0.2, 0.9]], dtype=np.float32)
+    with pytest.raises(ParityError, match="allowed 0.001"):
+        check_parity("m", small + 0.003, small, min_agreement=1.0, max_abs_diff=1e-3)

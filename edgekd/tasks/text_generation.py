@@ -342,7 +342,7 @@ class TextGeneration(Task):
         return {"inputs": inputs,
                 "output": {"name": "logits", "shape": ["batch", "sequence", len(tok)], "dtype": "float32",
                            "meaning": "next-token logits"},
-                "preprocessing": {"kind": "text-generation", "tokenizer": f"{name}/tokenizer.json",
+                "preprocessing": {"kind": "causal-lm", "tokenizer": f"{name}/tokenizer.json",
                                   "chat_template": uses_chat(tok, ctx.recipe.lm), "instruction": ctx.recipe.lm.instruction,
                                   "eos_token_id": int(tok.eos_token_id), "max_length": ctx.recipe.data.max_length},
                 "labels": []}
