@@ -8,7 +8,13 @@ kind of layer left float (depthwise convolutions, grouped convolutions, other co
 layers), greedily keeping each kind float when that is faster beyond the timing's spread. Every model is
 timed in this process, interleaved over rounds, so that machine drift hits them alike. The INT8 model
 shipped is the fastest found; when even that is slower than FP32, the report says so (build the FP32
-target instead). `quantize.int8_layers = "all"` skips the search."""
+target instead). `quantize.int8_layers = "all"` skips the search.
+
+Transformer students choose their activation scheme the same way (choose_activations): static ranges
+(learned by quantization-aware training, fixed in the graph) against dynamic ones (each call measures its
+input's range: DynamicQuantizeLinear + MatMulInteger), timed on the target at each benchmarked sequence
+length and scored on the validation split. Which wins depends on the CPU and the length: at short inputs
+the static graph's Q/DQ pairs cost more than they save, at long ones a per-call range costs little."""
 
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from .errors import EdgeKDError
 
 # a kind stays float only when that is at least this much faster: smaller differences are timing noise
 MIN_GAIN = 0.03
@@ -28,17 +36,7 @@ def choose_float_kinds(layers: dict[str, str], write: Callable[[list[str], Path]
     """layers: {layer: kind} of the INT8 layers (edgekd.quantize.int8_layers); write(float_layers, path)
     writes the INT8 ONNX with those layers float; fixed: layers that stay float anyway (the accuracy
     budget's). -> {"float_layers", "float_kinds", "p50_ms": {candidate: ms}, "int8_vs_fp32", "method"}."""
-    from .backends import for_runtime, load
-
-    backend = for_runtime(runtime)
-
-    def runner(onnx_path: Path):
-        path = onnx_path
-        if backend.make is not None:  # the runtime's own format (OpenVINO IR)
-            path = onnx_path.with_suffix(backend.extension)
-            backend.make(onnx_path, path)
-        return load(path, threads=threads)
-
+    runner = _runner_for(runtime, threads)
     kinds: dict[str, list[str]] = {}
     for name, kind in layers.items():
         if name not in fixed:
@@ -75,6 +73,79 @@ def choose_float_kinds(layers: dict[str, str], write: Callable[[list[str], Path]
                       f"float when {100 * MIN_GAIN:.0f}% faster"}
 
 
+def choose_activations(write: Callable[[str, Path], None], *, runtime: str, threads: int, folder: Path,
+                       cases: dict[str, dict], val_feeds: list[dict], item_scores: Callable[[np.ndarray], np.ndarray],
+                       log=None) -> dict:
+    """write(scheme, path): the INT8 ONNX with "static" or "dynamic" activations. cases: {label: feed},
+    one batch-1 input per benchmarked sequence length; val_feeds: validation inputs one at a time;
+    item_scores(outputs) -> (N,) per-item quality (1/0 right, or cosine to the teacher).
+
+    Rule: the more faithful scheme, when the paired difference of the items' scores is beyond twice its
+    standard error; within that, the faster (the geometric mean of its p50 ratios over the lengths, by
+    MIN_GAIN); within both, static (its ranges are the ones training saw). A scheme the runtime cannot
+    load is dropped with one line. -> {"chosen", "candidates": {scheme: {"quality", "p50_ms"}}, ...}."""
+    runner = _runner_for(runtime, threads)
+    folder.mkdir(parents=True, exist_ok=True)
+    runs, scores, failed = {}, {}, {}
+    for scheme in ("static", "dynamic"):
+        path = folder / f"int8-{scheme}.onnx"
+        try:
+            write(scheme, path)
+            runs[scheme] = runner(path)
+        except Exception as e:  # noqa: BLE001 - a runtime without this scheme's ops keeps the other
+            from .backends import first_line
+
+            failed[scheme] = first_line(e)
+            if log:
+                log(f"[export] INT8 {scheme} activations do not run on {runtime}: {failed[scheme]}")
+            continue
+        scores[scheme] = np.asarray(item_scores(np.concatenate([runs[scheme](f) for f in val_feeds])), dtype=float)
+    if not runs:
+        raise EdgeKDError(f"INT8: neither static nor dynamic activations run on {runtime}: {failed.get('static')}")
+    p50 = {label: _p50(runs, None, feed=feed) for label, feed in cases.items()}
+    out = {"candidates": {k: {"quality": float(scores[k].mean()), "p50_ms": {c: p50[c][k] for c in cases}} for k in runs},
+           "failed": failed, "cases": list(cases)}
+    if len(runs) == 1:
+        out["chosen"], out["why"] = next(iter(runs)), "the only scheme the runtime runs"
+    else:
+        d = scores["dynamic"] - scores["static"]
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        speed = float(np.exp(np.mean([np.log(p50[c]["static"] / p50[c]["dynamic"]) for c in cases])))  # >1: dynamic faster
+        out.update(quality_diff=float(d.mean()), quality_se=se, dynamic_speedup=speed)
+        if abs(d.mean()) > 2 * se and d.mean() != 0:
+            out["chosen"] = "dynamic" if d.mean() > 0 else "static"
+            out["why"] = "more faithful on validation (beyond twice the paired standard error)"
+        elif speed > 1 + MIN_GAIN or speed < 1 - MIN_GAIN:
+            out["chosen"] = "dynamic" if speed > 1 else "static"
+            out["why"] = f"as faithful within noise, {max(speed, 1 / speed):.2f}x faster over the lengths timed"
+        else:
+            out["chosen"], out["why"] = "static", "as faithful and as fast within noise"
+    out["method"] = (f"in-process, batch 1, {threads} thread(s) on {runtime}, interleaved rounds; quality on "
+                     f"{len(val_feeds)} validation inputs")
+    if log:
+        c = out["candidates"]
+        log(f"[export] INT8 activations: {out['chosen']} ({out['why']}); "
+            + "; ".join(f"{k}: quality {v['quality']:.4f}, p50 " + ", ".join(f"{m:.2f}" for m in v["p50_ms"].values())
+                        + f" ms at {', '.join(out['cases'])}" for k, v in c.items()))
+    return out
+
+
+def _runner_for(runtime: str, threads: int) -> Callable[[Path], Callable]:
+    """onnx path -> a runner on `runtime` (converted to its own format where it has one)."""
+    from .backends import for_runtime, load
+
+    backend = for_runtime(runtime)
+
+    def runner(onnx_path: Path):
+        path = onnx_path
+        if backend.make is not None:  # the runtime's own format (OpenVINO IR)
+            path = onnx_path.with_suffix(backend.extension)
+            backend.make(onnx_path, path)
+        return load(path, threads=threads)
+
+    return runner
+
+
 def _family(kind: str) -> str:
     """'Conv2d depthwise' -> 'depthwise', 'Conv2d 4 groups' -> 'grouped', 'Conv2d' -> 'conv', 'Linear' -> 'linear'."""
     if kind.endswith("depthwise"):
@@ -84,9 +155,10 @@ def _family(kind: str) -> str:
     return "linear" if "linear" in kind.lower() else "conv"
 
 
-def _p50(runs: dict, x: np.ndarray, *, rounds: int = 3, seconds: float = 0.05) -> dict:
-    """p50 ms at batch 1 of each runner on x, interleaved over `rounds`, about `seconds` a runner a round."""
-    one = np.ascontiguousarray(x[:1])
+def _p50(runs: dict, x: np.ndarray | None, *, feed: dict | None = None, rounds: int = 3, seconds: float = 0.05) -> dict:
+    """p50 ms at batch 1 of each runner on x (or one ready feed), interleaved over `rounds`, about
+    `seconds` a runner a round."""
+    one = feed if feed is not None else np.ascontiguousarray(x[:1])
     for run in runs.values():
         for _ in range(20):  # warm-up
             run(one)

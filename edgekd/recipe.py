@@ -340,10 +340,15 @@ class QuantizeSpec:
     block_size: int = 32
     # "auto": kinds of layer where INT8 is slower than float on the target's runtime stay float (edgekd.payoff)
     int8_layers: str = "auto"
+    # transformer students: INT8 activation ranges "static" (QAT's), "dynamic" (each call's) or "auto"
+    # (both timed on the target at the benchmark's lengths and scored on validation; edgekd.payoff)
+    activations: str = "auto"
 
     def __post_init__(self):
         _check(self.method in ("qat", "ptq"), "quantize.method", "'qat' or 'ptq'", self.method)
         _check(self.int8_layers in ("auto", "all"), "quantize.int8_layers", "'auto' or 'all'", self.int8_layers)
+        _check(self.activations in ("auto", "static", "dynamic"), "quantize.activations", "'auto', 'static' or 'dynamic'",
+               self.activations)
         _check(self.epochs >= 0, "quantize.epochs", ">= 0", self.epochs)
         _check(self.lr > 0, "quantize.lr", "> 0", self.lr)
         _check(self.calibration > 0, "quantize.calibration", "> 0", self.calibration)

@@ -50,3 +50,60 @@ def test_every_kind_is_tried_and_the_choice_runs(tmp_path):
                                       in r["float_kinds"]}
     assert r["p50_ms"]["chosen"] > 0 and r["int8_vs_fp32"] == r["p50_ms"]["fp32"] / r["p50_ms"]["chosen"]
     assert len(lines) == 1 and "vs FP32" in lines[0]
+
+
+class Mlp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(32, 64), nn.Linear(64, 8)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_activation_schemes_are_both_measured_and_each_writes_its_ops(tmp_path):
+    """Static QDQ and dynamic MatMulInteger graphs of the same linears are timed per case and scored per
+    item; the choice follows the rule (beyond 2 SE: more faithful; within: faster; else static)."""
+    import onnx
+
+    from edgekd.payoff import choose_activations
+    from edgekd.quantize import fake_quant_linears, quantize_onnx
+
+    torch.manual_seed(0)
+    model = Mlp().eval()
+    x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    export_onnx(model, tmp_path / "fp32.onnx", (32,), opset=17)
+    q = fake_quant_linears(Mlp().eval(), reduce_range=False)
+    q.load_state_dict({k: v for k, v in model.state_dict().items()}, strict=False)
+    ref = model(torch.from_numpy(x)).detach().numpy()
+    ops = {}
+
+    def write(scheme, path):
+        quantize_onnx(tmp_path / "fp32.onnx", path, x, reduce_range=False, linear_only=True, activations=scheme)
+        ops[scheme] = {n.op_type for n in onnx.load(str(path)).graph.node}
+
+    lines = []
+    r = choose_activations(write, runtime="onnxruntime", threads=1, folder=tmp_path / "act",
+                           cases={"1": {"input": x[:1]}, "8": {"input": x[:8]}}, val_feeds=[x[i:i + 1] for i in range(64)],
+                           item_scores=lambda out: -np.abs(out - ref).mean(1), log=lines.append)
+    assert "QuantizeLinear" in ops["static"] and "MatMulInteger" in ops["dynamic"]
+    c = r["candidates"]
+    assert set(c) == {"static", "dynamic"} and set(c["static"]["p50_ms"]) == {"1", "8"}
+    diff, se, speed = r["quality_diff"], r["quality_se"], r["dynamic_speedup"]
+    if abs(diff) > 2 * se:
+        assert r["chosen"] == ("dynamic" if diff > 0 else "static")
+    elif abs(speed - 1) > 0.03:
+        assert r["chosen"] == ("dynamic" if speed > 1 else "static")
+    else:
+        assert r["chosen"] == "static"
+    assert lines and r["chosen"] in lines[0]
+
+
+def test_dynamic_activations_are_refused_for_image_students(tmp_path):
+    import pytest
+
+    from edgekd.errors import EdgeKDError
+    from edgekd.quantize import quantize_onnx
+
+    with pytest.raises(EdgeKDError, match="dynamic"):
+        quantize_onnx(tmp_path / "none.onnx", tmp_path / "out.onnx", None, reduce_range=False, activations="dynamic")

@@ -206,6 +206,23 @@ def test_student_larger_or_slower_than_its_teacher_is_flagged_first():
     assert "2.0x slower at p50" in gains and "0.5x faster" not in gains
 
 
+def test_kernel_time_names_its_profiler_and_openvinos_precision_split():
+    """An onnxruntime profile (report.json from before op_profile_detail too) renders one line; an OpenVINO
+    one adds where the time ran: INT8, FP32, and the layer types left to reference kernels."""
+    r = image_report()
+    r["models"]["student-fp32"]["op_profile"] = {"Conv": 0.7, "Gemm": 0.3}
+    r["models"]["student-int8"].update(op_profile={"Convolution": 0.62, "FakeQuantize": 0.3, "Gather": 0.08},
+                                       op_profile_detail={
+        "profiler": "OpenVINO performance counters", "reference_kernels": {"Gather": 0.08},
+        "by_precision": {"INT8": {"Convolution": 0.62}, "FP32": {"FakeQuantize": 0.3, "Gather": 0.08}}})
+    gains = render_markdown(r).split("## What distillation and INT8 bought")[1]
+    assert "- Kernel time by op type, student-fp32 (onnxruntime profiler): Conv 70%, Gemm 30%" in gains
+    assert "- Kernel time by op type, student-int8 (OpenVINO performance counters): Convolution 62%," in gains
+    assert ("- Kernel time by execution precision, student-int8: INT8 62% (Convolution 62%); FP32 38% "
+            "(FakeQuantize 30%, Gather 8%); reference (ref_*) kernels: Gather 8%.") in gains
+    assert "execution precision, student-fp32" not in gains
+
+
 # ---------------------------------------------------------------- tables
 
 def test_empty_columns_are_dropped():

@@ -43,7 +43,10 @@ class Backend:
     options: dict = field(default_factory=dict)  # session settings besides threads (manifest runtime_options)
     kinds: tuple[str, ...] = ("image", "text")  # the data kinds whose models it can carry
     fixed_batch: int = 0  # 0: any batch; n: a program compiled for batch n (the runner loops)
-    profiles: bool = False  # the benchmark reports the share of kernel time per op type
+    # profile(path, *, threads) -> (runner, collect): a runner with the runtime's own per-kernel timing on, and
+    # collect() -> {"by_op": {op type: share of kernel time}, "profiler": its name, ...what else it tells}
+    # once the runner has run; None: the benchmark reports no kernel times
+    profile: Callable | None = None
     arm_check: bool = False  # its INT8 deliverable is verified on aarch64 kernels (edgekd verify-arm)
     edgekd_int8: bool = True  # it runs the INT8 graph edgekd writes (the accuracy budget applies)
     available: Callable[[], str] | None = None  # -> "" when it can run here, else one line saying what is missing
@@ -53,6 +56,10 @@ class Backend:
     # what a memory budget is held against: the process's peak RSS, or its increase over the imported runtime
     # where the Python runtime carries far more than an app links (ExecuTorch's imports torch and its exporter)
     memory_measure: str = "peak_rss_mb"
+
+    @property
+    def profiles(self) -> bool:
+        return self.profile is not None
 
     def missing(self) -> str:
         """'' when this backend can run here; otherwise what to install, in one line."""
@@ -132,6 +139,12 @@ def complete_feed(feed: dict, names: list[str]) -> dict:
     if "token_type_ids" in names and "token_type_ids" not in feed and "input_ids" in feed:
         feed = {**feed, "token_type_ids": np.zeros_like(feed["input_ids"])}
     return {k: v for k, v in feed.items() if k in names}
+
+
+def shares(totals: dict[str, float]) -> dict[str, float]:
+    """{key: time} -> {key: share of the sum}, largest first (a profile's shape in report.json)."""
+    total = sum(totals.values()) or 1.0
+    return {k: round(v / total, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 def first_line(e: BaseException) -> str:

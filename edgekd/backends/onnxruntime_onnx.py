@@ -3,7 +3,7 @@ cpu-* targets."""
 
 from __future__ import annotations
 
-from . import Backend, complete_feed, first_line, register
+from . import Backend, complete_feed, first_line, register, shares
 from ..errors import InputError
 
 # sequential, one inter-op thread: the target's `threads` is the whole budget. Level ALL: QDQ groups
@@ -32,6 +32,31 @@ def load(path: str, *, threads: int = 1, profile_prefix: str | None = None):
     return run
 
 
+def profile(path: str, *, threads: int = 1):
+    """A runner under onnxruntime's profiler, and what its trace says: kernel time per op type."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp()
+    run = load(path, threads=threads, profile_prefix=os.path.join(d, "p"))
+
+    def collect() -> dict:
+        try:
+            events = json.loads(open(run.session.end_profiling()).read())
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        by_op: dict[str, float] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+                op = e.get("args", {}).get("op_name", "?")
+                by_op[op] = by_op.get(op, 0.0) + e.get("dur", 0)
+        return {"by_op": shares(by_op), "profiler": "onnxruntime profiler"}
+
+    return run, collect
+
+
 def check(path) -> None:
     import onnx
 
@@ -53,5 +78,5 @@ def signature(path) -> list[dict]:
 
 BACKEND = register(Backend(
     format="onnx", runtime="onnxruntime", extension=".onnx", description="ONNX on ONNX Runtime (CPU)",
-    load=load, package="onnxruntime", install="onnxruntime", options=OPTIONS, profiles=True, check=check, kinds=("image", "text", "lm"),
+    load=load, package="onnxruntime", install="onnxruntime", options=OPTIONS, profile=profile, check=check, kinds=("image", "text", "lm"),
     signature=signature))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import Backend, register
-from .onnxruntime_onnx import OPTIONS, load, signature
+from .onnxruntime_onnx import OPTIONS, load, profile, signature
 
 
 def make(onnx_path: Path, ort_path: Path) -> None:
@@ -72,4 +72,4 @@ def report_section(r: dict) -> list[str]:
 BACKEND = register(Backend(
     format="ort", runtime="onnxruntime", extension=".ort", description="ONNX Runtime's mobile format, for ARM",
     load=load, package="onnxruntime", install="onnxruntime", make=make, describe=describe, options=OPTIONS,
-    profiles=True, arm_check=True, signature=signature, report_section=report_section))
+    profile=profile, arm_check=True, signature=signature, report_section=report_section))

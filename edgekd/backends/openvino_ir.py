@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Backend, complete_feed, first_line, register
+from . import Backend, complete_feed, first_line, register, shares
 from ..errors import InputError
 
 # f32: on CPUs with AMX/AVX512-BF16 OpenVINO otherwise runs float layers in bf16 (a 1e-2 logit error on
@@ -13,21 +13,73 @@ from ..errors import InputError
 OPTIONS = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
 
-def load(path: str, *, threads: int = 1, profile_prefix: str | None = None):
-    import numpy as np
+def _compile(path: str, threads: int, extra: dict | None = None):
     import openvino as ov
 
-    core = ov.Core()
     try:
-        compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, **OPTIONS})
+        return ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, **OPTIONS, **(extra or {})})
     except Exception as e:  # noqa: BLE001
         raise InputError(f"OpenVINO cannot load '{path}': {first_line(e)}") from None
+
+
+def _runner(compiled):
+    import numpy as np
+
     req = compiled.create_infer_request()
     names = [n for i in compiled.inputs for n in i.get_names()]
     # np.array: a copy, since the request reuses its output buffer
     run = lambda x: np.array(req.infer(complete_feed(x, names) if isinstance(x, dict) else {0: x})[0])  # noqa: E731
-    run.compiled = compiled
+    run.compiled, run.request = compiled, req
     return run
+
+
+def load(path: str, *, threads: int = 1, profile_prefix: str | None = None):
+    """`profile_prefix` is onnxruntime's trace file; OpenVINO's counters come through `profile`."""
+    return _runner(_compile(path, threads))
+
+
+# the tail of a CPU plugin exec_type ("brgconv_avx512_I8", "jit_avx512_f32", "ref_any_FP32") -> precision
+PRECISIONS = {"I8": "INT8", "U8": "INT8", "I4": "INT4", "U4": "INT4", "F32": "FP32", "FP32": "FP32",
+              "BF16": "BF16", "F16": "FP16", "FP16": "FP16", "I32": "INT32", "I64": "INT64"}
+
+
+def exec_precision(exec_type: str) -> str:
+    return PRECISIONS.get(exec_type.rsplit("_", 1)[-1].upper(), "?")
+
+
+def profile(path: str, *, threads: int = 1):
+    """A runner with OpenVINO's performance counters on, summed over its runs: kernel time per layer
+    type, the same split by the precision each kernel ran in (what INT8 actually covers), and the layer
+    types left to reference ("ref_*") kernels, the slow generic C++ ones a missing fast kernel falls back to."""
+    import openvino as ov
+
+    run = _runner(_compile(path, threads, {ov.properties.enable_profiling(): True}))
+    by_op: dict[str, float] = {}
+    by_prec: dict[str, dict[str, float]] = {}
+    ref: dict[str, float] = {}
+
+    def counted(x):
+        out = run(x)
+        for p in run.request.get_profiling_info():
+            t = p.real_time.total_seconds()
+            if p.status != p.Status.EXECUTED or t <= 0:
+                continue
+            by_op[p.node_type] = by_op.get(p.node_type, 0.0) + t
+            prec = by_prec.setdefault(exec_precision(p.exec_type), {})
+            prec[p.node_type] = prec.get(p.node_type, 0.0) + t
+            if p.exec_type.startswith("ref"):
+                ref[p.node_type] = ref.get(p.node_type, 0.0) + t
+        return out
+
+    def collect() -> dict:
+        total = sum(by_op.values()) or 1.0
+        ranked = sorted(by_prec.items(), key=lambda kv: -sum(kv[1].values()))
+        return {"by_op": shares(by_op), "profiler": "OpenVINO performance counters",
+                "by_precision": {k: {op: round(t / total, 4) for op, t in sorted(v.items(), key=lambda kv: -kv[1])}
+                                 for k, v in ranked},
+                "reference_kernels": {op: round(t / total, 4) for op, t in sorted(ref.items(), key=lambda kv: -kv[1])}}
+
+    return counted, collect
 
 
 def make(onnx_path: Path, xml_path: Path) -> None:
@@ -71,4 +123,4 @@ def describe(folder: Path, name: str, meta: dict, target) -> dict:
 BACKEND = register(Backend(
     format="openvino-ir", runtime="openvino", extension=".xml", description="OpenVINO IR on OpenVINO (CPU)",
     load=load, package="openvino", install="openvino", make=make, describe=describe, companions=(".bin",),
-    options=OPTIONS, signature=signature))
+    options=OPTIONS, signature=signature, profile=profile))

@@ -62,7 +62,7 @@ import importlib
 
 from ..errors import EdgeKDError, RecipeError
 from ..onnx_ops import INTEGER_OPS, optimized_op_types
-from ._spec import RUNTIMES, QuantizeSpec, has_vnni, resolve_reduce_range
+from ._spec import ACTIVATIONS, RUNTIMES, QuantizeSpec, has_vnni, resolve_reduce_range
 
 # The route modules import torch: they load on first use of one of their names, so that
 # `import edgekd.quantize` (the pipeline resolving reduce_range, a runtime-only install) stays cheap.
@@ -75,7 +75,7 @@ _WHERE = {name: module for module, names in {
                    "quantize_onnx", "quantize_gather_tables", "_Reader"),
 }.items() for name in names}
 
-__all__ = ["INTEGER_OPS", "RUNTIMES", "QuantizeSpec", "has_vnni", "optimized_op_types", "prepare",
+__all__ = ["ACTIVATIONS", "INTEGER_OPS", "RUNTIMES", "QuantizeSpec", "has_vnni", "optimized_op_types", "prepare",
            "resolve_reduce_range", *(name for name in _WHERE if not name.startswith("_"))]
 
 

@@ -12,6 +12,9 @@ from ..registry import closest
 
 # whose INT8 kernels the fake-quant graph reproduces exactly (graph_qat._place_fake_quant)
 RUNTIMES = ("onnxruntime", "openvino")
+# quantize.activations of transformer students: "static" ranges (learned by QAT) or "dynamic" (each
+# call's own); "auto" times both on the target and scores both on validation (edgekd.payoff)
+ACTIVATIONS = ("auto", "static", "dynamic")
 
 
 def check_runtime(runtime: str) -> None:

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..errors import EdgeKDError
 from ..registry import closest
+from ._spec import ACTIVATIONS
 from .fake_quant import QuantLinear
 
 
@@ -136,8 +137,10 @@ def linear_layers(fp32_path: Path, qat_model) -> dict[str, str]:
 
 
 def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: bool, linear_only: bool = False,
-                  qat_model=None, float_layers: Sequence[str] = ()) -> dict:
-    """Static INT8 QDQ: per-channel symmetric INT8 weights, per-tensor UINT8 activations.
+                  qat_model=None, float_layers: Sequence[str] = (), activations: str = "static") -> dict:
+    """INT8 with per-channel symmetric INT8 weights. activations "static": QDQ, per-tensor UINT8
+    activations with fixed ranges; "dynamic" (linear_only): each MatMul's input range measured per call
+    (onnxruntime's DynamicQuantizeLinear + MatMulInteger), no calibration, the QAT-tuned weights.
 
     calib_x: an array (single-input models) or a list of feeds {input name: array}; MinMax ranges from
     it for every activation that qat_model does not give one.
@@ -148,9 +151,11 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: boo
     float_layers: module paths of qat_model's Linears (linear_layers) whose MatMul stays float
     (onnxruntime's nodes_to_exclude; edgekd.budget's fallback). Returns what was done."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if activations not in ACTIVATIONS[1:] or (activations == "dynamic" and not linear_only):
+        raise EdgeKDError(f"INT8 activations: 'static', or 'dynamic' for transformer linears; got {activations!r}")
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     calib = calib_x if isinstance(calib_x, list) else calib_x.astype(np.float32)
     info: dict = {}
@@ -178,6 +183,12 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: boo
                     raise EdgeKDError("INT8: float_layers leaves no layer to quantize; use the FP32 model instead")
                 info["float_layers"] = list(float_layers)
             extra["OpTypesToExcludeOutputQuantization"] = ["MatMul", "Gemm"]
+            if activations == "dynamic":  # the ranges are the call's own: learned ones do not apply
+                # by op type, not node names: the dynamic quantizer rewrites Gemm as MatMul + Add first
+                quantize_dynamic(str(pre), str(out_path), per_channel=True, reduce_range=reduce_range,
+                                 weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                                 nodes_to_exclude=excluded, extra_options={"MatMulConstBOnly": True})
+                return {**info, "activations": "dynamic"}
             if qat_model is not None:
                 extra["TensorQuantOverrides"], done = _qat_overrides(pre, qat_model, nodes)
                 info.update(done)
@@ -188,7 +199,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: boo
             calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=nodes, nodes_to_exclude=excluded,
             extra_options=extra,
         )
-    return info
+    return {**info, "activations": "static"}
 
 
 # ---------------------------------------------------------------------------------------------------

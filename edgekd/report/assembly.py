@@ -40,7 +40,7 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
             "precision": "int8" if name == "student-int8" else "fp32",
             "file": files[name],
         }
-        for key in ("latency_by_seq", "op_profile"):
+        for key in ("latency_by_seq", "op_profile", "op_profile_detail"):
             if key in b:
                 models[name][key] = b[key]
     comparisons = _statistics(task, ctx, models, outs)
@@ -80,7 +80,8 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
                  "export": export.get("int8_export"),
                  "openvino_precisions": export.get("openvino_int8_precisions"),
                  "embedding_tables": export.get("int8_embeddings"),
-                 "accuracy_budget": export.get("accuracy_budget"), "payoff": export.get("int8_payoff")},
+                 "accuracy_budget": export.get("accuracy_budget"), "payoff": export.get("int8_payoff"),
+                 "activations": export.get("int8_activations")},
         "mobile": export.get("mobile"),
         "stages": stage_times,
         "test_samples": int(len(ctx.data.y_test) if ctx.data.y_test is not None else len(ctx.data.x_test)),

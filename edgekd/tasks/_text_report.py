@@ -87,8 +87,12 @@ def report_parts(task, r: dict) -> ReportParts:
                      f"confidence below {filt['min_teacher_confidence']:g}: dropped).")
 
     i8 = r["int8"]
+    act = i8.get("activations") or {"chosen": "static"}
     int8 = [f"- The MatMul/Gemm of every linear layer: weights per-channel symmetric INT8{reduce_range_note(r)}, inputs "
-            "per-tensor UINT8; LayerNorm, Softmax, GELU and the attention products stay float.", ops_line(r)]
+            + ("per-tensor UINT8 with the ranges QAT learned" if act["chosen"] == "static" else
+               "per-tensor UINT8 with each call's own range (dynamic: a text's output depends slightly on the "
+               "texts batched and padded with it; one text per call gives the same output every time)")
+            + "; LayerNorm, Softmax, GELU and the attention products stay float.", *activation_lines(act), ops_line(r)]
     tables = i8.get("embedding_tables") or []
     described = [f"{t['table']} {t['shape'][0]}x{t['shape'][1]} INT8 with a scale per row (max abs error "
                  f"{t['max_abs_error']:.2g})" for t in tables]
@@ -112,3 +116,14 @@ def report_parts(task, r: dict) -> ReportParts:
                             f"| {t_.get('chosen_epoch', '-')} |")
     return ReportParts(title=f"# edgekd build: {r['target']} ({r['task']})", table=table, gains=gains, int8=int8,
                        parity=parity, training=training, target_sections=False)
+
+
+def activation_lines(act: dict) -> list[str]:
+    """The measured choice between static and dynamic activations (edgekd.payoff.choose_activations)."""
+    c = act.get("candidates")
+    if not c:
+        return [f"- Activations: {act['chosen']} ({act.get('why', '')})."]
+    cells = "; ".join(f"{k}: validation {v['quality']:.4f}, p50 " + ", ".join(
+        f"{m:.2f} ms at {n} tokens" for n, m in v["p50_ms"].items()) for k, v in c.items())
+    failed = "".join(f" {k} did not run: {w}." for k, w in (act.get("failed") or {}).items())
+    return [f"- Activations chosen by measurement: {act['chosen']}, {act['why']} ({cells}; {act['method']}).{failed}"]

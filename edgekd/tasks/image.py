@@ -32,6 +32,9 @@ class ImageClassification(Task):
         from .. import losses
 
         ds = recipe.distill
+        if recipe.quantize.activations == "dynamic":
+            raise RecipeError("quantize.activations = 'dynamic' applies to transformer students; an image student's "
+                              "convolutions run static INT8 (remove the key, or set 'static')")
         if not any(losses.get(k).reads == "logits" for k in recipe.loss_weights()):
             raise RecipeError("distill.losses.kd = 0 leaves quantization-aware training nothing to learn (an image "
                               "student's fake-quant graph has no layers to hook: it learns the logits alone); keep kd > 0")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeKDError, InputError, RecipeError
-from . import Context, Task, _text_report, tasks
+from . import Context, Task, _text_int8, _text_report, tasks
 
 SEQ_LENS = (16, 64, 128)
 
@@ -295,22 +295,28 @@ class _TextTask(Task):
                 from ..backends import complete_feed
 
                 feeds_in = [complete_feed(f, info["inputs"]) for f in calib]
+                val = [complete_feed(f, info["inputs"]) for f in _row_feeds(ctx.extra["tokens"]["val"])]
+                act = _text_int8.activations(self, ctx, model, sub / "model.onnx", folder, feeds_in, val, SEQ_LENS)
+                meta["int8_activations"] = act
                 float_layers: list[str] = []
                 if ctx.recipe.quantize.max_accuracy_drop:
-                    meta["accuracy_budget"] = self._fit_budget(ctx, model, sub / "model.onnx", folder, feeds_in)
+                    meta["accuracy_budget"] = _text_int8.fit_budget(self, ctx, model, sub / "model.onnx", folder,
+                                                                    feeds_in, val, act["chosen"])
                     float_layers = meta["accuracy_budget"]["float_layers"]
                 quantize_onnx(sub / "model.onnx", folder / "student-int8.onnx", feeds_in,
                               reduce_range=ctx.extra["reduce_range"], linear_only=True, qat_model=model,
-                              float_layers=float_layers)
+                              float_layers=float_layers, activations=act["chosen"])
                 if es.int8_embeddings:
                     from ..quantize import quantize_gather_tables
 
                     meta["int8_embeddings"] = quantize_gather_tables(folder / "student-int8.onnx")
                 meta["int8_ops"] = check_integer_kernels(folder / "student-int8.onnx")
+                if act["chosen"] == "dynamic":  # no learned ranges in the graph: its reference is the float model
+                    model = strip_fake_quant(model)
                 if float_layers:  # the PyTorch reference of the parity check: the same layers float
                     from ..quantize import leave_linears_float
 
-                    model = leave_linears_float(model, float_layers)
+                    model = leave_linears_float(model, float_layers) if act["chosen"] == "static" else model
             else:
                 shutil.move(str(sub / "model.onnx"), folder / f"{name}.onnx")
             if name == "student-fp32":  # the deliverable's config and tokenizer files
@@ -330,43 +336,13 @@ class _TextTask(Task):
                     meta["parity"][fname] = embedding_parity(fname, out, ref, min_cosine=lo)
         return meta
 
-    def _fit_budget(self, ctx: Context, q, fp32_graph: Path, folder: Path, calib: list[dict]) -> dict:
-        """quantize.max_accuracy_drop (edgekd.budget): which Linears' MatMuls stay float, measured on the
-        target's runtime on validation texts (fed one at a time) against the FP32 export in `folder`."""
-        from ..budget import FallbackSpace, fit_budget
-        from ..quantize import linear_layers, quantize_gather_tables, quantize_onnx
-
-        es, rr = ctx.recipe.export, ctx.extra["reduce_range"]
-
-        def write(layers: list[str], path: Path) -> None:
-            quantize_onnx(fp32_graph, path, calib, reduce_range=rr, linear_only=True, qat_model=q, float_layers=layers)
-            if es.int8_embeddings:
-                quantize_gather_tables(path)
-
-        if self.classify:
-            y = ctx.data.y_val
-            score = lambda out: float((out.argmax(1) == y).mean())  # noqa: E731
-        else:
-            t = ctx.extra["targets"]["val"]
-            score = lambda out: mean_cosine(out, t)  # noqa: E731
-        feeds = _row_feeds(ctx.extra["tokens"]["val"])
-        space = FallbackSpace(linear_layers(fp32_graph, q), write, feeds, score, metric=self.quality)
-        return fit_budget(space, max_drop=ctx.recipe.quantize.max_accuracy_drop, fp32=folder / "student-fp32.onnx",
-                          runtime=ctx.target.runtime, threads=ctx.target.threads, time_input=feeds[0], log=ctx.log)
-
     def bench_inputs(self, ctx: Context):
         from ..bench import BenchInputs
 
-        tok, texts = ctx.extra["tokenizer"], ctx.data.x_test
-        joined = " ".join(texts)
-        lat = {}
-        n = ctx.extra["max_length"]  # lengths a deployed model never sees are not measured
-        lengths = [s for s in SEQ_LENS if s < n] + [n] if n <= max(SEQ_LENS) else list(SEQ_LENS)
-        for s in lengths:  # one row of exactly S real tokens: test texts joined until they fill S
-            enc = tok([joined], truncation=True, max_length=s, return_tensors="np")["input_ids"].astype(np.int64)
-            if enc.shape[1] < s:
-                raise InputError(f"the test texts hold fewer than {s} tokens; raise data.n_test")
-            lat[str(s)] = {"input_ids": enc, "attention_mask": np.ones_like(enc)}
+        # lengths a deployed model never sees are not measured
+        lengths = _text_int8.lengths(ctx.extra["max_length"], SEQ_LENS)
+        lat = _text_int8.length_feeds(ctx.extra["tokenizer"], list(ctx.data.x_test), lengths, error=lambda s: InputError(
+            f"the test texts hold fewer than {s} tokens; raise data.n_test"))
         ctx.extra["sequence_lengths"] = lengths
         ids, mask = ctx.extra["tokens"]["test"]["input_ids"], ctx.extra["tokens"]["test"]["attention_mask"]
         order = np.argsort(mask.sum(1), kind="stable")
