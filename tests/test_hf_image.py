@@ -50,8 +50,10 @@ def test_hf_folder_loads_with_optimum_and_the_pipeline(folder, tmp_path):
     import edgekd.runtime
     from edgekd.cli import main
 
+    # int8_layers = all: INT8 ships even where it does not pay (edgekd.payoff), so its exporter is known
     res = CliRunner().invoke(main, ["build", "target=cpu-int8", "--out", str(tmp_path), "data.source=image-folder",
-                                    f"data.path={folder}", "data.resize=24", "data.crop=24", *TEACHER, *STUDENT, *FAST])
+                                    f"data.path={folder}", "data.resize=24", "data.crop=24", *TEACHER, *STUDENT, *FAST,
+                                    "quantize.int8_layers=all"])
     assert res.exit_code == 0, res.output
     build = tmp_path / "cpu-int8"
     r = json.loads((build / "report.json").read_text())

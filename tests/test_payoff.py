@@ -49,7 +49,38 @@ def test_every_kind_is_tried_and_the_choice_runs(tmp_path):
                                       {"Conv2d": "conv", "Conv2d depthwise": "depthwise", "Linear": "linear"}[k]
                                       in r["float_kinds"]}
     assert r["p50_ms"]["chosen"] > 0 and r["int8_vs_fp32"] == r["p50_ms"]["fp32"] / r["p50_ms"]["chosen"]
+    assert r["ship_fp32"] == (r["p50_ms"]["chosen"] > 1.03 * r["p50_ms"]["fp32"])
     assert len(lines) == 1 and "vs FP32" in lines[0]
+
+
+def test_an_int8_model_slower_than_fp32_is_not_shipped(tmp_path):
+    """Every INT8 candidate written here carries 30 extra convolutions, so none can beat the FP32 model:
+    the search says to ship the FP32 student, and its log line says why."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((8, 1, 16, 16)).astype(np.float32)
+    model = DepthwiseNet().eval()
+    q = prepare(model, QuantizeSpec(reduce_range=False), input_shape=(1, 16, 16))
+    calibrate(q, x)
+    export_onnx(model, tmp_path / "fp32.onnx", (1, 16, 16), opset=17)
+
+    def write(float_layers, path):
+        m = onnx.load(str(tmp_path / "fp32.onnx"))
+        g, w = m.graph, np.random.default_rng(1).standard_normal((1, 1, 3, 3)).astype(np.float32)
+        g.initializer.append(numpy_helper.from_array(w, "slow_w"))
+        src = g.input[0].name
+        for i in range(30):  # a float chain on the side, feeding nothing the output needs but kept alive
+            g.node.append(helper.make_node("Conv", [src if i == 0 else f"slow{i - 1}", "slow_w"], [f"slow{i}"], pads=[1] * 4))
+        g.output.append(helper.make_tensor_value_info("slow29", onnx.TensorProto.FLOAT, None))
+        onnx.save(m, str(path))
+
+    lines = []
+    r = choose_float_kinds(int8_layers(q), write, tmp_path / "fp32.onnx", runtime="onnxruntime", threads=1, x=x,
+                           folder=tmp_path / "trials", log=lines.append)
+    assert r["ship_fp32"] and r["int8_vs_fp32"] < 1
+    assert "ships the FP32 student" in lines[0]
 
 
 class Mlp(nn.Module):

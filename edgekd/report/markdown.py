@@ -162,7 +162,13 @@ def payoff_lines(r: dict) -> list[str]:
                                                    f"{ms['chosen']:.3f} ms (shipped)" if p["float_kinds"] else " (shipped)") + ".")
     tried = [f"{k} {v['ms']:.3f} ms (vs {v['vs']} {v['vs_ms']:.3f} ms)" for k, v in (p.get("tried") or {}).items()]
     lines = [head[:-1] + (f"; tried {'; '.join(tried)}." if tried else ".")]
-    if p["int8_vs_fp32"] < 1:
+    if p.get("ship_fp32"):
+        lines.append(f"- ⚠ INT8 does not pay for this model on this CPU: the fastest INT8 model was "
+                     f"{1 / p['int8_vs_fp32']:.2f}x the FP32 student's latency, whichever kinds of layer stay float "
+                     "(small convolutions, where float kernels are as fast, and the quantize/dequantize work around "
+                     "them), so the target ships the FP32 student (its file is the INT8 target's deliverable). "
+                     "`quantize.int8_layers = \"all\"` ships INT8 anyway, for the smaller file.")
+    elif p["int8_vs_fp32"] < 1:
         lines.append(f"- ⚠ INT8 does not pay for this model on this CPU: the shipped INT8 model is "
                      f"{1 / p['int8_vs_fp32']:.2f}x the FP32 student's latency, whichever kinds of layer stay float "
                      "(small convolutions, where float kernels are as fast, and the quantize/dequantize work around "
@@ -288,11 +294,22 @@ def verdict_lines(r: dict) -> list[str]:
     for name in (first, *(n for n in ("student-int8", "student-fp32") if n != first)):
         lines += [headline(r, name), ""]
     lines += task_of(r).distillation_verdict(r)
-    lines += _int8_vs_fp32(r) + _teacher_line(r) + too_small_lines(r)
+    lines += _shipped_fp32(r) + _int8_vs_fp32(r) + _teacher_line(r) + too_small_lines(r)
     ab = (r.get("int8") or {}).get("accuracy_budget")
     if ab:
         lines.append(f"- {budget_verdict(ab)}")
     return lines + [""]
+
+
+def _shipped_fp32(r: dict) -> list[str]:
+    """The INT8 target shipping the FP32 student (edgekd.payoff: no INT8 model was faster), said first."""
+    p = (r.get("int8") or {}).get("payoff") or {}
+    if not p.get("ship_fp32"):
+        return []
+    ms = p["p50_ms"]
+    return [f"- **This INT8 target ships the FP32 student**: INT8 did not pay on this runtime (fastest INT8 "
+            f"{ms['chosen']:.3f} ms vs FP32 {ms['fp32']:.3f} ms at batch 1), so student-int8 is the FP32 student's "
+            "graph; `quantize.int8_layers = \"all\"` ships INT8 anyway, for the smaller file."]
 
 
 def _int8_vs_fp32(r: dict) -> list[str]:

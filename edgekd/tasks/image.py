@@ -288,7 +288,15 @@ class ImageClassification(Task):
             if int8 and ctx.recipe.quantize.int8_layers == "auto" and target.backend.edgekd_int8:
                 # after the budget: `model` already leaves the budget's layers float
                 model, meta["int8_payoff"] = self._pay_off(ctx, model, folder, calib, input_name=int8_input)
-            if int8:
+            if int8 and (meta.get("int8_payoff") or {}).get("ship_fp32"):
+                # INT8 is slower than float on this runtime whichever layers stay float: ship the FP32 student
+                import shutil
+
+                shutil.copy2(folder / "student-fp32.onnx", folder / "student-int8.onnx")
+                model = models["student-fp32"]
+                meta["exporters"][name] = {**meta["exporters"]["student-fp32"], "exporter": "the FP32 student's graph",
+                                           "why": "INT8 did not pay on the target's runtime (edgekd.payoff)"}
+            elif int8:
                 # the QAT graph itself (edgekd.quantize): optimum would export a float model, not these ranges
                 meta["int8_export"] = export_int8_onnx(model, folder / "student-int8.onnx", input_shape=ctx.io.input_shape,
                                                        opset=es.opset, calib_x=calib, reduce_range=ctx.extra["reduce_range"],
@@ -378,6 +386,8 @@ class ImageClassification(Task):
                        "meaning": "unnormalized class scores; argmax is the predicted label"},
             "preprocessing": ctx.data.preprocessing,
             "labels": list(ctx.data.labels),
+            # the FP32 student shipped where INT8 did not pay (edgekd.payoff): the app reads what it runs
+            **({"precision": "fp32"} if (export_meta.get("int8_payoff") or {}).get("ship_fp32") else {}),
         }
 
     def report_extra(self, ctx: Context) -> dict:
