@@ -98,8 +98,11 @@ class Stages:
         key = _key(name, inputs, [s.key for s in after])
         final = self.cache / f"{name}-{key}"
         ckpt = self.cache / f".{name}-{key}.ckpt"
+        # a training stage's checkpoint and those of its extra rounds (edgekd.train._extend)
+        ckpts = lambda: self.cache.glob(f".{name}-{key}*.ckpt")  # noqa: E731
         if self.force and final.name not in self.fresh:
-            ckpt.unlink(missing_ok=True)  # --force: start this stage over, not from an old checkpoint
+            for c in ckpts():  # --force: start this stage over, not from an old checkpoint
+                c.unlink(missing_ok=True)
         t0 = time.perf_counter()
         reusable = not self.force or final.name in self.fresh
         if self._agree(reusable and self.rank == 0 and self._valid(final)):
@@ -125,7 +128,8 @@ class Stages:
                                                                  "cpu_seconds": cpu}, indent=1))
                     shutil.rmtree(final, ignore_errors=True)
                     os.replace(tmp, final)
-                    ckpt.unlink(missing_ok=True)
+                    for c in ckpts():
+                        c.unlink(missing_ok=True)
                 self.fresh.add(final.name)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

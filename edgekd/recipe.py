@@ -106,6 +106,9 @@ class ModelSpec:
     fine_tune: str = "auto"
     # 0 / "auto": the model family's defaults for this data size (edgekd.schedules; the lock file says which)
     epochs: int = 0
+    # teacher: up to this many more rounds of epochs / 2 at half the rate while validation still improves
+    # at the end (stop on a plateau); -1: 2 when epochs is automatic, else 0 (exactly `epochs`)
+    extend: int = -1
     optimizer: str = "auto"
     lr: float = 0.0
     batch_size: int = 0
@@ -124,6 +127,7 @@ class ModelSpec:
         _check(self.fine_tune in ("auto", "always", "never", "probe"), "fine_tune",
                "'auto', 'always', 'never' or 'probe'", self.fine_tune)
         _check(self.epochs >= 0, "epochs", ">= 0 (0: the model family's default)", self.epochs)
+        _check(self.extend >= -1, "extend", ">= 0, or -1 (automatic)", self.extend)
         _check(self.lr >= 0, "lr", ">= 0 (0: the model family's default)", self.lr)
         _check(self.batch_size >= 0, "batch_size", ">= 0 (0: the model family's default)", self.batch_size)
         _check(self.layers >= 1, "layers", ">= 1", self.layers)

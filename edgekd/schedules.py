@@ -19,7 +19,9 @@ Where the defaults come from:
   sequence carries tens of scored tokens, an encoder's text one label).
 Epochs follow the data: enough epochs to reach the family's number of optimizer steps, within its
 bounds, so a 1,600-image folder gets 30 passes and 50,000 images 10. A run whose loss diverges or whose
-best epoch comes first is retried at a lower rate (edgekd.train.fit)."""
+best epoch comes first is retried at a lower rate (edgekd.train.fit); a teacher whose epochs are the
+family's guess and whose last epoch is still its best goes on, in rounds at half the rate, until
+validation stops improving (teacher.extend)."""
 
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ DEFAULTS = {
     ("lm", "student"): Defaults("adamw", 2e-4, "warmup-linear", 0.01, 600, (2, 10)),
 }
 BATCH = {"image": 64, "text": 32, "lm": 8}
+# more rounds a teacher with automatic epochs may train while validation still improves at the end
+EXTEND = 2
 # distillation temperature: Hinton's 4 for classes and embeddings; 1 for a language model's next-token
 # distribution over tens of thousands of tokens (MiniLLM, DistillKit; GKD 0.9)
 TEMPERATURE = {"image": 4.0, "text": 4.0, "lm": 1.0}
@@ -85,8 +89,10 @@ def resolve(recipe, *, kind: str, n_train: int):
     probe = t.fine_tune == "probe"
     td = defaults(t, kind, role="teacher", probe=probe)
     tb = t.batch_size or BATCH[kind]
+    # a teacher whose epochs are the family's guess goes on while it still improves (edgekd.train._extend)
     teacher = replace(t, optimizer=td.optimizer if t.optimizer == "auto" else t.optimizer, lr=t.lr or td.lr,
-                      epochs=t.epochs or epochs_for(td, n_train, tb), batch_size=tb)
+                      epochs=t.epochs or epochs_for(td, n_train, tb), batch_size=tb,
+                      extend=(0 if t.epochs else EXTEND) if t.extend < 0 else t.extend)
     sd = defaults(recipe.student, kind, role="student")
     sb = ds.batch_size or BATCH[kind]
     distill = replace(ds, optimizer=sd.optimizer if ds.optimizer == "auto" else ds.optimizer, lr=ds.lr or sd.lr,
@@ -109,7 +115,8 @@ def fit_spec(ctx, *, role: str, n_rows: int, desc: str, qat: bool = False, epoch
         d = defaults(s, kind, role="teacher", probe=s.fine_tune == "probe")
         return FitSpec(epochs=s.epochs if epochs is None else epochs, lr=s.lr, batch_size=s.batch_size,
                        optimizer=s.optimizer, schedule=d.schedule, weight_decay=_decay(d, s.optimizer),
-                       steps_per_epoch=_steps(n_rows, s.batch_size), seed=r.seed, desc=desc, retry=True)
+                       steps_per_epoch=_steps(n_rows, s.batch_size), seed=r.seed, desc=desc, retry=True,
+                       extend=max(0, s.extend) if epochs is None else 0)
     ds, qs = r.distill, r.quantize
     d = defaults(r.student, kind, role="student")
     if epochs is None:

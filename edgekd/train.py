@@ -37,6 +37,10 @@ class FitSpec:
     # a run whose loss diverges, or whose best epoch is one of the first of many (the learning rate
     # overshoots; later epochs only get worse), is run once more from the start at lr / RETRY_LR_DIVISOR
     retry: bool = False
+    # up to this many more rounds (warm restarts, Loshchilov & Hutter 2017, SGDR) of max(2, epochs // 2)
+    # epochs at half the previous rate, from the best weights, while the last epoch still improved the
+    # validation score: a run stops on a plateau, not at a count that fits one dataset
+    extend: int = 0
 
 
 @dataclass
@@ -77,13 +81,51 @@ def fit(model, spec: FitSpec, *, batches: Callable[[int, "object"], Iterable[Bat
     (epoch 0, the starting weights, included: fine-tuning never returns worse weights than it got).
     With spec.retry, a diverging or early-peaking run is repeated once from the same start at a lower
     learning rate (one log line says so; FitResult.info records both runs); diverging again stops with
-    one line. Other arguments: see _fit_once."""
-    import torch
-
+    one line. With spec.extend, a run still improving at its end goes on (_extend). Other arguments:
+    see _fit_once."""
     kw = dict(batches=batches, step=step, validate=validate, extra=extra, train_mode=train_mode,
               eval_mode=eval_mode, checkpoint=checkpoint, log=log, device=device)
-    if not spec.retry:
-        return _fit_once(model, spec, **kw)
+    r = _fit_retrying(model, spec, kw) if spec.retry else _fit_once(model, spec, **kw)
+    return _extend(model, spec, r, kw) if spec.extend else r
+
+
+def _extend(model, spec: FitSpec, r: FitResult, kw: dict) -> FitResult:
+    """spec.extend more rounds while the best epoch is the last one (still improving); each round starts
+    from the best weights with a fresh optimizer and schedule at half the last rate and keeps its best
+    epoch only when it beats the run's best. A round that diverges ends the extension (best weights kept)."""
+    lr, done, rounds = r.info.get("lr", spec.lr), len(r.history), []
+    for k in range(spec.extend):
+        if r.chosen_epoch != done or done == 0:  # the best epoch came before the end: a plateau
+            break
+        lr, epochs = lr / 2, max(2, spec.epochs // 2)
+        if kw["log"]:
+            kw["log"](f"[{spec.desc}] still improving at epoch {done} ({r.val_score:.4f}): {epochs} more epochs "
+                      f"at lr {lr:g} from the best weights")
+        ck = kw["checkpoint"]
+        ck = ck.with_name(f"{ck.stem}.more{k + 1}{ck.suffix}") if ck is not None else None
+        best = copy.deepcopy(model.state_dict())
+        try:
+            more = _fit_once(model, replace(spec, epochs=epochs, lr=lr, seed=spec.seed + 100 + k,
+                                            desc=f"{spec.desc} +{k + 1}"), **{**kw, "checkpoint": ck})
+        except _Diverged as e:
+            model.load_state_dict(best)
+            rounds.append({"epochs": epochs, "lr": lr, "diverged": str(e)})
+            break
+        r.history += [{**h, "epoch": done + h["epoch"]} for h in more.history]
+        rounds.append({"epochs": epochs, "lr": lr, "best": more.val_score, "improved": more.chosen_epoch > 0})
+        if more.chosen_epoch:
+            r.val_score, r.chosen_epoch = more.val_score, done + more.chosen_epoch
+        done += epochs
+    if rounds:
+        r.info["extended"] = rounds
+    return r
+
+
+def _fit_retrying(model, spec: FitSpec, kw: dict) -> FitResult:
+    """fit with spec.retry: one more run from the start at a lower rate when the first diverges or peaks early."""
+    import torch
+
+    checkpoint, log, extra = kw["checkpoint"], kw["log"], kw["extra"]
     start = (copy.deepcopy(model.state_dict()), {k: copy.deepcopy(m.state_dict()) for k, m in (extra or {}).items()})
     attempt = 0
     if checkpoint is not None and checkpoint.exists():  # resuming: in the run the checkpoint belongs to

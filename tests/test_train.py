@@ -74,3 +74,35 @@ def test_without_retry_divergence_is_one_line_at_once():
     with pytest.raises(EdgeKDError, match=r"loss became") as e:
         _run(1e12, retry=False)
     assert "\n" not in str(e.value)
+
+
+def _counted(scores, *, extend, epochs=3, log=None):
+    """A run whose validation scores are given in order (the first is the starting weights')."""
+    x, y = _problem()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 2)
+    it = iter(scores)
+
+    def batches(epoch, g):
+        yield x[:32], y[:32]
+
+    spec = FitSpec(epochs=epochs, lr=0.01, batch_size=32, steps_per_epoch=1, optimizer="sgd", extend=extend)
+    return fit(model, spec, batches=batches, step=lambda f, b: torch.nn.functional.cross_entropy(f(b[0]), b[1]),
+               validate=lambda m: next(it), log=log)
+
+
+def test_a_teacher_still_improving_at_its_end_trains_more_rounds_until_a_plateau():
+    lines = []
+    # 3 epochs improving; round 1 (2 epochs) improves; round 2's scores never beat it: a plateau
+    r = _counted([0.1, 0.2, 0.3, 0.4, 0.4, 0.5, 0.6, 0.6, 0.6, 0.6], extend=2, log=lines.append)
+    assert [m["improved"] for m in r.info["extended"]] == [True, False]
+    assert r.chosen_epoch == 5 and r.val_score == 0.6 and len(r.history) == 7
+    assert [m["lr"] for m in r.info["extended"]] == [0.005, 0.0025]
+    assert len(lines) == 2 and "still improving at epoch 3" in lines[0]
+
+
+def test_a_run_whose_best_epoch_is_not_its_last_is_not_extended():
+    r = _counted([0.1, 0.3, 0.5, 0.4], extend=2)
+    assert "extended" not in r.info and r.chosen_epoch == 2 and len(r.history) == 3
+    r = _counted([0.1, 0.2, 0.3, 0.4], extend=0)  # extend 0: exactly `epochs`, improving or not
+    assert "extended" not in r.info and r.chosen_epoch == 3

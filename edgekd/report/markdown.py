@@ -195,7 +195,8 @@ def render_markdown(r: dict) -> str:
 
 
 def _retry_lines(r: dict) -> list[str]:
-    """Training runs the loop repeated at a lower learning rate (edgekd.train.fit), and why."""
+    """Training runs the loop repeated at a lower learning rate, or extended while still improving
+    (edgekd.train.fit), and why."""
     out = []
     for stage, t in (r.get("training") or {}).items():
         first = t.get("first_run")
@@ -203,6 +204,11 @@ def _retry_lines(r: dict) -> list[str]:
             out.append(f"- {stage}: {first['why']} at lr {first['lr']:g}, so it was trained again from the start at "
                        f"lr {t.get('lr', 0):g}" + (" (its best epoch again came early: set a learning rate and epochs "
                                                    "for this model in the recipe)" if t.get("peaked_early") else "") + ".")
+        for k, more in enumerate(t.get("extended") or []):
+            out.append(f"- {stage}: still improving at its last epoch, so it trained {more['epochs']} more epochs at lr "
+                       f"{more['lr']:g} from its best weights (round {k + 1}, teacher.extend): "
+                       + ("diverged; the best weights before it were kept" if more.get("diverged") else
+                          f"validation {more['best']:.4f}, " + ("better" if more["improved"] else "no better: a plateau")) + ".")
     return ["", *out] if out else []
 
 
