@@ -1,6 +1,7 @@
-"""One causal LM, one fresh process: prefill and decode speed, time to first token, memory and quality.
-Run as `python -m edgekd._lm_bench_worker CONFIG.json RESULT.json` (edgekd.lm_bench writes both);
-imports no torch. An edgekd error ends the process with its one-line message as the last line of stderr."""
+"""One causal LM, one fresh process, on onnxruntime or OpenVINO: prefill and decode speed, time to
+first token, memory and quality. Run as `python -m edgekd._lm_bench_worker CONFIG.json RESULT.json`
+(edgekd.lm_bench writes both); imports no torch. An edgekd error ends the process with its one-line
+message as the last line of stderr."""
 
 from __future__ import annotations
 
@@ -159,15 +160,20 @@ def quality(lm, seqs: list[np.ndarray], cfg: dict) -> dict:
 def main(cfg_path: str, out_path: str) -> None:
     with open(cfg_path) as f:
         cfg = json.load(f)
-    import onnxruntime  # noqa: F401 - the runtime library is part of the baseline, before the model loads
+    if cfg.get("runtime", "onnxruntime") == "openvino":
+        import openvino  # noqa: F401 - the runtime library is part of the baseline, before the model loads
 
-    from .lm_runtime import CausalLM
+        from .openvino_lm import OpenVINOLM as Runner
+    else:
+        import onnxruntime  # noqa: F401
 
-    lm = CausalLM(cfg["folder"], threads=cfg["threads"])
+        from .lm_runtime import CausalLM as Runner
+
+    lm = Runner(cfg["folder"], threads=cfg["threads"])
     load_rss = _status_mb("VmRSS")
     data = np.load(cfg["inputs"])
-    result = {"threads": cfg["threads"], "new_tokens": cfg["new_tokens"], "repeats": cfg["repeats"],
-              "context": lm.context, "load_rss_mb": load_rss, **speed(lm, data["prompt"], cfg)}
+    result = {"runtime": cfg.get("runtime", "onnxruntime"), "threads": cfg["threads"], "new_tokens": cfg["new_tokens"],
+              "repeats": cfg["repeats"], "context": lm.context, "load_rss_mb": load_rss, **speed(lm, data["prompt"], cfg)}
     # peak before the quality pass: scoring holds (T, vocab) log-probs that generation never does
     result["peak_rss_mb"] = _status_mb("VmHWM")
     seqs = [data[f"eval{i}"] for i in range(cfg["eval_count"])]

@@ -39,7 +39,7 @@ def write_build(out_dir: Path, target, recipe, report: dict, st_export, manifest
                 continue
             for f in (src, *companion_files(src)):
                 shutil.copy2(f, tmp / f.name)
-        for folder in FOLDERS:
+        for folder in (*FOLDERS, *st_export.meta.get("folders", ())):  # and a task's own (an OpenVINO copy)
             if (st_export.dir / folder).is_dir():
                 shutil.copytree(st_export.dir / folder, tmp / folder)
         main = model_file(deliverable(target), target)

@@ -3,7 +3,8 @@ each prompt length, decode tokens/s and per-token latency, time to first token, 
 model's quality on held-out token sequences (perplexity; agreement with and KL from a teacher).
 
 Each model runs in a fresh process (edgekd._lm_bench_worker), so one model's allocations, thread pools
-and warm caches do not flatter or burden the next. Imports no torch."""
+and warm caches do not flatter or burden the next. The same measures run on onnxruntime (an ONNX
+folder) or OpenVINO (a stateful IR folder of edgekd.openvino_lm). Imports no torch."""
 
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ from .errors import EdgeKDError, InputError, RecipeError
 __all__ = ["bench_lm", "timing_ids"]
 
 TOP_K = 64  # teacher tokens kept per position in a reference file (see _lm_bench_worker.kl_topk)
+RUNTIMES = {"onnxruntime": "model.onnx", "openvino": "openvino_model.xml"}  # the file each runtime loads
 
 
 def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens: int = 128, repeats: int = 5,
-             eval_ids=None, reference=None, write_reference=None, seed: int = 0, timeout: float | None = None) -> dict:
+             eval_ids=None, reference=None, write_reference=None, seed: int = 0, timeout: float | None = None,
+             runtime: str = "onnxruntime") -> dict:
     """Speed, memory and quality of the exported LM in `folder` (model.onnx of an optimum
-    text-generation-with-past export), measured in a fresh process with `threads` intra-op threads.
+    text-generation-with-past export on onnxruntime; with runtime="openvino", openvino_model.xml of
+    edgekd.openvino_lm.convert_lm), measured in a fresh process with `threads` intra-op threads.
 
     Prefill is timed at each of `prompt_lengths` that leaves room for `new_tokens` in the model's
     context (the others are listed under "skipped"), decode over `new_tokens` greedy tokens after a
@@ -43,8 +47,11 @@ def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens:
     for name, value in (("threads", threads), ("new_tokens", new_tokens), ("repeats", repeats)):
         if value < 1:
             raise RecipeError(f"{name} must be at least 1, got {value}")
-    if not (folder / "model.onnx").is_file():
-        raise InputError(f"'{folder}' has no model.onnx; give the folder of a text-generation-with-past export")
+    if runtime not in RUNTIMES:
+        raise RecipeError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if not (folder / RUNTIMES[runtime]).is_file():
+        raise InputError(f"'{folder}' has no {RUNTIMES[runtime]}; give the folder of a text-generation-with-past "
+                         + ("export" if runtime == "onnxruntime" else "export converted by edgekd.openvino_lm"))
     if (reference or write_reference) and not eval_ids:
         raise InputError("a teacher reference is written and read on eval_ids; pass the held-out token sequences")
     if reference and not Path(reference).is_file():
@@ -54,8 +61,8 @@ def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens:
         arrays = {"prompt": timing_ids(folder, max(lengths), seed=seed)}
         arrays.update({f"eval{i}": np.asarray(s, np.int64).ravel() for i, s in enumerate(eval_ids or [])})
         np.savez(Path(d) / "in.npz", **arrays)
-        cfg = {"folder": str(folder), "threads": threads, "prompt_lengths": lengths, "new_tokens": new_tokens,
-               "repeats": repeats, "inputs": str(Path(d) / "in.npz"), "eval_count": len(eval_ids or []),
+        cfg = {"folder": str(folder), "runtime": runtime, "threads": threads, "prompt_lengths": lengths,
+               "new_tokens": new_tokens, "repeats": repeats, "inputs": str(Path(d) / "in.npz"), "eval_count": len(eval_ids or []),
                "reference": str(reference) if reference else None,
                "write_reference": str(write_reference) if write_reference else None, "top_k": TOP_K}
         cfg_path, res_path = Path(d) / "cfg.json", Path(d) / "res.json"
@@ -70,7 +77,8 @@ def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise EdgeKDError(f"benchmarking '{folder.name}' failed: {tail}")
         result = json.loads(res_path.read_text())
-    result["size_bytes"] = sum(p.stat().st_size for p in folder.glob("model.onnx*"))  # with model.onnx_data
+    files = "model.onnx*" if runtime == "onnxruntime" else "openvino_model.*"  # with model.onnx_data, the .bin
+    result["size_bytes"] = sum(p.stat().st_size for p in folder.glob(files))
     return result
 
 

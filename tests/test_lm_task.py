@@ -78,6 +78,24 @@ def test_a_tiny_lm_builds_end_to_end(lm_build):
     assert (lm_build / m["model"]).is_file() and (lm_build / "student-int4" / "tokenizer.json").is_file()
 
 
+def test_the_deliverable_and_the_teacher_run_on_openvino(lm_build):
+    pytest.importorskip("openvino")
+    r = json.loads((lm_build / "report.json").read_text())
+    ov = r["runtimes"]["openvino"]
+    assert set(ov["models"]) == {"student-int4", "teacher"} and not ov["failed"]
+    for n, m in ov["models"].items():
+        assert m["decode_tok_s"]["mean"] > 0 and m["peak_rss_mb"] > 0 and m["decode_vs_onnxruntime"] > 0
+        assert m["perplexity"] == pytest.approx(r["models"][n]["perplexity"], rel=0.05)
+        assert m["parity"]["top1_agreement"] >= 0.6
+    assert ov["models"]["teacher"]["parity"]["max_abs_diff"] < 1e-3
+    assert ov["conversion"]["student-int4"]["attention_fused"] == 2  # the student's two layers
+    md = (lm_build / "report.md").read_text()
+    assert "## On OpenVINO" in md and "the OpenVINO teacher's decode speed" in md
+    # the deliverable's OpenVINO folder ships beside the ONNX one (the teacher's stays in the cache)
+    assert (lm_build / "student-int4-openvino" / "openvino_model.xml").is_file()
+    assert not (lm_build / "teacher-openvino").exists()
+
+
 def test_the_deliverable_folder_loads_with_optimum_and_transformers(lm_build):
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoTokenizer, pipeline

@@ -1,7 +1,8 @@
 """Task text-generation's export and benchmark stages: every model to an ONNX folder with its KV cache
 (loadable by optimum's ORTModelForCausalLM), the quantized student chosen between post-training and
 quantization-aware rounding by the validation split, parity against PyTorch, then the llama-bench
-measures of each model in a fresh process and its greedy answers to held-out prompts."""
+measures of each model in a fresh process and its greedy answers to held-out prompts. The deliverable
+and the teacher also go to OpenVINO where it is installed (edgekd.tasks._lm_openvino)."""
 
 from __future__ import annotations
 
@@ -92,6 +93,12 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
                             "min_agreement": floor}
     meta["inputs"] = _inputs(folder / meta["deliverable"] / "model.onnx")
     meta["sizes"] = {n: _folder_bytes(folder / n) for n in names}
+    from . import _lm_openvino
+
+    fp32_diff = max(r.export.fp32_max_abs_diff, LM_FP32_MAX_ABS_DIFF)
+    floors = {n: (None, floor) if n == q else (fp32_diff, 0.0) for n in names}
+    meta["openvino"] = _lm_openvino.export(ctx, folder, meta, prompts, floors)
+    meta["folders"] = meta["openvino"].get("folders", [])  # shipped in the build folder with the models
     return meta
 
 
@@ -144,6 +151,11 @@ def benchmark_all(task, ctx, export_dir: Path, folder: Path) -> dict:
     for name in names:
         out[name].update(answers[name]["scores"])
     (folder / "answers.json").write_text(json.dumps(answers, indent=1))
+    from . import _lm_openvino
+
+    out["openvino"] = _lm_openvino.benchmark(ctx, export_dir, names, ref, {
+        "threads": target.threads, "prompt_lengths": tuple(lm.bench_prompt_tokens), "new_tokens": lm.bench_new_tokens,
+        "repeats": lm.bench_repeats, "eval_ids": eval_ids, "seed": ctx.recipe.seed})
     return out
 
 

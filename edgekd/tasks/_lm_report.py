@@ -42,8 +42,13 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
     training = {n: {k: v for k, v in by[n].meta.items() if k != "history"} for n in ("teacher", "baseline", "distill", "qat")}
     stage_times = {"data": {"seconds": data_seconds, "cached": False}}
     stage_times.update({s.name: {"seconds": s.seconds, "cached": s.cached, "cache": s.dir.name} for s in done})
+    extra = {}
+    if "openvino" in export:  # an export stage from before OpenVINO was part of the build has none
+        from ._lm_openvino import assemble as openvino
+
+        extra["runtimes"] = {"openvino": openvino(bench, export, models)}
     return {
-        "target": target.name, "target_profile": asdict(target), "recipe": recipe.name, "task": recipe.task,
+        **extra, "target": target.name, "target_profile": asdict(target), "recipe": recipe.name, "task": recipe.task,
         "kind": task.kind, "quality_metric": "perplexity", "quality_label": "perplexity",
         "deliverable": export["deliverable"], "models": models, "comparisons": comparisons, "training": training,
         "teacher_data": targets, "parity": export["parity"], "quantization": export["quantization"],
@@ -126,6 +131,9 @@ def render(r: dict) -> str:
             f"{_f(m.get('kl_teacher'), '{:.3f}')} | {_f(m.get('rouge_l'), '{:.3f}')} | {_f(m.get('exact_match'), '{:.2f}')} |")
     if lengths:
         lines += ["", f"TTFT is at {lengths[0]} prompt tokens."]
+    from ._lm_openvino import lines as openvino_lines
+
+    lines += openvino_lines(r, LABELS)
     lines += ["", "## Teacher's data", ""] + _data_lines(r)
     q = r["quantization"]
     lines += ["", "## Quantization", "",
@@ -160,6 +168,10 @@ def summary(r: dict) -> list[str]:
     out = [f"{'model':18s} {'decode tok/s':>12s} {'vs teacher':>10s} {'perplexity':>10s} {'size':>10s} {'peak RSS':>9s}"]
     for n, m in r["models"].items():
         out.append(f"{n:18s} {m['decode_tok_s']['mean']:12.1f} {m['decode_speedup_vs_teacher']:9.2f}x "
+                   f"{_f(m.get('perplexity'), '{:10.2f}'):>10s} {_mb(m['size_bytes']):>10s} {m['peak_rss_mb']:6.0f} MB")
+    for n, m in ((r.get("runtimes") or {}).get("openvino") or {}).get("models", {}).items():
+        vs = m.get("decode_speedup_vs_teacher")  # the OpenVINO teacher's
+        out.append(f"{n + ' openvino':18s} {m['decode_tok_s']['mean']:12.1f} {_f(vs, '{:9.2f}x'):>10s} "
                    f"{_f(m.get('perplexity'), '{:10.2f}'):>10s} {_mb(m['size_bytes']):>10s} {m['peak_rss_mb']:6.0f} MB")
     return out
 
