@@ -113,6 +113,10 @@ class ModelSpec:
     lr: float = 0.0
     batch_size: int = 0
     label_smoothing: float = 0.0
+    # student: the most capable of `candidates` (each KEY=VALUE of one setting; default for layer-subset:
+    # every layer count) that runs within this many ms on the target, untrained (edgekd.student_budget)
+    max_latency_ms: float = 0.0
+    candidates: list[str] = field(default_factory=list)
     # text students built from the teacher
     layers: int = 3
     keep_layers: str = ""  # layer-subset: teacher layers to copy, 0-based ("0,2,4"); default evenly spread
@@ -128,6 +132,7 @@ class ModelSpec:
                "'auto', 'always', 'never' or 'probe'", self.fine_tune)
         _check(self.epochs >= 0, "epochs", ">= 0 (0: the model family's default)", self.epochs)
         _check(self.extend >= -1, "extend", ">= 0, or -1 (automatic)", self.extend)
+        _check(self.max_latency_ms >= 0, "max_latency_ms", ">= 0 (0: no budget)", self.max_latency_ms)
         _check(self.lr >= 0, "lr", ">= 0 (0: the model family's default)", self.lr)
         _check(self.batch_size >= 0, "batch_size", ">= 0 (0: the model family's default)", self.batch_size)
         _check(self.layers >= 1, "layers", ">= 1", self.layers)

@@ -157,7 +157,7 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: boo
     if activations not in ACTIVATIONS[1:] or (activations == "dynamic" and not linear_only):
         raise EdgeKDError(f"INT8 activations: 'static', or 'dynamic' for transformer linears; got {activations!r}")
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
-    calib = calib_x if isinstance(calib_x, list) else calib_x.astype(np.float32)
+    calib = calib_x if isinstance(calib_x, list) or calib_x is None else calib_x.astype(np.float32)
     info: dict = {}
     with tempfile.TemporaryDirectory() as d:
         pre = Path(d) / "pre.onnx"

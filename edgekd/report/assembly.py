@@ -83,6 +83,7 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
                  "accuracy_budget": export.get("accuracy_budget"), "payoff": export.get("int8_payoff"),
                  "activations": export.get("int8_activations")},
         "mobile": export.get("mobile"),
+        "student_choice": by["student-choice"].meta if "student-choice" in by else None,
         "stages": stage_times,
         "test_samples": int(len(ctx.data.y_test) if ctx.data.y_test is not None else len(ctx.data.x_test)),
         "validation_samples": int(len(ctx.data.y_val) if ctx.data.y_val is not None else len(ctx.data.x_val)),

@@ -190,8 +190,10 @@ def render_markdown(r: dict) -> str:
     lines += _memory_lines(r)
     if parts.target_sections:
         lines += _backend_lines(r) + _arm_lines(r)
+    from ..student_budget import lines as budget_lines
+
     return drop_empty_columns("\n".join(lines + parts.parity + parts.training + _retry_lines(r)
-                                        + _stages_and_environment(r)))
+                                        + budget_lines(r.get("student_choice")) + _stages_and_environment(r)))
 
 
 def _retry_lines(r: dict) -> list[str]:

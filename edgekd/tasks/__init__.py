@@ -111,6 +111,13 @@ class Task:
         """-> edgekd.bench.BenchInputs: the test split's evaluation feeds and the batch-1 cases to time."""
         raise NotImplementedError
 
+    def timing_graph(self, ctx: Context, model, folder: Path, *, int8: bool):
+        """An untrained candidate student as the ONNX graph the target would time (INT8: post-training) and
+        its headline batch-1 input: -> (path, input). edgekd.student_budget."""
+        from ..errors import RecipeError
+
+        raise RecipeError(f"student.max_latency_ms is not available for task {self.name}; remove it")
+
     def benchmark_key(self, ctx: Context) -> dict:
         """What the benchmark stage measures beyond the target profile (part of its key)."""
         return {"cases": list(self._bench_inputs(ctx).cases)}

@@ -361,6 +361,29 @@ class ImageClassification(Task):
                                    threads=ctx.target.threads, x=ctx.data.x_val, folder=Path(d), log=ctx.log)
         return (leave_float(q, r["float_layers"]) if r["float_layers"] else q), r
 
+    def timing_graph(self, ctx: Context, model, folder: Path, *, int8: bool):
+        from ..export import export_onnx
+        from ..export_hf import PIXELS, export_image
+        from ..models.hf_image import ImageClassifier
+
+        path, opset, x = folder / "fp32.onnx", ctx.recipe.export.opset, np.ascontiguousarray(ctx.data.x_val[:1])
+        hf = isinstance(model, ImageClassifier)
+        if hf:
+            export_image(model, path, opset=opset, input_shape=ctx.io.input_shape)
+        else:
+            export_onnx(model, path, ctx.io.input_shape, opset=opset)
+        if not int8:
+            return path, x
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        from ..quantize import _Reader
+
+        calib = ctx.data.x_train[: min(32, ctx.recipe.quantize.calibration)].astype(np.float32)
+        quantize_static(str(path), str(folder / "int8.onnx"), _Reader(PIXELS if hf else "input", calib),
+                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=ctx.extra["reduce_range"],
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return folder / "int8.onnx", x
+
     def bench_inputs(self, ctx: Context):
         from ..bench import BenchInputs, rows_in_batches
 

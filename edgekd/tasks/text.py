@@ -336,6 +336,20 @@ class _TextTask(Task):
                     meta["parity"][fname] = embedding_parity(fname, out, ref, min_cosine=lo)
         return meta
 
+    def timing_graph(self, ctx: Context, model, folder: Path, *, int8: bool):
+        from ..export_hf import export_text
+        from ..quantize import quantize_onnx
+
+        export_text(model, folder, opset=ctx.recipe.export.opset, tokenizer=ctx.extra["tokenizer"])
+        n = _text_int8.lengths(ctx.extra["max_length"], SEQ_LENS)[-1]  # the headline length
+        feed = _text_int8.length_feeds(ctx.extra["tokenizer"], list(ctx.data.x_val), [n], error=lambda s: InputError(
+            f"the validation texts hold fewer than {s} tokens; raise data.n_val"))[str(n)]
+        if not int8:
+            return folder / "model.onnx", feed
+        quantize_onnx(folder / "model.onnx", folder / "int8.onnx", None, reduce_range=ctx.extra["reduce_range"],
+                      linear_only=True, activations="dynamic")  # no calibration: a timing proxy
+        return folder / "int8.onnx", feed
+
     def bench_inputs(self, ctx: Context):
         from ..bench import BenchInputs
 

@@ -1,0 +1,64 @@
+"""student.max_latency_ms: candidate students are timed untrained on the target's runtime before any
+training, the one with the most parameters under the budget is distilled, and no candidate under it is
+one line (exit 2) before the teacher trains. What fits on this machine is a timing, so the budgets here
+are ones every candidate meets or none can."""
+import json
+
+import pytest
+
+from conftest import TINY, TINY_TARGET
+
+CANDIDATES = ["student.candidates=model=mnist-student-tiny,model=mnist-student"]
+
+
+def _build(tmp_path, *args, cache=None):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    if cache is not None:  # the session's tiny builds' stage cache: their teacher is this one's
+        cache.mkdir(parents=True, exist_ok=True)
+        (tmp_path / ".cache").symlink_to(cache)
+    return CliRunner().invoke(main, ["build", "target=cpu-int8", "--out", str(tmp_path), *TINY, *TINY_TARGET,
+                                     "distill.epochs=1", *CANDIDATES, *args])
+
+
+def test_no_candidate_under_the_budget_is_one_line_before_training(tmp_path):
+    res = _build(tmp_path, "student.max_latency_ms=0.000001")
+    assert res.exit_code == 2, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert "no candidate student runs within student.max_latency_ms" in last and "raise the budget" in last
+    assert "[teacher] running" not in res.output  # nothing trained
+    assert not (tmp_path / "cpu-int8").exists()
+
+
+def test_the_most_capable_candidate_under_the_budget_is_distilled(tmp_path, build_root):
+    from edgekd.recipe import load_recipe
+
+    res = _build(tmp_path, "student.max_latency_ms=1000", cache=build_root / ".cache")
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "cpu-int8" / "report.json").read_text())
+    c = r["student_choice"]
+    assert [x["candidate"] for x in c["candidates"]] == ["model=mnist-student-tiny", "model=mnist-student"]
+    assert all(x["fits"] and x["p50_ms"] > 0 for x in c["candidates"])
+    big = max(c["candidates"], key=lambda x: x["params"])
+    assert c["chosen"] == big["candidate"] == "model=mnist-student"
+    assert r["models"]["student-fp32"]["params"] == big["params"]  # the chosen one was trained
+    assert "## The student that fits the budget" in (tmp_path / "cpu-int8" / "report.md").read_text()
+    assert load_recipe(tmp_path / "cpu-int8" / "recipe.lock.toml").student.model == "mnist-student"
+
+
+@pytest.mark.parametrize("item", ["layers", "=3", "max_latency_ms=2"])
+def test_a_malformed_candidate_is_one_line(tmp_path, item):
+    res = _build(tmp_path, "student.max_latency_ms=5", f"student.candidates={item}")
+    assert res.exit_code == 2 and "student.candidates item" in res.output.strip().splitlines()[-1], res.output
+
+
+def test_candidates_come_from_the_recipe_or_a_layer_subsets_layer_counts():
+    from edgekd.recipe import apply_overrides, load_recipe
+    from edgekd.student_budget import candidates
+
+    r = apply_overrides(load_recipe(), ["student.model=layer-subset", "student.max_latency_ms=5"])
+    assert candidates(r, 6) == [(f"layers={n}", {"layers": n, "keep_layers": ""}) for n in range(1, 6)]
+    r = apply_overrides(load_recipe(), ['student.candidates=config={"depth_multiplier": 0.35}', "student.max_latency_ms=5"])
+    assert candidates(r, None) == [('config={"depth_multiplier": 0.35}', {"config": '{"depth_multiplier": 0.35}'})]
