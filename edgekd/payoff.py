@@ -80,7 +80,7 @@ def choose_float_kinds(layers: dict[str, str], write: Callable[[list[str], Path]
 
 def choose_activations(write: Callable[[str, Path], None], *, runtime: str, threads: int, folder: Path,
                        cases: dict[str, dict], val_feeds: list[dict], item_scores: Callable[[np.ndarray], np.ndarray],
-                       log=None) -> dict:
+                       fp32: Path | None = None, log=None) -> dict:
     """write(scheme, path): the INT8 ONNX with "static" or "dynamic" activations. cases: {label: feed},
     one batch-1 input per benchmarked sequence length; val_feeds: validation inputs one at a time;
     item_scores(outputs) -> (N,) per-item quality (1/0 right, or cosine to the teacher).
@@ -88,7 +88,9 @@ def choose_activations(write: Callable[[str, Path], None], *, runtime: str, thre
     Rule: the more faithful scheme, when the paired difference of the items' scores is beyond twice its
     standard error; within that, the faster (the geometric mean of its p50 ratios over the lengths, by
     MIN_GAIN); within both, static (its ranges are the ones training saw). A scheme the runtime cannot
-    load is dropped with one line. -> {"chosen", "candidates": {scheme: {"quality", "p50_ms"}}, ...}."""
+    load is dropped with one line. fp32: the FP32 student, timed beside them; "ship_fp32" when the chosen
+    scheme is slower than it beyond MIN_GAIN (the geometric mean over the lengths).
+    -> {"chosen", "candidates": {scheme: {"quality", "p50_ms"}}, "ship_fp32", ...}."""
     runner = _runner_for(runtime, threads)
     folder.mkdir(parents=True, exist_ok=True)
     runs, scores, failed = {}, {}, {}
@@ -107,7 +109,8 @@ def choose_activations(write: Callable[[str, Path], None], *, runtime: str, thre
         scores[scheme] = np.asarray(item_scores(np.concatenate([runs[scheme](f) for f in val_feeds])), dtype=float)
     if not runs:
         raise EdgeKDError(f"INT8: neither static nor dynamic activations run on {runtime}: {failed.get('static')}")
-    p50 = {label: _p50(runs, None, feed=feed) for label, feed in cases.items()}
+    timed = {**runs, **({"fp32": runner(fp32)} if fp32 is not None else {})}
+    p50 = {label: _p50(timed, None, feed=feed) for label, feed in cases.items()}
     out = {"candidates": {k: {"quality": float(scores[k].mean()), "p50_ms": {c: p50[c][k] for c in cases}} for k in runs},
            "failed": failed, "cases": list(cases)}
     if len(runs) == 1:
@@ -125,13 +128,17 @@ def choose_activations(write: Callable[[str, Path], None], *, runtime: str, thre
             out["why"] = f"as faithful within noise, {max(speed, 1 / speed):.2f}x faster over the lengths timed"
         else:
             out["chosen"], out["why"] = "static", "as faithful and as fast within noise"
+    if fp32 is not None:
+        vs = float(np.exp(np.mean([np.log(p50[c]["fp32"] / p50[c][out["chosen"]]) for c in cases])))  # >1: INT8 faster
+        out.update(fp32_p50_ms={c: p50[c]["fp32"] for c in cases}, int8_vs_fp32=vs, ship_fp32=vs < 1 - MIN_GAIN)
     out["method"] = (f"in-process, batch 1, {threads} thread(s) on {runtime}, interleaved rounds; quality on "
                      f"{len(val_feeds)} validation inputs")
     if log:
         c = out["candidates"]
         log(f"[export] INT8 activations: {out['chosen']} ({out['why']}); "
             + "; ".join(f"{k}: quality {v['quality']:.4f}, p50 " + ", ".join(f"{m:.2f}" for m in v["p50_ms"].values())
-                        + f" ms at {', '.join(out['cases'])}" for k, v in c.items()))
+                        + f" ms at {', '.join(out['cases'])}" for k, v in c.items())
+            + ("; INT8 does not pay here: the target ships the FP32 student" if out.get("ship_fp32") else ""))
     return out
 
 

@@ -121,7 +121,7 @@ def _build(tmp_path, args, target="cpu-int8") -> dict:
     assert r["parity"] and all(p["samples"] > 0 for p in r["parity"].values())
     ops = optimized_op_types(d / "student-int8.onnx")
     manifest = json.loads((d / "manifest.json").read_text())
-    shipped_fp32 = ((r.get("int8") or {}).get("payoff") or {}).get("ship_fp32")
+    shipped_fp32 = (r.get("int8") or {}).get("shipped_fp32")
     assert (not any(op in ops for op in INTEGER_OPS)) if shipped_fp32 else any(op in ops for op in INTEGER_OPS), ops
     assert manifest["precision"] == ("fp32" if shipped_fp32 else r["target_profile"]["precision"])
     r["_manifest"], r["_dir"] = manifest, d

@@ -81,7 +81,7 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
                  "openvino_precisions": export.get("openvino_int8_precisions"),
                  "embedding_tables": export.get("int8_embeddings"),
                  "accuracy_budget": export.get("accuracy_budget"), "payoff": export.get("int8_payoff"),
-                 "activations": export.get("int8_activations")},
+                 "activations": export.get("int8_activations"), "shipped_fp32": export.get("int8_shipped_fp32")},
         "mobile": export.get("mobile"),
         "student_choice": by["student-choice"].meta if "student-choice" in by else None,
         "stages": stage_times,

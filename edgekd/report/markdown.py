@@ -311,12 +311,11 @@ def verdict_lines(r: dict) -> list[str]:
 
 def _shipped_fp32(r: dict) -> list[str]:
     """The INT8 target shipping the FP32 student (edgekd.payoff: no INT8 model was faster), said first."""
-    p = (r.get("int8") or {}).get("payoff") or {}
-    if not p.get("ship_fp32"):
+    s = (r.get("int8") or {}).get("shipped_fp32")
+    if not s:
         return []
-    ms = p["p50_ms"]
     return [f"- **This INT8 target ships the FP32 student**: INT8 did not pay on this runtime (fastest INT8 "
-            f"{ms['chosen']:.3f} ms vs FP32 {ms['fp32']:.3f} ms at batch 1), so student-int8 is the FP32 student's "
+            f"{s['int8_ms']:.3f} ms vs FP32 {s['fp32_ms']:.3f} ms at {s['at']}), so student-int8 is the FP32 student's "
             "graph; `quantize.int8_layers = \"all\"` ships INT8 anyway, for the smaller file."]
 
 

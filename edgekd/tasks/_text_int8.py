@@ -54,7 +54,8 @@ def _item_scorer(task, ctx: Context):
 
 def activations(task, ctx: Context, q, fp32_graph: Path, folder: Path, calib: list[dict], feeds: list[dict],
                 seq_lens) -> dict:
-    """quantize.activations: the recipe's scheme, or with "auto" the one edgekd.payoff measures better."""
+    """quantize.activations: the recipe's scheme, or with "auto" the one edgekd.payoff measures better,
+    with "ship_fp32" when neither is faster than the FP32 student (quantize.int8_layers = "all" keeps INT8)."""
     setting = ctx.recipe.quantize.activations
     if setting != "auto":
         return {"chosen": setting, "why": "quantize.activations in the recipe"}
@@ -66,7 +67,8 @@ def activations(task, ctx: Context, q, fp32_graph: Path, folder: Path, calib: li
                          error=lambda s: InputError(f"the validation texts hold fewer than {s} tokens; raise data.n_val"))
     return choose_activations(lambda scheme, path: write([], path, scheme), runtime=ctx.target.runtime,
                               threads=ctx.target.threads, folder=folder / ".activations", cases=cases,
-                              val_feeds=feeds, item_scores=_item_scorer(task, ctx), log=ctx.log)
+                              val_feeds=feeds, item_scores=_item_scorer(task, ctx), log=ctx.log,
+                              fp32=folder / "student-fp32.onnx")
 
 
 def fit_budget(task, ctx: Context, q, fp32_graph: Path, folder: Path, calib: list[dict], feeds: list[dict],

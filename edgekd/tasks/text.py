@@ -317,6 +317,13 @@ class _TextTask(Task):
                     from ..quantize import leave_linears_float
 
                     model = leave_linears_float(model, float_layers) if act["chosen"] == "static" else model
+                if act.get("ship_fp32") and ctx.recipe.quantize.int8_layers == "auto":
+                    # neither INT8 scheme beats float on this runtime: the target ships the FP32 student
+                    shutil.copy2(folder / "student-fp32.onnx", folder / "student-int8.onnx")
+                    model, meta["int8_ops"] = models["student-fp32"], {}
+                    c = act["cases"][-1]
+                    meta["int8_shipped_fp32"] = {"int8_ms": act["candidates"][act["chosen"]]["p50_ms"][c],
+                                                 "fp32_ms": act["fp32_p50_ms"][c], "at": f"{c} tokens"}
             else:
                 shutil.move(str(sub / "model.onnx"), folder / f"{name}.onnx")
             if name == "student-fp32":  # the deliverable's config and tokenizer files
@@ -386,6 +393,7 @@ class _TextTask(Task):
                 "padding_side": tok.padding_side, "truncation_side": tok.truncation_side, "feeds": info["inputs"]}]},
             "pooling": pool,
             "labels": list(ctx.io.labels),
+            **({"precision": "fp32"} if export_meta.get("int8_shipped_fp32") else {}),  # what the app runs
         }
 
     def report_extra(self, ctx: Context) -> dict:
