@@ -1,16 +1,25 @@
 """Small language models in apps: `edgekd.runtime.load` on a text-generation build (a Generator: prompts
 written as the build wrote them, greedy and sampled text equal to the causal LM's tokens, streaming,
 stop strings, one-line refusals, no torch) and `edgekd serve` on it (/generate, OpenAI's
-/v1/chat/completions and /v1/completions, streamed and not, bad requests, capacity, disconnects), on
-one tiny Llama-class build."""
+/v1/chat/completions and /v1/completions, streamed and not, bad requests, capacity, disconnects), and
+the example apps in examples/apps against the runtime (the Python app as a command, the Node.js app
+under node's test runner, the web page in headless Chromium; as tests/test_apps.py runs them on image
+builds), on one tiny Llama-class build."""
 
 import asyncio
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import tomllib
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -18,6 +27,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("optimum.exporters.onnx")
 pytest.importorskip("jinja2")
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import chromium, missing  # noqa: E402
 from test_lm_task import TINY_LM, _recipe  # noqa: E402
 
 PROMPTS = ["def add(a, b):\n    return a + b", "def upper(text): # ü ✓"]
@@ -377,3 +387,254 @@ def test_a_client_that_disconnects_stops_its_generation(build, gen, spec_version
     asyncio.run(go())
     g = app.state.generations
     assert g.active == 0 and 1 <= g.tokens < 10
+
+
+# ---------------------------------------------------------------- the example apps (examples/apps)
+
+APPS = Path(__file__).resolve().parent.parent / "examples" / "apps"
+SCREENSHOT = APPS.parent.parent / "build" / "test-output" / "web-app-generate.png"  # kept after the run
+NEW_TOKENS = 12
+# what a tokenizer must split as the `tokenizers` package does: code, runs of spaces, tabs and newlines,
+# accents, CJK and emoji (bytes of a character over several tokens), digits, odd spaces, special tokens
+TEXTS = ["def add(a, b):\n    return a + b", "  leading,   inner\t\ttabs\n\n\nand trailing  ",
+         "héllo wörld ✓ naïve café 日本語 🙂", "x = {'k': [1, 2.5e-3]}  # s[::-1] != s\r\n",
+         "123456789 3.14159 ١٢٣ ﬁ\u00a0nbsp\u200bzero-width",
+         "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"]
+
+
+def _varied(build: Path, folder: Path) -> Path:
+    """A copy of the build whose INT4 block scales get a random sign and size. The tiny student answers
+    every prompt with newlines and barely reads positions (wrong position ids move its logits by 0.5% of
+    the largest), so it would hardly show a cache or positions fed wrong; the copy's responses change
+    from token to token and wrong positions move its logits by 9%. Its context is the model's 256
+    positions rather than the 64 tokens the build was distilled on, so a conversation fits."""
+    import hashlib
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    out = _copy(build, folder)
+    shutil.rmtree(out / "student-int4-openvino", ignore_errors=True)
+    f = out / "student-int4" / "model.onnx"
+    model = onnx.load(f)
+    rng = np.random.default_rng(0)
+    for t in model.graph.initializer:
+        if t.name.endswith("_scales"):  # MatMulNBits' and GatherBlockQuantized's, one per block of weights
+            a = numpy_helper.to_array(t)
+            a = a * rng.lognormal(0, 1, a.shape) * rng.choice([-1, 1], a.shape)
+            t.CopyFrom(numpy_helper.from_array(a.astype(np.float32), t.name))
+    onnx.save(model, f)
+    m = json.loads((out / "manifest.json").read_text())
+    m["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    config = json.loads((out / "student-int4" / "config.json").read_text())
+    m["preprocessing"]["max_length"] = config["max_position_embeddings"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lm_cases(build, tmp_path_factory) -> dict:
+    """The Python runtime's prompt tokens, greedy tokens, text and the logits of each step for PROMPTS on
+    the build and on a varied copy, and the `tokenizers` package's ids of TEXTS."""
+    import edgekd.runtime
+
+    builds = []
+    for name, folder in (("tiny", build), ("varied", _varied(build, tmp_path_factory.mktemp("lm-varied")))):
+        g = edgekd.runtime.load(folder)
+        prompts = []
+        for p in PROMPTS:
+            ids = g.prompt_ids(p)
+            new = g.lm.generate(ids, max_new_tokens=NEW_TOKENS, stop_ids=g.eos_ids)
+            pieces = [piece for piece in g.stream(p, max_new_tokens=NEW_TOKENS) if piece]
+            logits, cache = g.lm.prefill(ids)
+            rows = [logits[-1]]  # the logits each new token was picked from, (V,) each
+            for t in new[:-1]:
+                row, cache = g.lm.step(t, cache)
+                rows.append(row)
+            prompts.append({"prompt": p, "prompt_ids": ids, "ids": new, "text": g.decode(new), "pieces": len(pieces),
+                            "finish_reason": "stop" if new[-1] in g.eos_ids else "length",
+                            "logits": [r.tolist() for r in rows]})
+        builds.append({"name": name, "dir": str(folder), "prompts": prompts})
+    assert len({t for c in builds[1]["prompts"] for t in c["ids"]}) > 2, builds[1]  # not one token over and over
+    tok = edgekd.runtime.load(build).tokenizer
+    texts = []
+    for t in TEXTS:
+        ids = tok.encode(t, add_special_tokens=False).ids
+        texts.append({"text": t, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=True)})
+    return {"builds": builds, "max_new_tokens": NEW_TOKENS, "tokenizer": {"build": str(build), "texts": texts}}
+
+
+def _python_app(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(APPS / "python" / "predict.py"), *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_python_app_writes_the_runtimes_response(lm_cases):
+    b = lm_cases["builds"][1]
+    res = _python_app(b["dir"], *PROMPTS, "--max-new-tokens", NEW_TOKENS)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "".join(c["text"] + "\n" for c in b["prompts"])
+
+    # a conversation, a line a turn: the second reply reads the first exchange when the two fit in the
+    # build's context (the varied copy's), else only the second line (the tiny build's 64 tokens)
+    import edgekd.runtime
+
+    line = PROMPTS[0].replace("\n    ", " ")  # a line of the terminal holds no newline
+    for b in lm_cases["builds"]:
+        g = edgekd.runtime.load(b["dir"])
+        first = g.generate(line, max_new_tokens=NEW_TOKENS)
+        chat = [{"role": "user", "content": f"{g.instruction}\n\n{line}"}, {"role": "assistant", "content": first},
+                {"role": "user", "content": "and again"}]
+        fits = len(g.prompt_ids(chat)) < g.context
+        assert fits == (b["name"] == "varied")
+        second = g.generate(chat if fits else chat[2:], max_new_tokens=NEW_TOKENS)
+        res = _python_app(b["dir"], "--chat", "--max-new-tokens", NEW_TOKENS, stdin=f"{line}\nand again\n\nnot read\n")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == f"{first}\n{second}\n"
+
+    res = _python_app(lm_cases["builds"][0]["dir"], "def add(a, b): " * 40)
+    assert res.returncode == 1 and res.stdout == "" and res.stderr.startswith("error: the prompt is ")
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_node_app_generates_the_runtimes_tokens(lm_cases, tmp_path):
+    """node --test examples/apps/node/test/generate.test.mjs: the JavaScript tokenizer's ids, the prompt
+    tokens, the greedy tokens (onnxruntime-node, INT4 MatMulNBits and GatherBlockQuantized) and text,
+    the command line's streamed response, a refusal."""
+    node = shutil.which("node")
+    if node is None:
+        missing("node is not installed (Debian: apt-get install nodejs npm)")
+    if not (APPS / "node" / "node_modules" / "@huggingface" / "tokenizers").is_dir():
+        missing("examples/apps/node/node_modules is missing or old (npm ci --ignore-scripts there)")
+    (tmp_path / "cases.json").write_text(json.dumps(lm_cases))
+    res = subprocess.run([node, "--test", "--test-reporter=tap", "test/generate.test.mjs"], cwd=APPS / "node",
+                         env={**os.environ, "EDGEKD_LM_CASES": str(tmp_path / "cases.json")},
+                         capture_output=True, text=True, timeout=180)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    counts = {k: int(v) for k, v in re.findall(r"^# (pass|fail|skipped|todo) (\d+)$", out, re.M)}
+    assert counts == {"pass": 4, "fail": 0, "skipped": 0, "todo": 0}, out[-3000:]
+
+
+@contextmanager
+def _serve(build: Path):
+    """examples/apps on a local HTTP server, the build folder at /web/model/ (where the README puts it)."""
+
+    class Handler(SimpleHTTPRequestHandler):
+        def translate_path(self, path):
+            p = unquote(urlsplit(path).path)
+            if p.startswith("/web/model/"):
+                return str(build / p[len("/web/model/"):])
+            return super().translate_path(path)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(APPS)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# records what the page does while it generates: the lengths its response's text had (one more per piece
+# it wrote) and the logits each token was picked from (the last row of every pass's logits)
+_WATCH = """
+const r = document.getElementById("response");
+delete r.dataset.finish;  // set again when this generation ends
+window.responseLengths = [];
+window.responseWatch?.disconnect();
+window.responseWatch = new MutationObserver(() => window.responseLengths.push(r.textContent.length));
+window.responseWatch.observe(r, {childList: true, characterData: true, subtree: true});
+window.pageLogits = [];
+const g = window.edgekdPage.generator, s = g.session;
+if (!s.recorded) g.session = {inputNames: s.inputNames, outputNames: s.outputNames, recorded: true, run: async (f) => {
+  const out = await s.run(f), [, t, v] = out.logits.dims;
+  window.pageLogits.push(Array.from(out.logits.data.subarray((t - 1) * v, t * v)));
+  return out;
+}};
+"""
+
+
+def test_web_page_generates_the_runtimes_tokens_in_chromium(lm_cases, tmp_path, capsys):
+    """The page loads the INT4 build with onnxruntime-web (WebAssembly) from local files only; a prompt
+    typed in its box gives the Python runtime's prompt tokens, greedy tokens and text (and logits within
+    WebAssembly's rounding), written into the page piece by piece; Stop ends it; its tokenizer gives the
+    `tokenizers` package's ids."""
+    import numpy as np
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for package in ("onnxruntime-web", "@huggingface/tokenizers", "@huggingface/jinja"):
+        if not (APPS / "web" / "node_modules" / package).is_dir():
+            missing(f"examples/apps/web/node_modules/{package} is missing (npm ci --ignore-scripts there)")
+    with chromium(width=1000, height=800) as driver:
+        driver.set_script_timeout(60)
+        for b in lm_cases["builds"]:
+            with _serve(Path(b["dir"])) as url:
+                driver.get(f"{url}/web/")
+                state = WebDriverWait(driver, 60).until(
+                    lambda d: d.execute_script("return document.body.dataset.state"))
+                logs = [e["message"] for e in driver.get_log("browser")]
+                assert state == "ready", (driver.find_element(By.ID, "status").text, logs)
+                assert driver.find_element(By.ID, "generate").is_displayed()
+                assert not driver.find_element(By.ID, "classify").is_displayed()
+                for c in b["prompts"]:
+                    box, limit = driver.find_element(By.ID, "prompt"), driver.find_element(By.ID, "max-new-tokens")
+                    box.clear()
+                    box.send_keys(c["prompt"])  # a newline is Enter: a new line in the box
+                    limit.clear()
+                    limit.send_keys(str(NEW_TOKENS))
+                    driver.execute_script(_WATCH)
+                    driver.find_element(By.ID, "run").click()
+                    response = driver.find_element(By.ID, "response")
+                    WebDriverWait(driver, 60).until(
+                        lambda d: d.find_element(By.ID, "response").get_attribute("data-finish"))
+                    what = (b["name"], c["prompt"], driver.find_element(By.ID, "status").text)
+                    assert response.get_attribute("data-finish") == c["finish_reason"], what
+                    prompt_ids, ids = ([int(i) for i in response.get_attribute(k).split(",")]
+                                       for k in ("data-prompt-ids", "data-ids"))
+                    assert prompt_ids == c["prompt_ids"] and ids == c["ids"], what
+                    text = driver.execute_script("return document.getElementById('response').textContent")
+                    assert text == c["text"], what
+                    # WebAssembly computes MatMulNBits in float32, the CPU rounds its activations to int8
+                    # (accuracy_level 4; set to 0, the CPU gives the page's logits within 4e-6): within 3%
+                    # of the largest logit, 1.4% seen; wrong position ids would move the varied copy's by 9%
+                    got, want = np.array(driver.execute_script("return window.pageLogits")), np.array(c["logits"])
+                    assert got.shape == want.shape and np.abs(got - want).max() < 0.03 * np.abs(want).max(), what
+                    seen = driver.execute_script("return window.responseLengths")
+                    assert len(set(seen) - {0}) == c["pieces"] and c["pieces"] > 1, (what, seen)  # written as generated
+                    assert re.match(rf"{len(c['ids'])} tokens in \d+\.\d\d s", driver.find_element(By.ID, "speed").text)
+                driver.save_screenshot(str(tmp_path / f"web-app-generate-{b['name']}.png"))
+
+                # Stop, pressed as the first piece appears: the generation ends after that token
+                driver.execute_script(_WATCH + "new MutationObserver((_, o) => { o.disconnect(); "
+                                      "document.getElementById('stop').click(); }).observe(r, {childList: true});")
+                driver.find_element(By.ID, "run").click()
+                WebDriverWait(driver, 60).until(
+                    lambda d: d.find_element(By.ID, "response").get_attribute("data-finish"))
+                response = driver.find_element(By.ID, "response")
+                assert response.get_attribute("data-finish") == "stopped"
+                assert response.get_attribute("data-ids") == str(b["prompts"][-1]["ids"][0])
+
+                if b["name"] == "tiny":
+                    got = driver.execute_script(
+                        "const t = window.edgekdPage.generator;"
+                        "return arguments[0].map((s) => [t.tokenizer.encode(s, {add_special_tokens: false}).ids,"
+                        " t.decode(t.tokenizer.encode(s, {add_special_tokens: false}).ids)])", TEXTS)
+                    assert got == [[c["ids"], c["decoded"]] for c in lm_cases["tokenizer"]["texts"]]
+
+                # nothing came from anywhere but the local server; the model ran on onnxruntime-web's WebAssembly
+                fetched = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+                assert fetched and all(u.startswith(url + "/") for u in fetched), fetched
+                assert any(u.endswith(".wasm") for u in fetched)
+                assert any(u.endswith("/web/model/student-int4/model.onnx") for u in fetched)
+                assert any(u.endswith("/web/model/student-int4/tokenizer.json") for u in fetched)
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tmp_path / "web-app-generate-varied.png", SCREENSHOT)
+    with capsys.disabled():
+        print(f"\nweb page screenshot: {SCREENSHOT}")

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# What the example apps' tests (tests/test_apps.py) need beyond the Python packages: Node.js and npm, the
-# Node.js app's and the web page's npm packages, and Debian's Chromium and ChromeDriver for the page's
-# browser test. Installs what is missing: Debian packages only as root, npm packages with --ignore-scripts
-# (onnxruntime-node's install script downloads optional GPU binaries from outside the npm registry; the CPU
-# binaries it ships are all the app uses). Exits 1, saying what is still missing, when it could not
-# install everything; the tests that need it then skip and say so. Run again at any time: it only installs
-# what is missing.
+# What the example apps' tests (tests/test_apps.py, and tests/test_lm_apps.py for text generation) need
+# beyond the Python packages: Node.js and npm, the Node.js app's and the web page's npm packages
+# (onnxruntime, and for text generation the tokenizer and chat-template packages), and Debian's Chromium
+# and ChromeDriver for the page's browser tests. Installs what is missing: Debian packages only as root,
+# npm packages with --ignore-scripts (onnxruntime-node's install script downloads optional GPU binaries
+# from outside the npm registry; the CPU binaries it ships are all the app uses). Exits 1, saying what is
+# still missing, when it could not install everything; the tests that need it then skip and say so. Run
+# again at any time: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 

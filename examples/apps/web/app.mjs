@@ -1,7 +1,9 @@
-// Draw a digit; an edgekd INT8 build classifies it in the browser through onnxruntime-web (WebAssembly).
-// The preprocessing, the labels and the input and output names come from the build's manifest.json. The
-// page loads everything from where it is served: the build (./model/, or ?build=URL) and onnxruntime-web's
-// scripts and .wasm from ./node_modules; nothing from elsewhere.
+// An edgekd build in the browser through onnxruntime-web (WebAssembly). An image build: draw a digit, the
+// model classifies it. A text-generation build: write a prompt, the model's greedy response appears token
+// by token (./generate-page.mjs). The preprocessing or prompt format, the labels and the input and output
+// names come from the build's manifest.json. The page loads everything from where it is served: the build
+// (./model/, or ?build=URL) and onnxruntime-web's scripts and .wasm from ./node_modules; nothing from
+// elsewhere.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
 
 import { classify, prepareImage } from "../preprocess.mjs";
@@ -23,21 +25,45 @@ async function fetchOk(name) {
   return r;
 }
 
+async function sha256(bytes) {
+  return Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)),
+                    (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The build's model in an onnxruntime-web session, its files checked against the manifest's sha256. */
+async function loadSession(manifest) {
+  const model = new Uint8Array(await (await fetchOk(manifest.model)).arrayBuffer());
+  if (await sha256(model) !== manifest.sha256) throw new Error(`${manifest.model} does not match the sha256 in manifest.json`);
+  // weights in companion files (external data), named as the model names them: relative to its folder
+  const dir = manifest.model.includes("/") ? manifest.model.slice(0, manifest.model.lastIndexOf("/") + 1) : "";
+  const externalData = [];
+  for (const c of manifest.companions ?? []) {
+    const data = new Uint8Array(await (await fetchOk(c.file)).arrayBuffer());
+    if (await sha256(data) !== c.sha256) throw new Error(`${c.file} does not match the sha256 in manifest.json`);
+    externalData.push({ path: c.file.startsWith(dir) ? c.file.slice(dir.length) : c.file, data });
+  }
+  return ort.InferenceSession.create(model, { executionProviders: ["wasm"], ...(externalData.length && { externalData }) });
+}
+
 async function load() {
   const manifest = await (await fetchOk("manifest.json")).json();
   if (manifest.schema_version !== 1) throw new Error(`manifest schema_version ${manifest.schema_version}; this page reads 1`);
-  if (manifest.format !== "onnx" || manifest.preprocessing.kind !== "image") {
-    throw new Error(`this is a ${manifest.task} build in ${manifest.format}; the page runs ONNX image builds`);
+  const kind = manifest.preprocessing.kind;
+  if (manifest.format !== "onnx" || (kind !== "image" && kind !== "causal-lm")) {
+    throw new Error(`this is a ${manifest.task} build in ${manifest.format}; the page runs ONNX image and text-generation builds`);
   }
-  const model = new Uint8Array(await (await fetchOk(manifest.model)).arrayBuffer());
-  const digest = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", model)),
-                            (b) => b.toString(16).padStart(2, "0")).join("");
-  if (digest !== manifest.sha256) throw new Error(`${manifest.model} does not match the sha256 in manifest.json`);
-  const session = await ort.InferenceSession.create(model, { executionProviders: ["wasm"] });
+  if (kind === "causal-lm") {
+    const [page, session] = await Promise.all([import("./generate-page.mjs"), loadSession(manifest)]);
+    const generator = await page.start({ ort, manifest, session, build });
+    return { manifest, session, generator };
+  }
+  const session = await loadSession(manifest);
   const [, h, w] = manifest.preprocessing.input_shape;
   pad.width = w;  // the canvas holds the model's raw input, one canvas pixel per input pixel
   pad.height = h;
   clear();
+  $("title").textContent = "Draw a digit";
+  $("classify").hidden = false;
   return { manifest, session };
 }
 
@@ -107,8 +133,10 @@ function show(manifest, { label, probability, probabilities }) {
 const ready = load();
 ready.then(
   ({ manifest }) => {
-    $("status").textContent = `Ready: ${manifest.model} (${manifest.precision}), ${manifest.labels.length} classes. ` +
-                              "Draw with the mouse or a finger; Clear to start again.";
+    $("status").textContent = manifest.preprocessing.kind === "image"
+      ? `Ready: ${manifest.model} (${manifest.precision}), ${manifest.labels.length} classes. ` +
+        "Draw with the mouse or a finger; Clear to start again."
+      : `Ready: ${manifest.model} (${manifest.precision}). Write a prompt and press Generate.`;
     document.body.dataset.state = "ready";
   },
   (e) => {
@@ -118,5 +146,6 @@ ready.then(
   },
 );
 
-// For scripts and tests that drive the page: the pad, and predict() as a finished stroke runs it.
+// For scripts and tests that drive the page: the pad, and predict() as a finished stroke runs it; for a
+// text-generation build, `ready` gives the generator (./generate-page.mjs).
 window.edgekdPage = { ready, predict, pad };
