@@ -13,13 +13,8 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import tomllib
-from contextlib import contextmanager
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -28,6 +23,7 @@ pytest.importorskip("optimum.exporters.onnx")
 pytest.importorskip("jinja2")
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import chromium, missing  # noqa: E402
+from test_apps import _serve  # noqa: E402  (the apps' local HTTP server)
 from test_lm_task import TINY_LM, _recipe  # noqa: E402
 
 PROMPTS = ["def add(a, b):\n    return a + b", "def upper(text): # ü ✓"]
@@ -515,29 +511,6 @@ def test_node_app_generates_the_runtimes_tokens(lm_cases, tmp_path):
     assert res.returncode == 0, out[-6000:]
     counts = {k: int(v) for k, v in re.findall(r"^# (pass|fail|skipped|todo) (\d+)$", out, re.M)}
     assert counts == {"pass": 4, "fail": 0, "skipped": 0, "todo": 0}, out[-3000:]
-
-
-@contextmanager
-def _serve(build: Path):
-    """examples/apps on a local HTTP server, the build folder at /web/model/ (where the README puts it)."""
-
-    class Handler(SimpleHTTPRequestHandler):
-        def translate_path(self, path):
-            p = unquote(urlsplit(path).path)
-            if p.startswith("/web/model/"):
-                return str(build / p[len("/web/model/"):])
-            return super().translate_path(path)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(APPS)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # records what the page does while it generates: the lengths its response's text had (one more per piece
