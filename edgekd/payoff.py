@@ -29,6 +29,8 @@ from .errors import EdgeKDError
 
 # a kind stays float only when that is at least this much faster: smaller differences are timing noise
 MIN_GAIN = 0.03
+# a quality difference (accuracy or cosine, in [0, 1]) smaller than this does not outweigh speed: 0.1 point
+QUALITY_TOL = 1e-3
 
 
 def choose_float_kinds(layers: dict[str, str], write: Callable[[list[str], Path], None], fp32: Path, *,
@@ -85,9 +87,11 @@ def choose_activations(write: Callable[[str, Path], None], *, runtime: str, thre
     one batch-1 input per benchmarked sequence length; val_feeds: validation inputs one at a time;
     item_scores(outputs) -> (N,) per-item quality (1/0 right, or cosine to the teacher).
 
-    Rule: the more faithful scheme, when the paired difference of the items' scores is beyond twice its
-    standard error; within that, the faster (the geometric mean of its p50 ratios over the lengths, by
-    MIN_GAIN); within both, static (its ranges are the ones training saw). A scheme the runtime cannot
+    Rule: the more faithful scheme, when the paired difference of the items' scores is beyond both twice
+    its standard error and QUALITY_TOL (real, and large enough to matter); within that, the faster (the
+    geometric mean of its p50 ratios over the lengths, by MIN_GAIN); within both, the more faithful. So a
+    runtime that runs one scheme's integer ops in float (OpenVINO and DynamicQuantizeLinear) does not get
+    it for a 0.0008 cosine gain. A scheme the runtime cannot
     load is dropped with one line. fp32: the FP32 student, timed beside them; "ship_fp32" when the chosen
     scheme is slower than it beyond MIN_GAIN (the geometric mean over the lengths).
     -> {"chosen", "candidates": {scheme: {"quality", "p50_ms"}}, "ship_fp32", ...}."""
@@ -120,14 +124,19 @@ def choose_activations(write: Callable[[str, Path], None], *, runtime: str, thre
         se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
         speed = float(np.exp(np.mean([np.log(p50[c]["static"] / p50[c]["dynamic"]) for c in cases])))  # >1: dynamic faster
         out.update(quality_diff=float(d.mean()), quality_se=se, dynamic_speedup=speed)
-        if abs(d.mean()) > 2 * se and d.mean() != 0:
+        # a difference counts when it is real (beyond 2 SE) and large enough to matter (QUALITY_TOL)
+        margin = max(2 * se, QUALITY_TOL)
+        faster = "dynamic" if speed > 1 + MIN_GAIN else "static" if speed < 1 - MIN_GAIN else None
+        if abs(d.mean()) > margin:
             out["chosen"] = "dynamic" if d.mean() > 0 else "static"
-            out["why"] = "more faithful on validation (beyond twice the paired standard error)"
-        elif speed > 1 + MIN_GAIN or speed < 1 - MIN_GAIN:
-            out["chosen"] = "dynamic" if speed > 1 else "static"
-            out["why"] = f"as faithful within noise, {max(speed, 1 / speed):.2f}x faster over the lengths timed"
+            out["why"] = (f"more faithful on validation by {abs(d.mean()):.4f} (beyond {margin:.4f})"
+                          + (f", though {max(speed, 1 / speed):.2f}x slower" if faster and faster != out["chosen"] else ""))
+        elif faster:
+            out["chosen"] = faster
+            out["why"] = f"as faithful within {margin:.4f}, {max(speed, 1 / speed):.2f}x faster over the lengths timed"
         else:
-            out["chosen"], out["why"] = "static", "as faithful and as fast within noise"
+            out["chosen"] = "dynamic" if d.mean() > 0 else "static"
+            out["why"] = "as fast within noise, the more faithful on validation"
     if fp32 is not None:
         vs = float(np.exp(np.mean([np.log(p50[c]["fp32"] / p50[c][out["chosen"]]) for c in cases])))  # >1: INT8 faster
         out.update(fp32_p50_ms={c: p50[c]["fp32"] for c in cases}, int8_vs_fp32=vs, ship_fp32=vs < 1 - MIN_GAIN)

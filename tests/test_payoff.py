@@ -94,7 +94,8 @@ class Mlp(nn.Module):
 
 def test_activation_schemes_are_both_measured_and_each_writes_its_ops(tmp_path):
     """Static QDQ and dynamic MatMulInteger graphs of the same linears are timed per case and scored per
-    item; the choice follows the rule (beyond 2 SE: more faithful; within: faster; else static)."""
+    item; the choice follows the rule (beyond 2 SE and 0.1 point: more faithful; within: faster; else the
+    more faithful)."""
     import onnx
 
     from edgekd.payoff import choose_activations
@@ -121,12 +122,12 @@ def test_activation_schemes_are_both_measured_and_each_writes_its_ops(tmp_path):
     c = r["candidates"]
     assert set(c) == {"static", "dynamic"} and set(c["static"]["p50_ms"]) == {"1", "8"}
     diff, se, speed = r["quality_diff"], r["quality_se"], r["dynamic_speedup"]
-    if abs(diff) > 2 * se:
+    if abs(diff) > max(2 * se, 1e-3):
         assert r["chosen"] == ("dynamic" if diff > 0 else "static")
     elif abs(speed - 1) > 0.03:
         assert r["chosen"] == ("dynamic" if speed > 1 else "static")
     else:
-        assert r["chosen"] == "static"
+        assert r["chosen"] == ("dynamic" if diff > 0 else "static")
     assert lines and r["chosen"] in lines[0]
 
 
