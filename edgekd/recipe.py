@@ -113,9 +113,9 @@ class ModelSpec:
     lr: float = 0.0
     batch_size: int = 0
     label_smoothing: float = 0.0
-    # student: the most capable of `candidates` (each KEY=VALUE of one setting; default for layer-subset:
-    # every layer count) that runs within this many ms on the target, untrained (edgekd.student_budget)
+    # student: distil the most capable candidate that runs within this many ms on the target, untrained
     max_latency_ms: float = 0.0
+    # student: KEY=VALUE of one setting each ("layers=4"); none: a layer-subset's every layer count
     candidates: list[str] = field(default_factory=list)
     # text students built from the teacher
     layers: int = 3
