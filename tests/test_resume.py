@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TINY, TINY_TARGET
 
-SETTINGS = [*TINY, "distill.epochs=60", *TINY_TARGET]  # long enough to be killed mid-way
+SETTINGS = [*TINY, "distill.epochs=20", *TINY_TARGET]  # long enough to be killed mid-way
 
 
 def _cmd(out):

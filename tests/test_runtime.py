@@ -85,8 +85,15 @@ def test_text_embeddings_equal_the_report(tiny_text_build, tmp_path):
         (tmp_path / f).symlink_to(build / f)
     teacher = edgekd.runtime.load(tmp_path / "teacher.json").predict(texts)
     assert student.shape == teacher.shape == (len(texts), 384) and student.dtype == np.float32
-    report = json.loads((build / "report.json").read_text())["models"]
-    assert mean_cosine(student, teacher) == pytest.approx(report["student-int8"]["fidelity_cosine"], abs=1e-5)
+    report = json.loads((build / "report.json").read_text())
+    # dynamic INT8 activations (quantize.activations) take each call's range, so the runtime's groups of
+    # similar length and the benchmark's batches of 32 give slightly different outputs; static ones do not
+    tol = 1e-5 if _activations(build) == "static" else 2e-3
+    assert mean_cosine(student, teacher) == pytest.approx(report["models"]["student-int8"]["fidelity_cosine"], abs=tol)
+
+
+def _activations(build) -> str:
+    return (json.loads((build / "report.json").read_text())["int8"].get("activations") or {}).get("chosen", "static")
 
 
 def test_tokenization_matches_transformers(tiny_text_build):
@@ -108,7 +115,7 @@ def test_tokenization_matches_transformers(tiny_text_build):
 
 def test_texts_run_in_groups_of_similar_length(tiny_text_build):
     """A batch of short and long texts runs as groups padded to their own longest text, and gives what
-    each text gives alone, in input order."""
+    each text gives alone (static INT8 activations; dynamic ones, within a cosine bound), in input order."""
     import edgekd.runtime
 
     model = edgekd.runtime.load(tiny_text_build)
@@ -119,7 +126,12 @@ def test_texts_run_in_groups_of_similar_length(tiny_text_build):
         lengths = feed["attention_mask"].sum(1)
         assert feed["input_ids"].shape[1] == lengths.max() and lengths.max() <= 1.25 * lengths.mean()
     alone = np.concatenate([model.run([t]) for t in texts])
-    assert np.allclose(model.run(texts), alone, atol=1e-4)
+    grouped = model.run(texts)
+    if _activations(tiny_text_build) == "static":
+        assert np.allclose(grouped, alone, atol=1e-4)
+    else:  # each call's own INT8 range: close to what a text gives alone, not equal
+        cos = (grouped * alone).sum(1) / np.linalg.norm(grouped, axis=1) / np.linalg.norm(alone, axis=1)
+        assert cos.min() > 0.98, cos
 
 
 # ---------------------------------------------------------------- torch-free

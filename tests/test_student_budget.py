@@ -11,7 +11,7 @@ from conftest import TINY, TINY_TARGET
 CANDIDATES = ["student.candidates=model=mnist-student-tiny,model=mnist-student"]
 
 
-def _build(tmp_path, *args, cache=None):
+def _build(tmp_path, *args, cache=None, target="cpu-int8"):
     from click.testing import CliRunner
 
     from edgekd.cli import main
@@ -19,7 +19,7 @@ def _build(tmp_path, *args, cache=None):
     if cache is not None:  # the session's tiny builds' stage cache: their teacher is this one's
         cache.mkdir(parents=True, exist_ok=True)
         (tmp_path / ".cache").symlink_to(cache)
-    return CliRunner().invoke(main, ["build", "target=cpu-int8", "--out", str(tmp_path), *TINY, *TINY_TARGET,
+    return CliRunner().invoke(main, ["build", f"target={target}", "--out", str(tmp_path), *TINY, *TINY_TARGET,
                                      "distill.epochs=1", *CANDIDATES, *args])
 
 
@@ -35,17 +35,19 @@ def test_no_candidate_under_the_budget_is_one_line_before_training(tmp_path):
 def test_the_most_capable_candidate_under_the_budget_is_distilled(tmp_path, build_root):
     from edgekd.recipe import load_recipe
 
-    res = _build(tmp_path, "student.max_latency_ms=1000", cache=build_root / ".cache")
+    # the FP32 target: candidates timed in FP32, and no quantization-aware stage to wait for
+    res = _build(tmp_path, "student.max_latency_ms=1000", cache=build_root / ".cache", target="cpu-fp32")
     assert res.exit_code == 0, res.output
-    r = json.loads((tmp_path / "cpu-int8" / "report.json").read_text())
+    r = json.loads((tmp_path / "cpu-fp32" / "report.json").read_text())
     c = r["student_choice"]
     assert [x["candidate"] for x in c["candidates"]] == ["model=mnist-student-tiny", "model=mnist-student"]
     assert all(x["fits"] and x["p50_ms"] > 0 for x in c["candidates"])
     big = max(c["candidates"], key=lambda x: x["params"])
     assert c["chosen"] == big["candidate"] == "model=mnist-student"
     assert r["models"]["student-fp32"]["params"] == big["params"]  # the chosen one was trained
-    assert "## The student that fits the budget" in (tmp_path / "cpu-int8" / "report.md").read_text()
-    assert load_recipe(tmp_path / "cpu-int8" / "recipe.lock.toml").student.model == "mnist-student"
+    assert c["precision"] == "fp32"
+    assert "## The student that fits the budget" in (tmp_path / "cpu-fp32" / "report.md").read_text()
+    assert load_recipe(tmp_path / "cpu-fp32" / "recipe.lock.toml").student.model == "mnist-student"
 
 
 @pytest.mark.parametrize("item", ["layers", "=3", "max_latency_ms=2"])
