@@ -6,8 +6,10 @@ import sys
 from conftest import TINY, TINY_TARGET
 
 # A small teacher and enough steps that accuracies mean something, in well under a minute per build.
+# INT8 everywhere: edgekd.payoff's timed choice (which layers run INT8, or the FP32 student shipped) must
+# not differ between the two builds being compared
 SETTINGS = [*TINY, "data.n_train=1500", "teacher.model=mnist-student", "teacher.epochs=4", "distill.epochs=4",
-            *TINY_TARGET]
+            "quantize.int8_layers=all", *TINY_TARGET]
 
 
 def test_two_process_build_matches_single_process(tmp_path):
