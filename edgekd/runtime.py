@@ -254,18 +254,8 @@ class _TextPrep:
         if step["file"] is None:
             raise InputError("this build's tokenizer has no tokenizer.json (a slow-only tokenizer); the runtime needs "
                              "a fast tokenizer: rebuild with a teacher whose folder has tokenizer.json")
-        path = folder / step["folder"] / step["file"]
-        try:
-            from tokenizers import Tokenizer
-        except ImportError:
-            raise InputError("text models need the tokenizers package: pip install 'edgekd[runtime]'") from None
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as e:  # noqa: BLE001 - tokenizers raises untyped errors for missing or bad files
-            raise InputError(f"cannot load the tokenizer '{path}' ({str(e).splitlines()[0][:120]}); copy the "
-                             "whole build folder, hf/ included") from None
+        tok = _tokenizer(folder / step["folder"] / step["file"])  # padded here, per group of similar length
         tok.enable_truncation(step["max_length"], strategy="longest_first", direction=step["truncation_side"])
-        tok.no_padding()  # padded here, per group of similar length (batches)
         self.tok, self.step, self.feeds = tok, step, step["feeds"]
 
     def one(self, x, i: int) -> str:
@@ -497,7 +487,7 @@ def _tokenizer(path: Path):
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # noqa: BLE001 - tokenizers raises untyped errors for missing or bad files
         raise InputError(f"cannot load the tokenizer '{path}' ({str(e).splitlines()[0][:120]}); copy the whole "
-                         "build folder") from None
+                         "build folder, its model folders included") from None
     tok.no_truncation()
     tok.no_padding()
     return tok

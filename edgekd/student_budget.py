@@ -14,6 +14,7 @@ The choice is a cached stage, so a rebuild does not re-time and flip between nea
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,8 +94,6 @@ def choose(task, ctx, teacher, folder: Path) -> dict:
                 + (" (chosen)" if row is best else "" if row["fits"] else " (over the budget)"))
     (folder / "choice.json").write_text(json.dumps(out, indent=1))
     for sub in folder.glob("c*"):  # the timing graphs are not needed once timed
-        import shutil
-
         shutil.rmtree(sub, ignore_errors=True)
     return out
 
