@@ -81,6 +81,8 @@ def main(cfg_path: str, out_path: str) -> None:
     from edgekd import backends
 
     backend = backends.for_file(cfg["model"])
+    if backend.runtime_only is not None:
+        backend.runtime_only()
     # import the runtime library itself before measuring the baseline
     # (executorch.runtime loads libtorch, the runtime library and ExecuTorch's exporter with it)
     __import__(backend.package)

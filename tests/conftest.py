@@ -61,6 +61,32 @@ def tiny_text_build(tmp_path_factory) -> Path:
     return out / "cpu-int8"
 
 
+@pytest.fixture(scope="session")
+def tiny_lm_build(tmp_path_factory):
+    """A tiny text-generation build (cpu-int4) per family, once per session (tests/lm_tiny.py); the Qwen2
+    one learns every token of a sequence (lm.score = all). Returns a getter: family -> build folder."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("optimum.exporters.onnx")
+    import lm_tiny
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    done = {}
+
+    def get(family: str) -> Path:
+        if family not in done:
+            folder = tmp_path_factory.mktemp(f"lm-{family}")
+            score = ["lm.score=all"] if family == "qwen2" else []
+            res = CliRunner().invoke(main, ["build", f"recipe={lm_tiny.recipe(folder, family)}", "target=cpu-int4",
+                                            "--out", str(folder / "build"), *lm_tiny.TINY_LM, *score])
+            assert res.exit_code == 0, res.output
+            done[family] = folder / "build" / "cpu-int4"
+        return done[family]
+
+    return get
+
+
 def read_report(build_dir: Path) -> dict:
     return json.loads((build_dir / "report.json").read_text())
 

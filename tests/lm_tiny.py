@@ -4,6 +4,7 @@ Qwen2-class, built offline in a second."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 # What the tiny tokenizer is trained on and the tests' prompts come from: short Python functions and
@@ -58,3 +59,34 @@ def tiny_lm(folder: Path, family: str = "llama", *, layers: int = 4, hidden: int
     model = AutoModelForCausalLM.from_config(config).eval()
     model.save_pretrained(folder)
     return folder
+
+
+# tiny settings of a text-generation build: seconds of training, a few tokens of benchmark
+TINY_LM = ["data.n_val=4", "data.n_test=4", "data.max_length=64", "distill.epochs=1", "distill.batch_size=4",
+           "quantize.epochs=1", "lm.max_new_tokens=8", "lm.bench_prompt_tokens=16", "lm.bench_new_tokens=4",
+           "lm.bench_repeats=1", "lm.eval_prompts=3", "lm.min_logprob=-100", "lm.max_repeat=1.0", "lm.min_tokens=0",
+           "export.parity_samples=2", "quantize.block_size=16"]
+
+
+def recipe(folder: Path, family: str) -> Path:
+    """A text-generation recipe distilling a 2-layer student from a tiny `family` teacher on CORPUS."""
+    teacher = tiny_lm(folder / "teacher", family)
+    rows = [{"prompt": p, "summary": s} for p, s in CORPUS] * 3
+    (folder / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (folder / "edgekd.toml").write_text(f"""name = "tiny-{family}"
+task = "text-generation"
+device = "cpu"
+[data]
+source = "jsonl"
+path = "data.jsonl"
+text_field = "prompt"
+response_field = "summary"
+[teacher]
+model = "hf:{teacher.name}"
+[student]
+model = "layer-subset"
+layers = 2
+[lm]
+instruction = "Summarize this function in one line."
+""")
+    return folder / "edgekd.toml"

@@ -63,7 +63,8 @@ def test_example_builds_in_tiny_mode(folder, tmp_path):
 
     args = ["build", f"recipe={EXAMPLE / 'edgekd.toml'}", "target=cpu-int8", "--out", str(tmp_path),
             f"data.path={folder}", "teacher.epochs=4", "distill.epochs=1", "distill.views=2", "quantize.epochs=1",
-            "quantize.calibration=16", "export.int8_min_agreement=0", "target.iterations=20", "target.warmup=3"]
+            "quantize.calibration=16", "export.int8_min_agreement=0", "target.iterations=20", "target.warmup=3",
+            "quantize.int8_layers=all"]  # the timed choice of INT8 layers on library models: tests/test_matrix.py
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     build = tmp_path / "cpu-int8"

@@ -134,7 +134,8 @@ def test_init_on_a_csv_builds_as_written(tmp_path):
     assert 'task = "text-classification"' in text and 'source = "csv"' in text and "3 classes (io, math, net)" in text
     res = edgekd("build", f"recipe={recipe}", "target=cpu-int8", "--out", tmp_path / "out", "teacher.epochs=1",
                  "distill.epochs=1", "quantize.epochs=1", "data.max_length=16", "quantize.calibration=8",
-                 "export.parity_samples=8", "target.iterations=10", "target.warmup=2", "export.int8_min_agreement=0")
+                 "export.parity_samples=8", "target.iterations=10", "target.warmup=2", "export.int8_min_agreement=0",
+                 "quantize.activations=static")
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "out" / "cpu-int8" / "report.json").read_text())
     assert r["task"] == "text-classification" and r["recipe"] == "notes"

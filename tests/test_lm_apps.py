@@ -24,22 +24,13 @@ pytest.importorskip("jinja2")
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import chromium, missing  # noqa: E402
 from test_apps import _serve  # noqa: E402  (the apps' local HTTP server)
-from test_lm_task import TINY_LM, _recipe  # noqa: E402
 
 PROMPTS = ["def add(a, b):\n    return a + b", "def upper(text): # ü ✓"]
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory) -> Path:
-    from click.testing import CliRunner
-
-    from edgekd.cli import main
-
-    folder = tmp_path_factory.mktemp("lm-apps")
-    res = CliRunner().invoke(main, ["build", f"recipe={_recipe(folder, 'llama')}", "target=cpu-int4", "--out",
-                                    str(folder / "build"), *TINY_LM])
-    assert res.exit_code == 0, res.output
-    return folder / "build" / "cpu-int4"
+def build(tiny_lm_build) -> Path:
+    return tiny_lm_build("llama")
 
 
 @pytest.fixture(scope="module")

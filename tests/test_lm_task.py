@@ -13,48 +13,12 @@ pytest.importorskip("optimum.exporters.onnx")
 sys.path.insert(0, str(Path(__file__).parent))
 import lm_tiny  # noqa: E402
 
-TINY_LM = ["data.n_val=4", "data.n_test=4", "data.max_length=64", "distill.epochs=1", "distill.batch_size=4",
-           "quantize.epochs=1", "lm.max_new_tokens=8", "lm.bench_prompt_tokens=16", "lm.bench_new_tokens=4",
-           "lm.bench_repeats=1", "lm.eval_prompts=3", "lm.min_logprob=-100", "lm.max_repeat=1.0", "lm.min_tokens=0",
-           "export.parity_samples=2", "quantize.block_size=16"]
-
-
-def _recipe(folder: Path, family: str) -> Path:
-    teacher = lm_tiny.tiny_lm(folder / "teacher", family)
-    rows = [{"prompt": p, "summary": s} for p, s in lm_tiny.CORPUS] * 3
-    (folder / "data.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (folder / "edgekd.toml").write_text(f"""name = "tiny-{family}"
-task = "text-generation"
-device = "cpu"
-[data]
-source = "jsonl"
-path = "data.jsonl"
-text_field = "prompt"
-response_field = "summary"
-[teacher]
-model = "hf:{teacher.name}"
-[student]
-model = "layer-subset"
-layers = 2
-[lm]
-instruction = "Summarize this function in one line."
-""")
-    return folder / "edgekd.toml"
+TINY_LM, _recipe = lm_tiny.TINY_LM, lm_tiny.recipe
 
 
 @pytest.fixture(scope="module", params=lm_tiny.FAMILIES)
-def lm_build(request, tmp_path_factory):
-    from click.testing import CliRunner
-
-    from edgekd.cli import main
-
-    folder = tmp_path_factory.mktemp(f"lm-{request.param}")
-    recipe = _recipe(folder, request.param)
-    score = ["lm.score=all"] if request.param == "qwen2" else []  # one family learns every token of a sequence
-    res = CliRunner().invoke(main, ["build", f"recipe={recipe}", "target=cpu-int4", "--out", str(folder / "build"),
-                                    *TINY_LM, *score])
-    assert res.exit_code == 0, res.output
-    return folder / "build" / "cpu-int4"
+def lm_build(request, tiny_lm_build):
+    return tiny_lm_build(request.param)
 
 
 def test_a_tiny_lm_builds_end_to_end(lm_build):

@@ -54,8 +54,11 @@ class Backend:
     signature: Callable | None = None  # signature(path) -> [{name, shape, dtype}] (None: read from manifest.json)
     report_section: Callable | None = None  # report_section(report.json) -> markdown lines about the deliverable
     # what a memory budget is held against: the process's peak RSS, or its increase over the imported runtime
-    # where the Python runtime carries far more than an app links (ExecuTorch's imports torch and its exporter)
+    # where the Python runtime carries far more than an app links (ExecuTorch's imports torch)
     memory_measure: str = "peak_rss_mb"
+    # called first in a fresh process that only runs models (the benchmark's): what the runtime's import
+    # can leave out there
+    runtime_only: Callable[[], None] | None = None
 
     @property
     def profiles(self) -> bool:

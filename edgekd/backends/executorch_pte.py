@@ -125,9 +125,26 @@ def delegation(graph_module) -> dict:
             "by_op": by_op}
 
 
+def runtime_only() -> None:
+    """In a process that only runs programs: ExecuTorch's runtime imports one small module of its exporter
+    package (executorch.exir._warnings, decorators), and the package's __init__ imports the whole
+    exporter, seconds of imports and memory no app carries. The package is registered without running its
+    __init__, so that module alone loads; the exporter cannot be imported in this process afterwards."""
+    import importlib.util
+    import os
+    import sys
+    import types
+
+    if "executorch.exir" in sys.modules or (spec := importlib.util.find_spec("executorch")) is None:
+        return
+    exir = types.ModuleType("executorch.exir")
+    exir.__path__ = [os.path.join(p, "exir") for p in spec.submodule_search_locations]
+    sys.modules["executorch.exir"] = exir
+
+
 def load(path: str, *, threads: int = 1, profile_prefix: str | None = None):
-    """An ExecuTorch `.pte` through ExecuTorch's Python runtime (host timings only: it loads libtorch
-    and ExecuTorch's exporter, so its RSS is not a phone's). `profile_prefix` is ignored: the pip
+    """An ExecuTorch `.pte` through ExecuTorch's Python runtime (host timings only: it loads libtorch,
+    and outside the benchmark's process (runtime_only) ExecuTorch's exporter, so its RSS is not a phone's). `profile_prefix` is ignored: the pip
     build has no event tracer. Threads: the count of the process-wide threadpool that XNNPACK
     delegates use, set through ExecuTorch's private `_unsafe_reset_threadpool`, and only before the
     program loads (a program loaded before a reset deadlocks). Portable kernels run on the calling
@@ -212,4 +229,4 @@ BACKEND = register(Backend(
     format="pte", runtime="executorch", extension=".pte", source="torch", kinds=("image",), fixed_batch=1,
     description="ExecuTorch program lowered to XNNPACK", load=load, package="executorch.runtime",
     install="'edgekd[executorch]'", make=make, describe=describe, edgekd_int8=False, available=_available,
-    report_section=report_section, memory_measure="rss_increase_mb"))
+    report_section=report_section, memory_measure="rss_increase_mb", runtime_only=runtime_only))

@@ -11,38 +11,63 @@ from .onnxruntime_onnx import OPTIONS, load, profile, signature
 
 
 def make(onnx_path: Path, ort_path: Path) -> None:
+    """onnxruntime's converter (tools.convert_onnx_models_to_ort: ARM, fixed optimizations), called in this
+    process (a subprocess per model cost seconds of imports each); its printed progress is kept off the
+    terminal and its last line is the error when it fails."""
+    import contextlib
+    import io
     import shutil
-    import subprocess
-    import sys
     import tempfile
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     from ..errors import EdgeKDError
 
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / onnx_path.name
         shutil.copy2(onnx_path, src)
-        proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort",
-                               "--target_platform", "arm", "--optimization_style", "Fixed",
-                               "--output_dir", str(Path(d) / "out"), str(src)],
-                              capture_output=True, text=True)
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+                convert_onnx_models_to_ort(src, output_dir=Path(d) / "out", target_platform="arm",
+                                           optimization_styles=[OptimizationStyle.Fixed])
+        except Exception as e:  # noqa: BLE001  (the converter raises whatever onnxruntime raised)
+            said.write(f"\n{type(e).__name__}: {e}")
         made = list((Path(d) / "out").glob("*.ort"))
-        if proc.returncode != 0 or len(made) != 1:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if len(made) != 1:
+            tail = (said.getvalue().strip().splitlines() or ["no output"])[-1]
             raise EdgeKDError(f"converting {onnx_path.name} to .ort failed: {tail}")
         shutil.move(str(made[0]), ort_path)
 
 
 def mobile_usability(onnx_path: Path) -> str:
-    """onnxruntime's own verdict on NNAPI and CoreML coverage (ops, partitions), as text."""
-    import subprocess
-    import sys
+    """onnxruntime's own verdict on NNAPI and CoreML coverage (ops, partitions), as text: what its
+    tools.check_onnx_model_mobile_usability prints, run in this process through its logger."""
+    import contextlib
+    import io
+    import logging
 
-    proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability",
-                           str(onnx_path)], capture_output=True, text=True)
-    text = (proc.stdout + proc.stderr).strip().replace(str(onnx_path), onnx_path.name)
-    if proc.returncode != 0:
-        return f"(the check failed: {text.splitlines()[-1] if text else proc.returncode})"
-    return "\n".join(line.removeprefix("INFO:  ").rstrip() for line in text.splitlines())
+    from onnxruntime.tools.mobile_helpers import usability_checker
+
+    said = io.StringIO()
+    log = logging.getLogger("edgekd.mobile_usability")
+    log.propagate, log.level = False, logging.INFO
+    handler = logging.StreamHandler(said)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            try_eps = usability_checker.analyze_model(onnx_path, skip_optimize=False, logger=log)
+    except Exception as e:  # noqa: BLE001  (the checker raises whatever onnxruntime raised)
+        return f"(the check failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    finally:
+        log.removeHandler(handler)
+    # the checker's own closing advice (the tool's command-line entry point logs it)
+    log_end = ("As NNAPI or CoreML may provide benefits with this model it is recommended to compare the performance "
+               "of the model using the NNAPI EP on Android, and the CoreML EP on iOS, against the performance using "
+               "the CPU EP." if try_eps else "For optimal performance the model should be used with the CPU EP.")
+    text = (said.getvalue().strip() + "\n" + log_end).replace(str(onnx_path), onnx_path.name)
+    return "\n".join(line.rstrip() for line in text.splitlines())
 
 
 def describe(folder: Path, name: str, meta: dict, target) -> dict:
