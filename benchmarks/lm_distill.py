@@ -77,12 +77,14 @@ def main() -> None:
     a = ap.parse_args()
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
     if not a.report_only:
-        runs = []
+        # seeds measured earlier with the same overrides are kept: a run can add seeds to them
+        runs = {r["seed"]: r for r in saved["runs"]} if saved.get("overrides") == a.overrides else {}
         for seed in [int(s) for s in a.seeds.split(",")]:
             r = build(seed, Path(a.out), a.overrides)
             r["distill_seed"] = seed
-            runs.append(row(r))
-            saved = {"recipe": str(RECIPE.relative_to(ROOT)), "overrides": a.overrides, "runs": runs}
+            runs[seed] = row(r)
+            saved = {"recipe": str(RECIPE.relative_to(ROOT)), "overrides": a.overrides,
+                     "runs": [runs[k] for k in sorted(runs)]}
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps(saved, indent=2))
     print("\n".join(summary(saved["runs"])))

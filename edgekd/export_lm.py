@@ -68,8 +68,12 @@ def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0) -> dict:
 
 
 def check_exportable(model_type: str) -> None:
-    import optimum.exporters.onnx.model_configs  # noqa: F401 - importing it registers the per-architecture configs
-    from optimum.exporters.tasks import TasksManager
+    try:
+        import optimum.exporters.onnx.model_configs  # noqa: F401 - importing it registers the per-architecture configs
+        from optimum.exporters.tasks import TasksManager
+    except ImportError as e:  # before any training: the export stage needs it
+        raise InputError(f"task {TASK.removesuffix('-with-past')} exports through optimum's ONNX exporter, which "
+                         f"cannot be imported here ({e}); pip install 'edgekd[lm]'") from None
 
     try:
         tasks = TasksManager.get_supported_tasks_for_model_type(model_type, "onnx", library_name="transformers")

@@ -134,3 +134,16 @@ def test_on_policy_needs_a_loss_that_runs_the_teacher(tmp_path):
     res = CliRunner().invoke(main, ["build", f"recipe={recipe}", "target=cpu-int4", "--out", str(tmp_path / "b"),
                                     "lm.on_policy=0.5", "lm.score=response"])
     assert res.exit_code == 2 and "gkd_jsd" in res.output and "Traceback" not in res.output
+
+
+def test_an_install_without_the_exporter_is_told_before_training(tmp_path):
+    """optimum is what exports the model: without it the build stops in one line before the teacher trains."""
+    import subprocess
+
+    recipe = _recipe(tmp_path, "llama")
+    code = "import sys; sys.modules['optimum'] = None; from edgekd.cli import main; main()"  # optimum cannot be imported
+    res = subprocess.run([sys.executable, "-c", code, "build", f"recipe={recipe}", "target=cpu-int4", "--out",
+                          str(tmp_path / "b"), *TINY_LM], capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "[teacher] running" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].endswith("pip install 'edgekd[lm]'"), res.stderr[-500:]
