@@ -431,7 +431,9 @@ def check_parity(model, tokenizer, folder: Path, prompts: list[str], *, new_toke
             exact += all(equal)
             same += sum(equal)
             prefix += equal.index(False) if False in equal else len(equal)
-    text = pipeline("text-generation", model=ort_model, tokenizer=AutoTokenizer.from_pretrained(folder))(
+    # device: the ONNX model runs on onnxruntime's CPU provider; transformers' pipeline otherwise moves its
+    # model to a visible GPU, which that provider cannot take
+    text = pipeline("text-generation", model=ort_model, tokenizer=AutoTokenizer.from_pretrained(folder), device="cpu")(
         prompts[0], max_new_tokens=min(new_tokens, 4), do_sample=False)[0]["generated_text"]
     total = len(prompts) * new_tokens
     meta = {"quantized": quantized, "prompts": len(prompts), "new_tokens": new_tokens,
