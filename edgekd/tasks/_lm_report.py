@@ -113,7 +113,7 @@ def render(r: dict) -> str:
              f"Each model in its own fresh onnxruntime process at {r['target_profile']['threads']} thread(s), as llama-bench "
              "reports: prefill tokens/s at each prompt length (pp), decode tokens/s over "
              f"{_f(ms['teacher'].get('new_tokens'), '{:.0f}')} greedy new tokens (tg), time to first token, per-token "
-             "latency; perplexity on the held-out sequences' scored tokens; top-1 agreement and KL(teacher || model) "
+             "latency; perplexity on every token of the held-out sequences (prompts and responses alike); top-1 agreement and KL(teacher || model) "
              "over the teacher's top-64 tokens at every held-out position; ROUGE-L of the greedy answers to held-out "
              f"prompts against {ms['teacher'].get('answers_against') or 'the references'}.", "",
              "| model | params | size | " + " | ".join(f"pp{n} tok/s" for n in lengths)
