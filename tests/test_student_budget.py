@@ -64,3 +64,31 @@ def test_candidates_come_from_the_recipe_or_a_layer_subsets_layer_counts():
     assert candidates(r, 6) == [(f"layers={n}", {"layers": n, "keep_layers": ""}) for n in range(1, 6)]
     r = apply_overrides(load_recipe(), ['student.candidates=config={"depth_multiplier": 0.35}', "student.max_latency_ms=5"])
     assert candidates(r, None) == [('config={"depth_multiplier": 0.35}', {"config": '{"depth_multiplier": 0.35}'})]
+
+
+def test_an_int8_candidate_is_timed_as_the_build_would_ship_it(tmp_path):
+    """A transformers MobileNetV2 writes an explicit Pad before each convolution (TF-style padding); the INT8
+    graph a candidate is timed on has them folded into the convolutions, as the shipped graph has, so no
+    float Pad breaks its integer chain."""
+    pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    import numpy as np
+    import onnx
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    from edgekd.models.hf_image import ImageClassifier
+    from edgekd.tasks import get
+
+    cfg = AutoConfig.for_model("mobilenet_v2", num_labels=4, image_size=32, depth_multiplier=0.35)
+    assert cfg.tf_padding  # the library's default
+    model = ImageClassifier(AutoModelForImageClassification.from_config(cfg)).eval()
+    x = np.random.default_rng(0).random((8, 3, 32, 32), dtype=np.float32)
+    ctx = SimpleNamespace(recipe=SimpleNamespace(export=SimpleNamespace(opset=17), quantize=SimpleNamespace(calibration=8)),
+                          data=SimpleNamespace(x_val=x, x_train=x), io=SimpleNamespace(input_shape=(3, 32, 32)),
+                          extra={"reduce_range": False})
+    fp32, _ = get("image-classification").timing_graph(ctx, model, tmp_path, int8=False)
+    int8, _ = get("image-classification").timing_graph(ctx, model, tmp_path, int8=True)
+    assert any(n.op_type == "Pad" for n in onnx.load(str(fp32)).graph.node)
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert "Pad" not in ops and ops.count("QuantizeLinear") > 10
