@@ -445,3 +445,23 @@ def test_registered_sources():
     from edgekd.models import sources
 
     assert sources.get("layer-subset") is hf_text.layer_subset and sources.get("narrow") is hf_text.narrow
+
+
+@pytest.mark.parametrize("runtime, quantizer", [("onnxruntime", "DynamicQuantizeLinear"), ("openvino", "QuantizeLinear")])
+def test_a_candidate_students_int8_timing_graph_suits_the_runtime(folder, tok, tmp_path, runtime, quantizer):
+    """student.max_latency_ms times text candidates in INT8 untrained: dynamic activations (no calibration)
+    where the runtime runs them in integers, static ones on OpenVINO, which runs dynamic ones in float."""
+    from types import SimpleNamespace
+
+    import onnx
+
+    from edgekd.tasks import get
+
+    model = _teacher(folder("bert", LABELS), 3).module
+    ctx = SimpleNamespace(recipe=SimpleNamespace(export=SimpleNamespace(opset=17)), target=SimpleNamespace(runtime=runtime),
+                          data=SimpleNamespace(x_val=np.array(LONG * 4)),
+                          extra={"tokenizer": tok, "max_length": 16, "reduce_range": False})
+    path, feed = get("text-classification").timing_graph(ctx, model, tmp_path, int8=True)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert quantizer in ops and ({"DynamicQuantizeLinear", "QuantizeLinear"} - {quantizer}).isdisjoint(ops), ops
+    assert feed["input_ids"].shape == (1, 16)

@@ -344,17 +344,22 @@ class _TextTask(Task):
         return meta
 
     def timing_graph(self, ctx: Context, model, folder: Path, *, int8: bool):
+        from ..backends import complete_feed
         from ..export_hf import export_text
         from ..quantize import quantize_onnx
 
-        export_text(model, folder, opset=ctx.recipe.export.opset, tokenizer=ctx.extra["tokenizer"])
+        names = export_text(model, folder, opset=ctx.recipe.export.opset, tokenizer=ctx.extra["tokenizer"])["inputs"]
         n = _text_int8.lengths(ctx.extra["max_length"], SEQ_LENS)[-1]  # the headline length
         feed = _text_int8.length_feeds(ctx.extra["tokenizer"], list(ctx.data.x_val), [n], error=lambda s: InputError(
             f"the validation texts hold fewer than {s} tokens; raise data.n_val"))[str(n)]
         if not int8:
             return folder / "model.onnx", feed
-        quantize_onnx(folder / "model.onnx", folder / "int8.onnx", None, reduce_range=ctx.extra["reduce_range"],
-                      linear_only=True, activations="dynamic")  # no calibration: a timing proxy
+        # a timing proxy (the ranges do not matter): dynamic activations need no calibration, but OpenVINO
+        # runs them in float (edgekd.payoff.choose_activations), so there static ones, calibrated on `feed`
+        static = ctx.target.runtime == "openvino"
+        calib = [complete_feed(feed, names)] if static else None
+        quantize_onnx(folder / "model.onnx", folder / "int8.onnx", calib,
+                      reduce_range=ctx.extra["reduce_range"], linear_only=True, activations="static" if static else "dynamic")
         return folder / "int8.onnx", feed
 
     def bench_inputs(self, ctx: Context):
