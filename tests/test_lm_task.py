@@ -147,3 +147,34 @@ def test_an_install_without_the_exporter_is_told_before_training(tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr and "[teacher] running" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].endswith("pip install 'edgekd[lm]'"), res.stderr[-500:]
+
+
+def test_a_quantized_candidate_refused_by_parity_gives_way_to_the_next(tmp_path, monkeypatch):
+    """The shipped INT4 graph is the lowest validation NLL among the candidates that pass parity: a weak
+    student's near-ties may flip under one rounding and not another. The report says which was refused."""
+    from click.testing import CliRunner
+
+    import edgekd.export_lm as el
+    from edgekd.cli import main
+    from edgekd.errors import ParityError
+
+    real, refused = el.check_parity, []
+
+    def first_quantized_fails(model, tok, folder, prompts, *, quantized=False, **kw):
+        if quantized and not refused:
+            refused.append(folder.name.lstrip("."))
+            raise ParityError(f"quantized {folder} agrees with its PyTorch model on 0.100 of next tokens (minimum 0.6); "
+                              "quantize with algorithm='hqq' (symmetric=False) or bits=8")
+        return real(model, tok, folder, prompts, quantized=quantized, **kw)
+
+    monkeypatch.setattr(el, "check_parity", first_quantized_fails)
+    recipe = _recipe(tmp_path, "llama")
+    res = CliRunner().invoke(main, ["build", f"recipe={recipe}", "target=cpu-int4", "--out", str(tmp_path / "b"), *TINY_LM,
+                                    "quantize.method=ptq"])
+    assert res.exit_code == 0, res.output
+    q = json.loads((tmp_path / "b" / "cpu-int4" / "report.json").read_text())["quantization"]
+    assert [k for k, c in q["candidates"].items() if c.get("parity_refused")] == refused
+    assert q["chosen"] != refused[0] and q["chosen"] in q["candidates"]
+    md = (tmp_path / "b" / "cpu-int4" / "report.md").read_text()
+    assert "refused by parity (agrees with its PyTorch model on 0.100 of next tokens (minimum 0.6))" in md
+    assert "that passed parity" in md

@@ -52,6 +52,7 @@ def _prompt_text(ctx, prompt: str) -> str:
 
 
 def export_all(task, ctx, models: dict, folder: Path) -> dict:
+    from ..errors import ParityError
     from ..export_lm import check_parity, export_causal_lm, quantize_weights
     from ..quantize.weight_only import bake
 
@@ -82,13 +83,27 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
         kw = {**how, "symmetric": False, "algorithm": "hqq"} if how_name == "ptq-hqq" else how
         found[how_name] = quantize_weights(src, folder / f".{how_name}", **kw)
         found[how_name]["val_nll"] = _val_nll(folder / f".{how_name}", ctx)
-    chosen = min(found, key=lambda k: found[k]["val_nll"])
+    # the lowest validation NLL among the candidates whose graph passes parity against its PyTorch model
+    # (a weak student's near-ties flip under 4-bit rounding: the next candidate may keep them)
+    floor = r.export.int8_min_agreement if bits == 8 else INT4_MIN_AGREEMENT
+    chosen, refused = None, None
+    for k in sorted(found, key=lambda k: found[k]["val_nll"]):
+        try:
+            meta["parity"][q] = check_parity(candidates[k][0], tok, folder / f".{k}", prompts, quantized=True,
+                                             min_agreement=floor)
+        except ParityError as e:
+            found[k]["parity_refused"] = "agrees " + str(e).split(" agrees ", 1)[-1].split(";")[0]
+            refused = refused or e
+            ctx.log(f"[export] {q}: {WHAT[k]} refused by parity ({found[k]['parity_refused']})")
+            continue
+        chosen = k
+        break
+    if chosen is None:
+        raise refused
     (folder / f".{chosen}").rename(folder / q)
     for k in found:
         shutil.rmtree(folder / f".{k}", ignore_errors=True)
     shutil.rmtree(folder / ".qat-fp32", ignore_errors=True)
-    floor = r.export.int8_min_agreement if bits == 8 else INT4_MIN_AGREEMENT
-    meta["parity"][q] = check_parity(candidates[chosen][0], tok, folder / q, prompts, quantized=True, min_agreement=floor)
     meta["quantization"] = {"chosen": chosen, "candidates": found, "bits": bits, "block_size": qs.block_size,
                             "min_agreement": floor}
     meta["inputs"] = _inputs(folder / meta["deliverable"] / "model.onnx")

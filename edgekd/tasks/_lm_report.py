@@ -98,8 +98,9 @@ def verdict(r: dict) -> list[str]:
     q = r["quantization"]
     p = r["parity"].get(r["models"] and list(r["models"])[-1], {})
     if p:
+        passed = " that passed parity" if any(c.get("parity_refused") for c in q["candidates"].values()) else ""
         out.append(f"- Quantization: {WHAT[q['chosen']]} shipped (the lowest validation NLL of "
-                   f"{len(q['candidates'])}); next-token top-1 agreement with its PyTorch model {p['top1_agreement']:.3f}, "
+                   f"{len(q['candidates'])}{passed}); next-token top-1 agreement with its PyTorch model {p['top1_agreement']:.3f}, "
                    f"greedy answers identical on {p['greedy_exact']} of {p['prompts']} held-out prompts")
     return out
 
@@ -143,7 +144,8 @@ def render(r: dict) -> str:
     from ._lm_export import WHAT
 
     for k, c in q["candidates"].items():
-        mark = " **(shipped)**" if k == q["chosen"] else ""
+        mark = " **(shipped)**" if k == q["chosen"] else (f"; refused by parity ({c['parity_refused']})"
+                                                           if c.get("parity_refused") else "")
         lines.append(f"- {WHAT.get(k, k)}: NLL {c['val_nll']:.4f}, {_mb(c.get('size_after', 0) or 0)}{mark}")
     lines += ["", "## Parity (onnxruntime against PyTorch, held-out prompts)", ""]
     for n, p in r["parity"].items():
