@@ -84,7 +84,7 @@ def main(cfg_path: str, out_path: str) -> None:
     if backend.runtime_only is not None:
         backend.runtime_only()
     # import the runtime library itself before measuring the baseline
-    # (executorch.runtime loads libtorch, the runtime library and ExecuTorch's exporter with it)
+    # (executorch.runtime loads libtorch and the runtime library with it)
     __import__(backend.package)
     rss_import = _rss_mb()
     data = np.load(cfg["inputs"])

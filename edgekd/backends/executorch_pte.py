@@ -143,11 +143,11 @@ def runtime_only() -> None:
 
 
 def load(path: str, *, threads: int = 1, profile_prefix: str | None = None):
-    """An ExecuTorch `.pte` through ExecuTorch's Python runtime (host timings only: it loads libtorch,
-    and outside the benchmark's process (runtime_only) ExecuTorch's exporter, so its RSS is not a phone's). `profile_prefix` is ignored: the pip
-    build has no event tracer. Threads: the count of the process-wide threadpool that XNNPACK
-    delegates use, set through ExecuTorch's private `_unsafe_reset_threadpool`, and only before the
-    program loads (a program loaded before a reset deadlocks). Portable kernels run on the calling
+    """An ExecuTorch `.pte` through ExecuTorch's Python runtime (host timings only: it loads libtorch, and
+    outside the benchmark's process (runtime_only) ExecuTorch's exporter, so its RSS is not a phone's).
+    `profile_prefix` is ignored: the pip build has no event tracer. Threads: the count of the process-wide
+    threadpool that XNNPACK delegates use, set through ExecuTorch's private `_unsafe_reset_threadpool`, and
+    only before the program loads (a program loaded before a reset deadlocks). Portable kernels run on the calling
     thread; nothing else (spinning, affinity) is controlled."""
     import os
     import sys

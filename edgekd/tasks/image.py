@@ -365,7 +365,7 @@ class ImageClassification(Task):
 
     def timing_graph(self, ctx: Context, model, folder: Path, *, int8: bool):
         from ..export import export_onnx
-        from ..export_hf import PIXELS, export_image
+        from ..export_hf import export_image
         from ..models.hf_image import ImageClassifier
 
         path, opset, x = folder / "fp32.onnx", ctx.recipe.export.opset, np.ascontiguousarray(ctx.data.x_val[:1])
@@ -376,19 +376,13 @@ class ImageClassification(Task):
             export_onnx(model, path, ctx.io.input_shape, opset=opset)
         if not int8:
             return path, x
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        from ..quantize import quantize_onnx
 
-        from ..quantize import _Reader
-
-        # pre-processed (onnxruntime's optimizer folds BatchNorm and TF-style zero Pads into the convolutions)
-        # as edgekd's own INT8 graph has them: without it, every Pad breaks the integer chain and a
-        # MobileNetV2 with TF padding timed twice as slow as the graph the build ships
-        quant_pre_process(str(path), str(folder / "pre.onnx"), skip_symbolic_shape=True)
-        calib = ctx.data.x_train[: min(32, ctx.recipe.quantize.calibration)].astype(np.float32)
-        quantize_static(str(folder / "pre.onnx"), str(folder / "int8.onnx"), _Reader(PIXELS if hf else "input", calib),
-                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=ctx.extra["reduce_range"],
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        # onnxruntime's static QDQ after its pre-processing, which folds BatchNorm and TF-style zero Pads into
+        # the convolutions as edgekd's own INT8 graph has them: without it every Pad breaks the integer chain
+        # and a MobileNetV2 with TF padding timed twice as slow as the graph the build ships
+        calib = ctx.data.x_train[: min(32, ctx.recipe.quantize.calibration)]
+        quantize_onnx(path, folder / "int8.onnx", calib, reduce_range=ctx.extra["reduce_range"])
         return folder / "int8.onnx", x
 
     def bench_inputs(self, ctx: Context):
