@@ -121,6 +121,22 @@ def _extend(model, spec: FitSpec, r: FitResult, kw: dict) -> FitResult:
     return r
 
 
+def _check_ranks_agree(model, desc: str) -> None:
+    """Under torch.distributed every rank must end with the same weights (DDP averages each step's
+    gradients); ranks that differ were trained apart (a step that called the model around DDP's forward),
+    and rank 0's model would have seen 1/world of the data: stop rather than ship it."""
+    import torch
+    import torch.distributed as dist
+
+    p = next(model.parameters())
+    sums = torch.stack([q.detach().double().sum() for q in model.parameters()]).reshape(1, -1)  # (1, P)
+    every = [torch.empty_like(sums) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, sums.to(p.device))
+    if not all(torch.equal(every[0], x) for x in every[1:]):
+        raise EdgeKDError(f"{desc}: the torch.distributed ranks ended training with different weights (their "
+                          "gradients were not averaged); run without torchrun, and report this as a bug")
+
+
 def _fit_retrying(model, spec: FitSpec, kw: dict) -> FitResult:
     """fit with spec.retry: one more run from the start at a lower rate when the first diverges or peaks early."""
     import torch
@@ -258,6 +274,8 @@ def _fit_once(model, spec: FitSpec, *, batches: Callable[[int, "object"], Iterab
                 "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "best": best, "chosen": chosen,
                 "history": history, "best_state": best_state, "attempt": attempt})
     bar.close()
+    if distributed:
+        _check_ranks_agree(model, spec.desc)
     model.load_state_dict(best_state)
     model.to("cpu")
     for m in extra.values():

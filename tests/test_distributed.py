@@ -31,3 +31,32 @@ def test_two_process_build_matches_single_process(tmp_path):
     for name in ("teacher", "student-fp32", "student-int8"):
         a, b = ddp["models"][name]["accuracy"], one["models"][name]["accuracy"]
         assert a > 0.2 and abs(a - b) <= 0.08, (name, a, b)
+
+
+def test_two_process_lm_build_splits_the_teachers_work(tmp_path):
+    """text-generation under torchrun: the teacher's generated responses and top-k log-probabilities are
+    computed a share per rank and gathered (greedy, they equal one process's exactly), and the ranks end
+    training with equal weights (edgekd.train stops the build otherwise)."""
+    import numpy as np
+    import pytest
+
+    pytest.importorskip("optimum.exporters.onnx")
+    import lm_tiny
+
+    recipe = lm_tiny.recipe(tmp_path, "llama")
+    settings = [f"recipe={recipe}", "target=cpu-int4", *lm_tiny.TINY_LM, "lm.temperature=0", "distill.epochs=2"]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "edgekd", "build", "--out", str(tmp_path / "ddp"), *settings],
+                         capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "split between 2 processes" in ddp.stderr
+    one = subprocess.run([sys.executable, "-m", "edgekd", "build", "--out", str(tmp_path / "one"), *settings],
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    (a,), (b,) = ((tmp_path / w / ".cache").glob("soft-labels-*") for w in ("ddp", "one"))
+    for split in ("train", "val"):
+        assert (a / f"{split}.json").read_text() == (b / f"{split}.json").read_text()
+        x, y = np.load(a / f"{split}-topk.npz"), np.load(b / f"{split}-topk.npz")
+        assert len(x["ids"]) > 0 and np.array_equal(x["ids"], y["ids"]) and np.array_equal(x["offsets"], y["offsets"])
+        np.testing.assert_allclose(x["logprobs"].astype(float), y["logprobs"].astype(float), atol=2e-3)
+    assert json.loads((tmp_path / "ddp" / "cpu-int4" / "report.json").read_text())["models"]["student-int4"]

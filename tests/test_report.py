@@ -117,6 +117,20 @@ def test_verdict_flags_what_went_wrong():
     assert "⚠" not in render_markdown(image_report()) and "Check:" not in render_markdown(image_report())
 
 
+@pytest.mark.parametrize("int8, why", [
+    ({"layers": "all"}, 'kept because the recipe asks for INT8 everywhere (quantize.int8_layers = "all"'),
+    ({"layers": "auto", "placed_by_runtime": True}, "this runtime's own quantizer placed INT8"),
+    ({"layers": "auto"}, "see 'INT8 graph': where integer kernels do not pay")])
+def test_int8_slower_than_fp32_says_why_it_shipped(int8, why):
+    r = image_report(p50={"teacher": 12.0, "student-baseline": 1.1, "student-fp32": 1.0, "student-int8": 1.2})
+    r["int8"].update(int8)
+    line = _verdict(render_markdown(r))[0]
+    assert line.startswith("⚠ **student INT8**") and f"INT8 is 1.20x the FP32 student's latency on this runtime ({why}" in line
+    # within a fresh-process p50's spread: no flag
+    r["models"]["student-int8"]["latency_ms"]["p50"] = 1.04
+    assert "the FP32 student's latency" not in render_markdown(r)
+
+
 def test_text_verdict_uses_the_tasks_metric_and_sequence_length():
     md = render_markdown(text_report())
     lines = _verdict(md)

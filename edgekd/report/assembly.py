@@ -81,7 +81,10 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
                  "openvino_precisions": export.get("openvino_int8_precisions"),
                  "embedding_tables": export.get("int8_embeddings"),
                  "accuracy_budget": export.get("accuracy_budget"), "payoff": export.get("int8_payoff"),
-                 "activations": export.get("int8_activations"), "shipped_fp32": export.get("int8_shipped_fp32")},
+                 "activations": export.get("int8_activations"), "shipped_fp32": export.get("int8_shipped_fp32"),
+                 # why an INT8 model slower than its FP32 twin can ship: the recipe pinned it, or the runtime's
+                 # own quantizer placed INT8 (edgekd times layers only in the graphs it writes)
+                 "layers": recipe.quantize.int8_layers, "placed_by_runtime": not target.backend.edgekd_int8},
         "mobile": export.get("mobile"),
         "student_choice": by["student-choice"].meta if "student-choice" in by else None,
         "stages": stage_times,

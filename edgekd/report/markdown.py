@@ -282,8 +282,13 @@ def _checks(r: dict, name: str) -> list[str]:
             out.append(f"fallback: {len(ab['float_layers'])} of {ab['layers']} layers left float")
         slower = x["latency_ms"]["p50"] / m["student-fp32"]["latency_ms"]["p50"]
         if slower > 1.05:  # beyond a fresh-process p50's run-to-run spread
-            out.append(f"INT8 is {slower:.2f}x the FP32 student's latency on this runtime (see 'INT8 graph': "
-                       "where integer kernels do not pay); for speed, build the FP32 target")
+            i8 = r.get("int8") or {}
+            why = ("kept because the recipe asks for INT8 everywhere (quantize.int8_layers = \"all\"; \"auto\" ships "
+                   "the FP32 student where INT8 does not pay)" if i8.get("layers") == "all" else
+                   "this runtime's own quantizer placed INT8, where edgekd does not time layers"
+                   if i8.get("placed_by_runtime") else "see 'INT8 graph': where integer kernels do not pay")
+            out.append(f"INT8 is {slower:.2f}x the FP32 student's latency on this runtime ({why}); for speed, build "
+                       "the FP32 target")
     mem = r.get("memory_budget")
     if mem and not mem["fits"] and name == deliverable_name(r):
         out.append(f"{mem.get('measured', 'peak RSS')} {mem.get('measured_mb', mem['peak_rss_mb']):.0f} MB is over "

@@ -146,6 +146,23 @@ def token_logits(model, ids, mask, sel):
     return model.get_output_embeddings()(h[sel])  # (N, V)
 
 
+def selected_logits(model):
+    """`model` as a module whose forward(ids, mask, sel) is token_logits: what a training step calls, so
+    that under torchrun it goes through DistributedDataParallel's own forward, the only path on which
+    DDP averages the ranks' gradients (calling the wrapped model directly trains each rank apart)."""
+    import torch
+
+    class SelectedLogits(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, ids, mask, sel):
+            return token_logits(self.lm, ids, mask, sel)
+
+    return SelectedLogits(model)
+
+
 def labels_at(ids, sel):
     """(N,) the next token of every scored position."""
     import torch
@@ -248,6 +265,29 @@ def filter_reason(prompt: str, response: str, tokens: list[int], mean_logprob: f
         if verdict is not True:
             return str(verdict) if isinstance(verdict, str) and verdict else "user filter"
     return ""
+
+
+def shared_topk(model, seqs: Seqs, **kw):
+    """teacher_topk over the sequences, split between the ranks of a torchrun build (each sequence's
+    log-probabilities computed by one rank, all ranks given all of them; edgekd.shard)."""
+    from ..shard import split_gather
+
+    def part(idx: np.ndarray) -> list:
+        ids, lp, off, own = teacher_topk(model, seqs.subset(idx), **kw)
+        return [(ids[off[i]:off[i + 1]], lp[off[i]:off[i + 1]], own[i]) for i in range(len(idx))]
+
+    rows = split_gather(len(seqs), part)
+    k = kw["k"]
+    cat = lambda j, dt: np.concatenate([r[j] for r in rows]) if rows else np.zeros((0, k), dt)  # noqa: E731
+    offsets = np.concatenate([[0], np.cumsum([len(r[0]) for r in rows], dtype=np.int64)])
+    return cat(0, np.int32), cat(1, np.float16), offsets, np.array([r[2] for r in rows], dtype=np.float64)
+
+
+def shared_generate(model, tokenizer, prompts: list[list[int]], **kw) -> list[list[list[int]]]:
+    """generate over the prompts, split between the ranks of a torchrun build (edgekd.shard)."""
+    from ..shard import split_gather
+
+    return split_gather(len(prompts), lambda idx: generate(model, tokenizer, [prompts[i] for i in idx], **kw))
 
 
 def teacher_topk(model, seqs: Seqs, *, k: int, pad_id: int, device: str, batch_size: int = 8, bf16: bool = False):

@@ -129,10 +129,15 @@ class TextGeneration(Task):
         """The teacher's data, once: its responses to the training prompts (filtered), its greedy answers to
         the validation and test prompts where there are no references, and its top-k log-probabilities at
         every scored token of the training and validation sequences."""
-        from ._lm_data import (Seqs, filter_reason, generate, pair_seqs, prompt_ids, teacher_topk, user_filter)
+        # shared_*: under torchrun each rank computes its share of the teacher's work and all receive it all
+        from ._lm_data import Seqs, filter_reason, pair_seqs, prompt_ids, shared_generate, shared_topk, user_filter
+
+        from ..shard import world
 
         r, d, lm = ctx.recipe, ctx.data, ctx.recipe.lm
         tok, refs = ctx.extra["tokenizer"], ctx.extra["references"]
+        if world()[1] > 1:
+            ctx.log(f"[soft-labels] the teacher's generation and log-probabilities split between {world()[1]} processes")
         pad, bf16 = ctx.extra["pad_id"], ctx.extra.get("precision") == "bf16"
         meta: dict = {}
         splits = {"train": d.x_train, "val": d.x_val, "test": d.x_test}
@@ -146,14 +151,14 @@ class TextGeneration(Task):
                 ids = [prompt_ids(tok, p, lm) for p in prompts]
                 n = lm.generate if lm.temperature > 0 else 1
                 ctx.log(f"[generate] the teacher writes {n} response(s) to each of {len(prompts)} training prompts")
-                gen = generate(teacher, tok, ids, n=n, temperature=lm.temperature, top_p=lm.top_p,
+                gen = shared_generate(teacher, tok, ids, n=n, temperature=lm.temperature, top_p=lm.top_p,
                                max_new_tokens=min(lm.max_new_tokens, r.data.max_length - min(map(len, ids))),
-                               seed=r.seed, device=ctx.device, log=ctx.log)
+                               seed=r.seed, device=ctx.device, log=ctx.log if world()[1] == 1 else None)
                 texts = [[tok.decode(g, skip_special_tokens=True).strip() for g in row] for row in gen]
                 flat = [(i, t) for i, row in enumerate(texts) for t in row]
                 gseqs, _ = pair_seqs(tok, [prompts[i] for i, _ in flat], [t for _, t in flat], lm,
                                      max_length=r.data.max_length, source="generated", prompt_index=[i for i, _ in flat])
-                _, _, _, mean_lp = teacher_topk(teacher, gseqs, k=1, pad_id=pad, device=ctx.device, bf16=bf16)
+                _, _, _, mean_lp = shared_topk(teacher, gseqs, k=1, pad_id=pad, device=ctx.device, bf16=bf16)
                 user = user_filter(lm.filter) if lm.filter else None
                 reasons = [filter_reason(prompts[i], t, tok(t, add_special_tokens=False)["input_ids"], float(lp), lm, user)
                            for (i, t), lp in zip(flat, mean_lp)]
@@ -181,7 +186,7 @@ class TextGeneration(Task):
                 out[split] = have
             elif split != "train":  # no references: the teacher's greedy answers are what students are held to
                 ids = [prompt_ids(tok, p, lm) for p in prompts]
-                gen = generate(teacher, tok, ids, n=1, temperature=0.0, top_p=1.0, max_new_tokens=lm.max_new_tokens,
+                gen = shared_generate(teacher, tok, ids, n=1, temperature=0.0, top_p=1.0, max_new_tokens=lm.max_new_tokens,
                                seed=r.seed, device=ctx.device)
                 texts = [tok.decode(g[0], skip_special_tokens=True).strip() for g in gen]
                 out[split], _ = pair_seqs(tok, prompts, texts, lm, max_length=r.data.max_length, source="teacher")
@@ -194,7 +199,7 @@ class TextGeneration(Task):
         for split, s in out.items():
             s.save(folder / f"{split}.json")
         for split in ("train", "val"):
-            ids, lp, offsets, own = teacher_topk(teacher, out[split], k=lm.top_k, pad_id=pad, device=ctx.device, bf16=bf16)
+            ids, lp, offsets, own = shared_topk(teacher, out[split], k=lm.top_k, pad_id=pad, device=ctx.device, bf16=bf16)
             np.savez(folder / f"{split}-topk.npz", ids=ids, logprobs=lp, offsets=offsets)
             meta[f"{split}_sequences"] = len(out[split])
             meta[f"{split}_tokens"] = int(offsets[-1])
@@ -246,7 +251,7 @@ class TextGeneration(Task):
         from ..losses import get as get_loss
         from ..schedules import fit_spec
         from ..train import fit
-        from ._lm_data import labels_at, length_batches, token_logits
+        from ._lm_data import labels_at, length_batches, selected_logits, token_logits
 
         r = ctx.recipe
         idx = np.arange(len(seqs)) if idx is None else idx
@@ -268,7 +273,7 @@ class TextGeneration(Task):
             ids, mask, sel, rows = batch
             if on_policy and rng.random() < on_policy:  # GKD: the student's own sample replaces the response
                 ids, mask, sel = _own_samples(model, ids, mask, sel, pad, ctx.recipe.lm.max_new_tokens)
-            logits = token_logits(forward.module if hasattr(forward, "module") else forward, ids, mask, sel)  # (N, V)
+            logits = forward(ids, mask, sel)  # (N, V)
             labels = labels_at(ids, sel)
             if not terms:
                 return torch.nn.functional.cross_entropy(logits.float(), labels)
@@ -288,8 +293,10 @@ class TextGeneration(Task):
             return loss
 
         try:
-            res = fit(model, fs, batches=length_batches(sub, fs.batch_size, r.seed, pad), step=step,
-                      validate=lambda m: self.validate(ctx, m) or 0.0, checkpoint=checkpoint, log=ctx.log,
+            # trained as selected_logits(model): the step's forward is DDP's under torchrun; model's own
+            # weights are the ones trained (the wrapper holds it)
+            res = fit(selected_logits(model), fs, batches=length_batches(sub, fs.batch_size, r.seed, pad), step=step,
+                      validate=lambda m: self.validate(ctx, m.lm) or 0.0, checkpoint=checkpoint, log=ctx.log,
                       device=ctx.device)
         finally:
             if guide is not None:

@@ -1,0 +1,35 @@
+"""Work a torchrun build splits over its processes instead of repeating it in each: every rank computes
+its share of a list of items (rank, rank + world, ...), and every rank receives all the results in the
+items' order. Outside torch.distributed the work runs whole, in this process."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torch.distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def split_gather(n: int, fn: Callable[[np.ndarray], list]) -> list:
+    """fn(indices) -> one result per index, in order. Returns the n results of fn over range(n), each
+    computed by one rank (all_gather_object: results are pickled, so keep them to arrays and lists)."""
+    rank, size = world()
+    if size == 1:
+        return list(fn(np.arange(n)))
+    import torch.distributed as dist
+
+    mine = list(fn(np.arange(rank, n, size)))
+    every: list = [None] * size
+    dist.all_gather_object(every, mine)
+    out: list = [None] * n
+    for r, part in enumerate(every):
+        out[r::size] = part
+    return out
