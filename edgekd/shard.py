@@ -33,3 +33,19 @@ def split_gather(n: int, fn: Callable[[np.ndarray], list]) -> list:
     for r, part in enumerate(every):
         out[r::size] = part
     return out
+
+
+def split_rows(n: int, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """fn(indices) -> an array whose first axis is those rows. Returns the n rows in order, each row
+    computed by one rank (a teacher's outputs on a dataset, say)."""
+    rank, size = world()
+    if size == 1:
+        return fn(np.arange(n))
+    import torch.distributed as dist
+
+    every: list = [None] * size
+    dist.all_gather_object(every, np.asarray(fn(np.arange(rank, n, size))))
+    out = np.empty((n, *every[0].shape[1:]), dtype=every[0].dtype)
+    for r, part in enumerate(every):
+        out[r::size] = part
+    return out

@@ -125,6 +125,7 @@ class ImageClassification(Task):
         import torch
 
         from ..data.augment import augment as apply
+        from ..shard import split_rows
         from ..train import accuracy, predict
 
         d, ds = ctx.data, ctx.recipe.distill
@@ -141,7 +142,9 @@ class ImageClassification(Task):
                 if v > 0 and d.augment != "none":
                     xv = torch.cat([apply(d.augment, xv[i:i + 512], g) for i in range(0, len(xv), 512)])
                 xs[v] = xv.numpy()
-                logits = predict(teacher, xs[v], bf16=ctx.device.startswith("cuda") or ctx.extra.get("precision") == "bf16")
+                bf16 = ctx.device.startswith("cuda") or ctx.extra.get("precision") == "bf16"
+                # under torchrun each rank runs the teacher on its share of the rows (edgekd.shard)
+                logits = split_rows(len(xs[v]), lambda idx: predict(teacher, xs[v][idx], bf16=bf16))
                 if ts is None:
                     ts = np.lib.format.open_memmap(folder / "views_logits.npy", "w+", np.float32, (views, *logits.shape))
                 ts[v] = logits

@@ -124,10 +124,14 @@ class _TextTask(Task):
         return float((out.argmax(1) == ctx.data.y_val).mean())
 
     def teacher_targets(self, ctx: Context, teacher, folder: Path) -> dict:
-        meta = {}
+        from ..shard import split_rows
+
+        meta, bf16 = {}, ctx.extra.get("precision") == "bf16"
         for split in ("train", "val", "test"):
-            np.save(folder / f"{split}.npy", encode(teacher, ctx.extra["tokens"][split], device=ctx.device,
-                                                    bf16=ctx.extra.get("precision") == "bf16"))
+            tokens = ctx.extra["tokens"][split]
+            # under torchrun each rank encodes its share of the rows (edgekd.shard)
+            np.save(folder / f"{split}.npy", split_rows(len(tokens["input_ids"]), lambda idx: encode(
+                teacher, {k: v[idx] for k, v in tokens.items()}, device=ctx.device, bf16=bf16)))
         if self.classify:
             meta["teacher_train_accuracy"] = float((np.load(folder / "train.npy").argmax(1) == ctx.data.y_train).mean())
         return meta
