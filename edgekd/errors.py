@@ -18,7 +18,11 @@ class InputError(EdgeKDError):
 
 
 class ParityError(EdgeKDError):
-    """An exported model that does not reproduce its PyTorch model."""
+    """An exported model that does not reproduce its PyTorch model; `measured`: what the check found."""
+
+    def __init__(self, message: str, measured: dict | None = None):
+        super().__init__(message)
+        self.measured = measured or {}
 
 
 class BudgetError(EdgeKDError):

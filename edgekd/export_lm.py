@@ -450,5 +450,5 @@ def check_parity(model, tokenizer, folder: Path, prompts: list[str], *, new_toke
     if quantized and meta["top1_agreement"] < min_agreement:
         raise ParityError(f"quantized {folder} agrees with its PyTorch model on {meta['top1_agreement']:.3f} "
                           f"of next tokens (minimum {min_agreement:g}); quantize with algorithm='hqq' "
-                          "(symmetric=False) or bits=8")
+                          "(symmetric=False) or bits=8", {**meta, "min_agreement": min_agreement})
     return meta

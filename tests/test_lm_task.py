@@ -164,7 +164,8 @@ def test_a_quantized_candidate_refused_by_parity_gives_way_to_the_next(tmp_path,
         if quantized and not refused:
             refused.append(folder.name.lstrip("."))
             raise ParityError(f"quantized {folder} agrees with its PyTorch model on 0.100 of next tokens (minimum 0.6); "
-                              "quantize with algorithm='hqq' (symmetric=False) or bits=8")
+                              "quantize with algorithm='hqq' (symmetric=False) or bits=8",
+                              {"top1_agreement": 0.1, "min_agreement": 0.6})
         return real(model, tok, folder, prompts, quantized=quantized, **kw)
 
     monkeypatch.setattr(el, "check_parity", first_quantized_fails)

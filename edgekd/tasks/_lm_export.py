@@ -92,7 +92,9 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
             meta["parity"][q] = check_parity(candidates[k][0], tok, folder / f".{k}", prompts, quantized=True,
                                              min_agreement=floor)
         except ParityError as e:
-            found[k]["parity_refused"] = "agrees " + str(e).split(" agrees ", 1)[-1].split(";")[0]
+            m = e.measured
+            found[k]["parity_refused"] = (f"agrees with its PyTorch model on {m['top1_agreement']:.3f} of next tokens "
+                                          f"(minimum {m['min_agreement']:g})" if "top1_agreement" in m else str(e))
             refused = refused or e
             ctx.log(f"[export] {q}: {WHAT[k]} refused by parity ({found[k]['parity_refused']})")
             continue
