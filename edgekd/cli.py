@@ -156,10 +156,12 @@ def _runnable(tgts: list, recipe) -> tuple[list, dict]:
     from .errors import InputError
     from .tasks import get
 
-    kind, keep, skipped = get(recipe.task).kind, [], {}
+    task = get(recipe.task)
+    keep, skipped = [], {}
     for t in tgts:
         try:
-            check_target(t, kind=kind)
+            check_target(t, kind=task.kind)
+            task.check_target(t)  # a precision the task does not build (int4 is for language models)
             keep.append(t)
         except InputError as e:
             skipped[t.name] = str(e).removeprefix(f"target '{t.name}': ")

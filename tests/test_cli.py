@@ -151,6 +151,18 @@ def test_targets_command_lists_every_target():
     assert [l.split()[0] for l in res.stdout.splitlines()] == target_names()
 
 
+def test_target_all_keeps_the_targets_the_task_builds():
+    """`target=all` builds every target this install runs for the recipe's task and says why it leaves
+    the others out: an image recipe is not given the language models' INT4 target."""
+    from edgekd.cli import _runnable
+    from edgekd.recipe import load_recipe
+    from edgekd.targets import load_target, target_names
+
+    keep, skipped = _runnable([load_target(n) for n in target_names()], load_recipe(None))  # MNIST
+    assert "cpu-int8" in [t.name for t in keep] and "cpu-int4" not in [t.name for t in keep]
+    assert "builds fp32 and int8 targets, not 'cpu-int4'" in skipped["cpu-int4"]
+
+
 def test_trained_teacher_checkpoint_loads_as_teacher(tiny_build, tmp_path):
     """A state_dict written by a build is accepted as teacher.weights (weights_only loading), and the
     teacher is then ready: it is not trained again."""
