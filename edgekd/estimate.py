@@ -73,9 +73,19 @@ def _shapes(model) -> dict[str, list]:
             dims[0].ClearField("dim_param")
             dims[0].dim_value = 1
     try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as e:  # noqa: BLE001 - onnx raises several types for a malformed graph
         raise InputError(f"ONNX shape inference failed ({type(e).__name__}: {str(e).splitlines()[0][:150]})") from None
+    if any(not d.HasField("dim_value") for vi in inferred.graph.value_info for d in vi.type.tensor_type.shape.dim):
+        # shape arithmetic onnx leaves open (TF-style padding computes each Pad from Shape ops): onnxruntime's
+        # symbolic inference folds it
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        except Exception:  # noqa: BLE001 - keep onnx's answer; a node it left open says so when counted
+            pass
+    model = inferred
     shapes = {i.name: list(i.dims) for i in model.graph.initializer}
     for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output):
         t = vi.type.tensor_type

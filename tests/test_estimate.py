@@ -76,6 +76,22 @@ def test_qdq_graph_counts_like_fp32():
     assert count_macs(m) == 16 * 8 * 8 * 3 * 9
 
 
+def test_pads_computed_in_the_graph_are_folded():
+    """A Pad whose pads the graph computes (torch's F.pad export: constants reshaped, transposed, sliced;
+    TF-style padding in transformers' MobileNetV2) leaves onnx's inference without the Conv's output
+    shape; onnxruntime's symbolic inference folds it."""
+    pads = np.array([[0, 0], [0, 0], [1, 1], [1, 1]], dtype=np.int64).T  # (2, 4): begins, ends per axis
+    nodes = [helper.make_node("Constant", [], ["pc"], value=numpy_helper.from_array(pads.copy(), "pc")),
+             helper.make_node("Transpose", ["pc"], ["pt"], perm=[1, 0]),
+             helper.make_node("Transpose", ["pt"], ["pu"], perm=[1, 0]),
+             helper.make_node("Reshape", ["pu", "flat"], ["pads"]),
+             helper.make_node("Pad", ["x", "pads"], ["xp"]),
+             helper.make_node("Conv", ["xp", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2])]
+    m = _model(nodes, [_vi("x", ["batch", 3, 9, 9])], [_vi("y", None)],
+               [_w("w", [4, 3, 3, 3]), numpy_helper.from_array(np.array([8], np.int64), "flat")])
+    assert count_macs(m) == 4 * 5 * 5 * 3 * 3 * 3  # 9 + 2 padded, 3x3 stride 2: 5x5
+
+
 def test_non_static_shape_is_refused():
     mm = helper.make_node("MatMul", ["a", "b"], ["y"])
     m = _model([mm], [_vi("a", [1, "seq", 8])], [_vi("y", None)], [_w("b", [8, 5])])
