@@ -19,6 +19,7 @@ models interleaved within each thread count). Per target, from that run's report
   the report's check line says why (the recipe pinned `quantize.int8_layers = "all"`, or the runtime's
   own quantizer placed INT8 where edgekd does not time layers).
 
+A target whose converter fails is recorded with the build's one-line error; the others are judged.
 The image-folder example's data is written by its make_folder.py into OUT/. Results:
 benchmarks/results/int8-pays.json."""
 
@@ -40,7 +41,8 @@ EXAMPLES = {"mnist": "examples/mnist/edgekd.toml", "image-folder": "examples/ima
             "minilm-embed": "examples/minilm-embed/edgekd.toml", "budget": "examples/budget/edgekd.toml"}
 
 
-def build(example: str, out: Path, force: bool) -> float:
+def build(example: str, out: Path, force: bool) -> tuple[float, str]:
+    """-> (seconds, the build's error line: a target whose converter failed, the others built; "" if none)."""
     extra = []
     if example == "image-folder":
         folder = out.parent / "digits-rgb"
@@ -49,10 +51,13 @@ def build(example: str, out: Path, force: bool) -> float:
                            check=True, cwd=ROOT)
         extra.append(f"data.path={folder}")
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "edgekd", "build", f"recipe={ROOT / EXAMPLES[example]}", "target=all",
-                    "--out", str(out), *extra, *(["--force"] if force else [])], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    res = subprocess.run([sys.executable, "-m", "edgekd", "build", f"recipe={ROOT / EXAMPLES[example]}", "target=all",
+                          "--out", str(out), *extra, *(["--force"] if force else [])], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    error = next((line for line in reversed(res.stderr.splitlines()) if line.startswith("edgekd: error:")), "")
+    if res.returncode not in (0, 2) or (res.returncode == 2 and "targets failed" not in error):
+        raise SystemExit(f"{example}: the build failed (exit {res.returncode}): {error or res.stderr[-2000:]}")
+    return time.perf_counter() - t, error
 
 
 def _iqr(stats: dict, percentiles: list[float] | None) -> float:
@@ -107,7 +112,8 @@ def main() -> None:
     results = json.loads(previous.read_text()).get("examples", {}) if previous.exists() else {}
     for example in args.examples.split(","):
         where = out / example
-        seconds = None if args.report_only else build(example, where, args.force)
+        seconds, error = (None, (results.get(example) or {}).get("failed", "")) if args.report_only else \
+            build(example, where, args.force)
         per_target = {}
         for rep in sorted(where.glob("*/report.json")):
             r = json.loads(rep.read_text())
@@ -116,7 +122,7 @@ def main() -> None:
             md = rep.with_name("report.md")
             r["_markdown"] = md.read_text() if md.exists() else ""
             per_target[rep.parent.name] = judge(r)
-        results[example] = {"build_s": seconds, "targets": per_target}
+        results[example] = {"build_s": seconds, "targets": per_target, "failed": error}
         rows = [(f"{t} ({x['runtime']}): FP32 p50 / shipped p50, {x['shipped']}", x["ratio_fp32_over_deliverable"],
                  f">= {1 - x['spread']:.2f}" if x["shipped"] == "int8" else "(FP32)", x["met"])
                 for t, x in per_target.items()]
@@ -124,6 +130,8 @@ def main() -> None:
         for t, x in per_target.items():
             print(f"  {t}: {x['why']}; ratio of means {x['ratio_of_means']:.2f}" + (f"; by length {', '.join(f'{s}: {v:.2f}' for s, v in x['by_length'].items())}"
                                           if x["by_length"] else ""))
+        if error:
+            print(f"  {error}")
         print(f"written to {write_results('int8-pays', [], examples=results).relative_to(ROOT)}")
 
 

@@ -128,24 +128,35 @@ def build(settings, target_opt, recipe_opt, out, force, debug):
                 click.echo(f"[target] {name} left out: {why}", err=True)
         rank = _init_distributed()
         log = (lambda m: click.echo(m, err=True)) if rank == 0 else (lambda m: None)
-        results, fresh = [], set()
+        results, fresh, failed = [], set(), {}
         try:
             for tgt in tgts:  # training stages are built once and reused by every target
                 if len(tgts) > 1:
                     log(f"[target] {tgt.name}")
-                results.append(run_build(recipe, tgt, out_dir=out, force=force, log=log, fresh=fresh))
+                try:
+                    results.append(run_build(recipe, tgt, out_dir=out, force=force, log=log, fresh=fresh))
+                except EdgeKDError as e:
+                    if len(tgts) == 1 or debug:
+                        raise
+                    # one target's converter failing is no reason to withhold the others: they are built,
+                    # and the command ends with one line naming what failed
+                    failed[tgt.name] = str(e)
+                    log(f"[target] {tgt.name} failed: {e}")
         finally:
             _end_distributed()
         if rank != 0:
             return
         for r in results:
             _summary(r.report)
-        if len(results) == 1:
+        if len(results) == 1 and not failed:
             click.echo(str(results[0].report_md))
-        else:
+        elif results:
             from .report import write_combined
 
             click.echo(str(write_combined(out, {r.report["target"]: r.report for r in results})))
+        if failed:
+            raise EdgeKDError(f"{len(failed)} of {len(tgts)} targets failed ("
+                              + "; ".join(f"{n}: {why}" for n, why in failed.items()) + "); the others were built")
 
     _run(debug, go)
 

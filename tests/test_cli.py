@@ -163,6 +163,39 @@ def test_target_all_keeps_the_targets_the_task_builds():
     assert "builds fp32 and int8 targets, not 'cpu-int4'" in skipped["cpu-int4"]
 
 
+def test_a_target_whose_converter_fails_is_one_line_and_the_others_are_built(tiny_build, tmp_path, monkeypatch):
+    """Several targets: one whose converter raises (an assertion deep in its passes) is named in one line
+    with exit 2; the other targets are built, and the failed one leaves no folder."""
+    import dataclasses
+    import shutil
+
+    from click.testing import CliRunner
+
+    import edgekd.backends as backends
+    from edgekd.cli import main
+
+    shutil.copytree(tiny_build("cpu-int8").parent / ".cache", tmp_path / ".cache")  # the training stages
+    real = backends.get
+
+    def get(fmt):
+        b = real(fmt)
+        if fmt != "openvino-ir":
+            return b
+
+        def make(*args, **kwargs):
+            raise AssertionError("Attempting to convert non-NHWC compatible node")
+        return dataclasses.replace(b, make=make)
+
+    monkeypatch.setattr(backends, "get", get)
+    res = CliRunner().invoke(main, ["build", "target=cpu-int8,cpu-int8-openvino", "--out", str(tmp_path), *TINY,
+                                    *TINY_TARGET])
+    assert res.exit_code == 2, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("edgekd: error: 1 of 2 targets failed (cpu-int8-openvino: ") and "Traceback" not in res.output
+    assert "the converter could not make teacher.xml (AssertionError: Attempting to convert" in last
+    assert (tmp_path / "cpu-int8" / "report.md").exists() and not (tmp_path / "cpu-int8-openvino").exists()
+
+
 def test_trained_teacher_checkpoint_loads_as_teacher(tiny_build, tmp_path):
     """A state_dict written by a build is accepted as teacher.weights (weights_only loading), and the
     teacher is then ready: it is not trained again."""

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import EdgeKDError, InputError
 from ..registry import Registry
 
 backends: Registry = Registry("format", error=InputError)
@@ -179,10 +179,17 @@ def make_files(folder: Path, name: str, target, *, model=None, int8: bool = Fals
     made: dict = {}
     if b.make is not None:
         out = folder / f"{name}{b.extension}"
-        if b.source == "onnx":
-            b.make(folder / f"{name}.onnx", out)
-        else:
-            made = b.make(model, out, int8=int8, calib_x=calib_x, input_shape=input_shape) or {}
+        try:
+            if b.source == "onnx":
+                b.make(folder / f"{name}.onnx", out)
+            else:
+                made = b.make(model, out, int8=int8, calib_x=calib_x, input_shape=input_shape) or {}
+        except EdgeKDError:
+            raise
+        except Exception as e:  # noqa: BLE001 - converters raise anything (assertions in their passes): one line
+            raise EdgeKDError(f"{b.description}: the converter could not make {out.name} ({type(e).__name__}: "
+                              f"{first_line(e)}); this model is not supported there yet: build another target "
+                              "(edgekd targets) or run with --debug for the converter's traceback") from e
         files.append(out.name)
     return files, made
 
