@@ -58,9 +58,10 @@ _CONV = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 _MATMUL = {"MatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0}
 
 
-def _shapes(model) -> dict[str, list]:
+def _shapes(model, length: int | None = None) -> dict[str, list]:
     """Static shapes of every tensor at batch 1: a symbolic first dim of a graph input is set to 1
-    before onnx shape inference, so that the counts are per image."""
+    before onnx shape inference, so that the counts are per image (or per text: its other symbolic dims
+    set to `length`)."""
     import onnx
 
     model = onnx.ModelProto.FromString(model.SerializeToString())  # never modify the caller's model
@@ -69,9 +70,10 @@ def _shapes(model) -> dict[str, list]:
         if inp.name in inits or not inp.type.tensor_type.HasField("shape"):
             continue
         dims = inp.type.tensor_type.shape.dim
-        if dims and not dims[0].dim_value:
-            dims[0].ClearField("dim_param")
-            dims[0].dim_value = 1
+        for i, d in enumerate(dims):
+            if not d.dim_value and (i == 0 or length):
+                d.ClearField("dim_param")
+                d.dim_value = 1 if i == 0 else length
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as e:  # noqa: BLE001 - onnx raises several types for a malformed graph
@@ -125,16 +127,17 @@ def _node_macs(node, shapes: dict[str, list]) -> int:
     return 0
 
 
-def count_macs(model) -> int:
+def count_macs(model, *, length: int | None = None) -> int:
     """Multiply-accumulates of one inference at batch 1: Conv, ConvTranspose, Gemm and MatMul (and
-    their integer forms). `model`: a path to an .onnx file or an onnx.ModelProto."""
+    their integer forms). `model`: a path to an .onnx file or an onnx.ModelProto. length: the size given
+    to the inputs' other symbolic dimensions (a text model's sequence length); None refuses them."""
     import onnx
 
     if isinstance(model, (str, Path)):
         if not Path(model).is_file():
             raise InputError(f"ONNX model '{model}' does not exist")
         model = onnx.load(str(model))
-    shapes = _shapes(model)
+    shapes = _shapes(model, length)
     return sum(_node_macs(n, shapes) for n in model.graph.node)
 
 

@@ -80,6 +80,19 @@ def choose_float_kinds(layers: dict[str, str], write: Callable[[list[str], Path]
                       f"float when {100 * MIN_GAIN:.0f}% faster"}
 
 
+def program_pays(fp32: Path, int8: Path, *, threads: int, x: np.ndarray) -> dict:
+    """Where the runtime's own quantizer places INT8 (ExecuTorch's XNNPACK, LiteRT: no layer of it is
+    edgekd's to leave float), the choice is all or nothing: its INT8 program against its FP32 one, timed in
+    this process, interleaved. -> {"p50_ms": {"fp32", "int8"}, "int8_vs_fp32", "ship_fp32", "method"}."""
+    from .backends import load
+
+    p50 = _p50({"fp32": load(fp32, threads=threads), "int8": load(int8, threads=threads)}, x)
+    vs = p50["fp32"] / p50["int8"]
+    return {"p50_ms": p50, "int8_vs_fp32": vs, "ship_fp32": vs < 1 - MIN_GAIN,
+            "method": f"in-process, batch 1, {threads} thread(s), interleaved rounds; FP32 ships when INT8 is "
+                      f"{100 * MIN_GAIN:.0f}% slower"}
+
+
 def choose_activations(write: Callable[[str, Path], None], *, runtime: str, threads: int, folder: Path,
                        cases: dict[str, dict], val_feeds: list[dict], item_scores: Callable[[np.ndarray], np.ndarray],
                        fp32: Path | None = None, log=None) -> dict:

@@ -196,6 +196,38 @@ def test_executorch_targets_report_delegation_and_run(tiny_build, target):
     assert out.shape == (2, 10)
 
 
+def test_a_runtime_quantized_program_slower_than_fp32_ships_the_fp32_student(tiny_build, tmp_path, monkeypatch):
+    """ExecuTorch and LiteRT quantize with their own quantizers, so no layer is edgekd's to leave float:
+    where their INT8 program times slower than their FP32 one (edgekd.payoff.program_pays), the target
+    ships the FP32 student's files, and the verdict says so."""
+    import filecmp
+    import shutil
+
+    from click.testing import CliRunner
+
+    import edgekd.payoff as payoff
+    from edgekd.cli import main
+
+    target = next(t for t in target_names() if load_target(t).format == "pte")
+    _needs(target)
+    shutil.copytree(tiny_build("cpu-int8").parent / ".cache", tmp_path / ".cache")  # the training stages
+    timed = {}
+
+    def slower(fp32, int8, **kw):
+        timed.update(fp32=fp32.name, int8=int8.name)
+        return {"p50_ms": {"fp32": 0.05, "int8": 0.08}, "int8_vs_fp32": 0.625, "ship_fp32": True, "method": "test"}
+
+    monkeypatch.setattr(payoff, "program_pays", slower)
+    res = CliRunner().invoke(main, ["build", f"target={target}", "--out", str(tmp_path), *TINY, *TINY_TARGET])
+    assert res.exit_code == 0, res.output
+    d = tmp_path / target
+    assert timed == {"fp32": "student-fp32.pte", "int8": "student-int8.pte"}
+    assert filecmp.cmp(d / "student-int8.pte", d / "student-fp32.pte", shallow=False)
+    r = read_report(d)
+    assert r["int8"]["shipped_fp32"] == {"int8_ms": 0.08, "fp32_ms": 0.05, "at": "batch 1"}
+    assert "This INT8 target ships the FP32 student" in (d / "report.md").read_text()
+
+
 def test_memory_budget_stops_a_model_that_does_not_fit(tiny_build, build_root):
     from click.testing import CliRunner
 

@@ -97,6 +97,7 @@ def test_non_static_shape_is_refused():
     m = _model([mm], [_vi("a", [1, "seq", 8])], [_vi("y", None)], [_w("b", [8, 5])])
     with pytest.raises(InputError, match="not static"):
         count_macs(m)
+    assert count_macs(m, length=16) == 16 * 8 * 5  # a text model counted at 16 tokens
     with pytest.raises(InputError, match="does not exist"):
         count_macs("no/such/model.onnx")
 
@@ -145,3 +146,18 @@ def test_estimate_latency_formula():
         estimate_latency(1, precision="fp16")
     with pytest.raises(ValueError):
         estimate_latency(1, precision="int8", utilisation=0)
+
+
+def test_a_text_model_on_a_mobile_target_is_estimated_at_a_stated_length(tmp_path):
+    """A text model's sequence length is symbolic: the mobile targets' device estimates count it at 128
+    tokens and say so (they stopped text builds before)."""
+    import onnx
+
+    from edgekd.backends._mobile import TEXT_TOKENS, device_estimates
+    from edgekd.targets import load_target
+
+    mm = helper.make_node("MatMul", ["a", "b"], ["y"])
+    onnx.save(_model([mm], [_vi("a", ["batch", "sequence", 8])], [_vi("y", None)], [_w("b", [8, 5])]),
+              str(tmp_path / "student-fp32.onnx"))
+    est = device_estimates(tmp_path, load_target("mobile-int8"))["device_estimates"]
+    assert est["macs"] == TEXT_TOKENS * 8 * 5 and est["per"] == f"text of {TEXT_TOKENS} tokens"

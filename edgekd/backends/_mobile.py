@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+TEXT_TOKENS = 128  # the length a text model's estimate is counted at
+
 
 def device_estimates(folder: Path, target) -> dict:
     """MACs of the FP32 student's ONNX graph (the QDQ graph would count its Q/DQ work) and the bounds
     they give on named phone cores."""
     from ..estimate import count_macs, estimate_latency
 
-    macs = count_macs(folder / "student-fp32.onnx")
-    return {"device_estimates": {"macs": macs, "estimates": estimate_latency(macs, precision=target.precision)}}
+    import onnx
+
+    path = folder / "student-fp32.onnx"
+    # a text model's sequence length is symbolic: counted at a typical on-device length, and said so
+    inputs = onnx.load(str(path), load_external_data=False).graph.input
+    textual = any(not d.dim_value for i in inputs for d in i.type.tensor_type.shape.dim[1:])
+    macs = count_macs(path, length=TEXT_TOKENS if textual else None)
+    return {"device_estimates": {"macs": macs, "estimates": estimate_latency(macs, precision=target.precision),
+                                 "per": f"text of {TEXT_TOKENS} tokens" if textual else "input"}}

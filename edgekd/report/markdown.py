@@ -453,7 +453,7 @@ def _backend_lines(r: dict) -> list[str]:
     if est:
         e0 = est["estimates"][0]
         lines += ["", "## Named-device latency: estimates, not measurements", "",
-                  f"{est['macs']:,} multiply-accumulates per input (counted on the FP32 graph). Method: "
+                  f"{est['macs']:,} multiply-accumulates per {est.get('per', 'input')} (counted on the FP32 graph). Method: "
                   f"{e0['method']}", "",
                   "| core | precision | peak GMAC/s | at peak (lower bound), ms | at the assumed utilisation, ms |",
                   "|---|---|---:|---:|---:|"]

@@ -325,12 +325,39 @@ class ImageClassification(Task):
                                               calib_x=calib if int8 else None, input_shape=ctx.io.input_shape)
             if made:
                 meta.setdefault("made", {})[files[-1]] = made
+            if int8 and not target.backend.edgekd_int8 and ctx.recipe.quantize.int8_layers == "auto":
+                model, ref = self._program_pays(ctx, folder, files, meta, models, model, ref, xp)
             for fname in files:
                 out = backends.load(folder / fname, threads=1)(xp)
                 meta["parity"][fname] = check_parity(
                     fname, out, ref, min_agreement=es.int8_min_agreement if int8 else es.fp32_min_agreement,
                     max_abs_diff=None if int8 else es.fp32_max_abs_diff).to_dict()
         return meta
+
+    def _program_pays(self, ctx: Context, folder: Path, files: list[str], meta: dict, models: dict, model, ref, xp):
+        """A runtime that quantizes with its own quantizer (edgekd.payoff.program_pays): where its INT8
+        program is slower than its FP32 one, the target ships the FP32 student's files as student-int8,
+        as for the runtimes edgekd quantizes. Returns the model and outputs the files are checked against."""
+        import shutil
+
+        from ..payoff import program_pays
+        from ..train import predict
+
+        ext = ctx.target.backend.extension
+        pay = program_pays(folder / f"student-fp32{ext}", folder / files[-1], threads=ctx.target.threads, x=xp[:1])
+        meta["int8_program_payoff"] = pay
+        if not pay["ship_fp32"]:
+            return model, ref
+        ctx.log(f"[export] INT8 {pay['p50_ms']['int8']:.3f} ms vs FP32 {pay['p50_ms']['fp32']:.3f} ms at batch 1 on "
+                f"{ctx.target.runtime}: INT8 does not pay here, the target ships the FP32 student")
+        for fname in files:  # student-int8.onnx and the runtime's program
+            shutil.copy2(folder / fname.replace("student-int8", "student-fp32"), folder / fname)
+        if f"student-fp32{ext}" in meta.get("made", {}):
+            meta["made"][files[-1]] = meta["made"][f"student-fp32{ext}"]
+        meta["int8_shipped_fp32"] = {"int8_ms": pay["p50_ms"]["int8"], "fp32_ms": pay["p50_ms"]["fp32"], "at": "batch 1"}
+        meta["int8_ops"] = {}
+        model = models["student-fp32"]
+        return model, predict(model, xp)
 
     def _fit_budget(self, ctx: Context, q, folder: Path, calib, *, input_name: str = "input"):
         """quantize.max_accuracy_drop (edgekd.budget): the layers that stay float, measured on the target's
