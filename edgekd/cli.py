@@ -162,17 +162,16 @@ def build(settings, target_opt, recipe_opt, out, force, debug):
 
 
 def _runnable(tgts: list, recipe) -> tuple[list, dict]:
-    """The targets whose backend is installed and carries this task's models; {name: why} for the rest."""
-    from .backends import check_target
+    """The targets this recipe can be built for (edgekd.pipeline.check_buildable: the runtime installed and
+    carrying the task's models, a precision the task builds, the INT8 budget honoured); {name: why} for
+    the rest."""
     from .errors import InputError
-    from .tasks import get
+    from .pipeline import check_buildable
 
-    task = get(recipe.task)
     keep, skipped = [], {}
     for t in tgts:
         try:
-            check_target(t, kind=task.kind)
-            task.check_target(t)  # a precision the task does not build (int4 is for language models)
+            check_buildable(recipe, t)
             keep.append(t)
         except InputError as e:
             skipped[t.name] = str(e).removeprefix(f"target '{t.name}': ")

@@ -49,14 +49,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
     from .train import resolve_precision
 
     task = get(recipe.task)
-    from .backends import check_target as check_backend
-
-    check_backend(target, kind=task.kind)  # before any training: the target's runtime is here and fits the task
-    task.check_target(target)
-    if recipe.quantize.max_accuracy_drop:  # before any training: can this target and install honour it?
-        from .budget import check_target
-
-        check_target(target)
+    check_buildable(recipe, target)
     out_dir = Path(out_dir)
     _check_writable(out_dir)
     created_out = not out_dir.exists()
@@ -157,6 +150,21 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return BuildResult(build_dir, report, stages.done)
+
+
+def check_buildable(recipe: Recipe, target) -> None:
+    """Before any training (InputError otherwise): the target's runtime is installed and carries the
+    task's models, the task builds its precision, and the recipe's INT8 budget can be honoured there."""
+    from .backends import check_target as check_backend
+    from .tasks import get
+
+    task = get(recipe.task)
+    check_backend(target, kind=task.kind)
+    task.check_target(target)
+    if recipe.quantize.max_accuracy_drop:
+        from .budget import check_target
+
+        check_target(target)
 
 
 def _log_resolved(recipe: Recipe, log) -> None:

@@ -155,12 +155,17 @@ def test_target_all_keeps_the_targets_the_task_builds():
     """`target=all` builds every target this install runs for the recipe's task and says why it leaves
     the others out: an image recipe is not given the language models' INT4 target."""
     from edgekd.cli import _runnable
-    from edgekd.recipe import load_recipe
+    from edgekd.recipe import apply_overrides, load_recipe
     from edgekd.targets import load_target, target_names
 
     keep, skipped = _runnable([load_target(n) for n in target_names()], load_recipe(None))  # MNIST
     assert "cpu-int8" in [t.name for t in keep] and "cpu-int4" not in [t.name for t in keep]
     assert "builds fp32 and int8 targets, not 'cpu-int4'" in skipped["cpu-int4"]
+    # an INT8 budget is honoured only where edgekd writes the INT8 model: the runtimes that quantize
+    # with their own quantizer are left out, saying so
+    budget = apply_overrides(load_recipe(None), ["quantize.max_accuracy_drop=0.5"])
+    keep, skipped = _runnable([load_target(n) for n in ("cpu-int8", "mobile-int8-litert")], budget)
+    assert [t.name for t in keep] == ["cpu-int8"] and "max_accuracy_drop" in skipped["mobile-int8-litert"]
 
 
 def test_a_target_whose_converter_fails_is_one_line_and_the_others_are_built(tiny_build, tmp_path, monkeypatch):
