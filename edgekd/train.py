@@ -128,10 +128,9 @@ def _check_ranks_agree(model, desc: str) -> None:
     import torch
     import torch.distributed as dist
 
-    p = next(model.parameters())
-    sums = torch.stack([q.detach().double().sum() for q in model.parameters()]).reshape(1, -1)  # (1, P)
+    sums = torch.stack([q.detach().double().sum() for q in model.parameters()]).reshape(1, -1)  # (1, P), on their device
     every = [torch.empty_like(sums) for _ in range(dist.get_world_size())]
-    dist.all_gather(every, sums.to(p.device))
+    dist.all_gather(every, sums)
     if not all(torch.equal(every[0], x) for x in every[1:]):
         raise EdgeKDError(f"{desc}: the torch.distributed ranks ended training with different weights (their "
                           "gradients were not averaged); run without torchrun, and report this as a bug")

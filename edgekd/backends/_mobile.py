@@ -14,10 +14,9 @@ def device_estimates(folder: Path, target) -> dict:
 
     import onnx
 
-    path = folder / "student-fp32.onnx"
+    model = onnx.load(str(folder / "student-fp32.onnx"))  # read once: inspected here, counted below
     # a text model's sequence length is symbolic: counted at a typical on-device length, and said so
-    inputs = onnx.load(str(path), load_external_data=False).graph.input
-    textual = any(not d.dim_value for i in inputs for d in i.type.tensor_type.shape.dim[1:])
-    macs = count_macs(path, length=TEXT_TOKENS if textual else None)
+    textual = any(not d.dim_value for i in model.graph.input for d in i.type.tensor_type.shape.dim[1:])
+    macs = count_macs(model, length=TEXT_TOKENS if textual else None)
     return {"device_estimates": {"macs": macs, "estimates": estimate_latency(macs, precision=target.precision),
                                  "per": f"text of {TEXT_TOKENS} tokens" if textual else "input"}}

@@ -136,8 +136,9 @@ class TextGeneration(Task):
 
         r, d, lm = ctx.recipe, ctx.data, ctx.recipe.lm
         tok, refs = ctx.extra["tokenizer"], ctx.extra["references"]
-        if world()[1] > 1:
-            ctx.log(f"[soft-labels] the teacher's generation and log-probabilities split between {world()[1]} processes")
+        ranks = world()[1]
+        if ranks > 1:
+            ctx.log(f"[soft-labels] the teacher's generation and log-probabilities split between {ranks} processes")
         pad, bf16 = ctx.extra["pad_id"], ctx.extra.get("precision") == "bf16"
         meta: dict = {}
         splits = {"train": d.x_train, "val": d.x_val, "test": d.x_test}
@@ -153,7 +154,7 @@ class TextGeneration(Task):
                 ctx.log(f"[generate] the teacher writes {n} response(s) to each of {len(prompts)} training prompts")
                 gen = shared_generate(teacher, tok, ids, n=n, temperature=lm.temperature, top_p=lm.top_p,
                                max_new_tokens=min(lm.max_new_tokens, r.data.max_length - min(map(len, ids))),
-                               seed=r.seed, device=ctx.device, log=ctx.log if world()[1] == 1 else None)
+                               seed=r.seed, device=ctx.device, log=ctx.log if ranks == 1 else None)
                 texts = [[tok.decode(g, skip_special_tokens=True).strip() for g in row] for row in gen]
                 flat = [(i, t) for i, row in enumerate(texts) for t in row]
                 gseqs, _ = pair_seqs(tok, [prompts[i] for i, _ in flat], [t for _, t in flat], lm,
