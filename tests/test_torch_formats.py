@@ -5,6 +5,7 @@ benchmark, and a broken file refused in one line. A backend not installed here i
 to install."""
 import numpy as np
 import pytest
+import torch
 
 from edgekd import backends
 from edgekd.bench import BenchInputs, benchmark, rows_in_batches
@@ -63,6 +64,49 @@ def test_benchmark_in_a_fresh_process(digits, made):
     assert res["throughput_per_s"]["8"] > 0 and res["peak_rss_mb"] >= res["rss_after_import_mb"] > 10
     here = backends.load(paths["int8"], threads=1)(s.x_test[:150])
     assert out.shape == (150, 10) and np.allclose(out, here, atol=1e-5)
+
+
+class _TFPadded(torch.nn.Module):
+    """transformers' TF-style "SAME" padding in small: a symmetric Pad, an empty Pad whose input also
+    feeds a residual add (litert-torch's layout pass stopped on that one), an asymmetric one at stride 2."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 8, 1)
+        self.c, self.fc = torch.nn.Conv2d(8, 8, 3, stride=2), torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        h = F.relu(self.a(F.pad(x, (1, 1, 1, 1))))
+        h = h + F.relu(self.b(F.pad(h, (0, 0, 0, 0))))
+        h = F.relu(self.c(F.pad(h, (0, 1, 0, 1))))
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int8_of_a_tf_padded_model(fmt, digits, tmp_path):
+    """The QAT model's float graph reaches the runtime's quantizer with its Pads folded into the
+    convolutions (edgekd.quantize._graph._fold_pads_graph): it converts, and agrees with PyTorch."""
+    from edgekd.quantize.graph_qat import calibrate, prepare_qat
+
+    b = backends.get(fmt)
+    if b.missing():
+        pytest.skip(b.missing())
+    s, _, _ = digits
+    x = s.x_train[:64]
+    model = _TFPadded().eval()
+    q = prepare_qat(model, input_shape=s.input_shape, reduce_range=False)
+    calibrate(q, x)
+    pads = [n for n in q.float_model().graph.nodes if n.target in (torch.ops.aten.pad.default,)]
+    assert len(pads) == 1 and list(pads[0].args[1]) == [0, 1, 0, 1]  # only the asymmetric one is left
+    path = tmp_path / f"int8{b.extension}"
+    b.make(q, path, int8=True, calib_x=x, input_shape=s.input_shape)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(s.x_test[:100])).numpy()
+    out = backends.load(path, threads=1)(s.x_test[:100])
+    scale = np.abs(ref).max()
+    assert out.shape == ref.shape and np.abs(out - ref).max() < 0.1 * scale
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

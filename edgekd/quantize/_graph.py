@@ -179,6 +179,44 @@ def _fold_batchnorm_graph(gm) -> int:
     return folded
 
 
+def _fold_pads_graph(gm) -> int:
+    """In place: a zero constant Pad of the spatial axes in front of convolutions (transformers' TF-style
+    "SAME" padding puts one before every convolution, most of them empty) removed when it pads nothing,
+    and folded into each convolution's own padding when it is symmetric. A runtime's quantizer then sees
+    convolution after convolution: a Pad between a dequantize and a quantize kept PT2E's integer chain
+    apart, and litert-torch's layout pass stopped on it. Asymmetric pads (stride 2 on an even map) stay.
+    The torch-graph twin of graph_onnx._fold_pads. Returns how many Pads were removed."""
+    g, removed = gm.graph, 0
+    for pad in list(g.nodes):
+        if pad.op != "call_function" or pad.target not in (aten.pad.default, aten.constant_pad_nd.default) \
+                or not _grid_preserving(gm, pad):  # constant zero padding only
+            continue
+        x, amounts = pad.args[0], [int(a) for a in pad.args[1]]
+        if not any(amounts):
+            pad.replace_all_uses_with(x)
+            g.erase_node(pad)
+            removed += 1
+            continue
+        # (left, right, top, bottom) of an NCHW map -> conv2d's (height, width) padding
+        if len(amounts) != 4 or amounts[0] != amounts[1] or amounts[2] != amounts[3]:
+            continue
+        for conv in list(pad.users):
+            args = list(conv.args) + [None] * (7 - len(conv.args))  # (x, w, b, stride, padding, dilation, groups)
+            own = args[4] if args[4] is not None else 0
+            if conv.target != aten.conv2d.default or conv.args[0] is not pad or any(
+                    own if isinstance(own, (list, tuple)) else [own]) or conv.kwargs:
+                continue
+            args[3] = args[3] if args[3] is not None else [1, 1]
+            args[4], args[5], args[6] = [amounts[2], amounts[0]], args[5] or [1, 1], args[6] or 1
+            conv.args = (x, *args[1:])
+        if not pad.users:
+            g.erase_node(pad)
+            removed += 1
+    g.lint()
+    gm.recompile()
+    return removed
+
+
 def _global_average_pools(gm) -> int:
     """In place: an average pooling whose one window covers the whole map (no padding, kernel at least
     the map's size; transformers' EfficientNet pools with a kernel of hidden_dim and ceil_mode) becomes

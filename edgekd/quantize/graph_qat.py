@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..errors import EdgeKDError
 from ..registry import closest
-from ._graph import (_BINARY, _CONV, _WEIGHTED, _capture, _erase_unused_attrs, _fold_batchnorm_graph, _get_attr,
+from ._graph import (_BINARY, _CONV, _WEIGHTED, _capture, _erase_unused_attrs, _fold_batchnorm_graph, _fold_pads_graph, _get_attr,
                      _global_average_pools, _grid_preserving, _is_float_tensor, _is_relu_like, aten)
 from ._spec import check_runtime
 from .fake_quant import ActFakeQuant, WeightFakeQuant, bias_fake_quant, set_observe
@@ -126,7 +126,7 @@ class QATModel(nn.Module):
                 body.graph.erase_node(n)
         _erase_unused_attrs(body)
         body.delete_all_unused_submodules()
-        body.recompile()
+        _fold_pads_graph(body)  # for the runtimes that quantize it with their own quantizer (ExecuTorch, LiteRT)
         return body.eval()
 
 
