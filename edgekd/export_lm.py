@@ -39,12 +39,15 @@ def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0) -> dict:
     import onnx
     from optimum.exporters.onnx import main_export
 
+    from .models.lm_vocab import expanded, trim_onnx_head, trimmed
+
     check_exportable(model.config.model_type)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    head = trimmed(model)
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
+        (expanded(model) if head is not None else model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         removed = _remove_gguf_copies(Path(tmp))  # optimum would copy them on
         main_export(tmp, output=folder, task=TASK, do_validation=False, opset=opset or None, local_files_only=True)
@@ -52,8 +55,9 @@ def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0) -> dict:
     path = folder / MODEL_FILE
     size_before = _model_size(folder)
     proto = onnx.load(str(path))
+    vocab = trim_onnx_head(proto, head) if head is not None else None
     dedup = _dedup_initializers(proto.graph)
-    if dedup["removed"]:
+    if dedup["removed"] or vocab:
         _save(proto, path)
     dedup.update(size_before=size_before, size_after=_model_size(folder))
     past = ("past_key_values.", "present.")
@@ -64,7 +68,8 @@ def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0) -> dict:
             "seconds": round(time.perf_counter() - t0, 3), "size_bytes": _model_size(folder),
             "inputs": [n for n in inputs if not n.startswith(past)], "n_inputs": len(inputs),
             "outputs": [n for n in outputs if not n.startswith(past)], "n_outputs": len(outputs),
-            "removed_files": removed, "dedup": dedup, "files": sorted(p.name for p in folder.iterdir())}
+            "removed_files": removed, "dedup": dedup, "files": sorted(p.name for p in folder.iterdir()),
+            **({"vocab": vocab} if vocab else {})}
 
 
 def check_exportable(model_type: str) -> None:

@@ -101,7 +101,7 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
 
         # 3. Baseline: no teacher signal, same data and budget.
         student_in = {"student": asdict(recipe.student), "student_files": _model_files(recipe, recipe.student),
-                      "precision": precision}
+                      "precision": precision, **task.student_inputs(ctx)}
         st_base = stages.run("baseline", lambda d, ck: _student(task, ctx, teacher, d, ck, distill=False),
                              inputs={**student_in, "distill": _distill_in(recipe.distill, baseline=True)},
                              after=(st_targets,))
@@ -185,7 +185,7 @@ def _mentor(stages: Stages, task, ctx, teacher, base: tuple, st_targets: StageOu
     for i, (item, spec) in enumerate(zip(recipe.distill.assistant_list(), specs)):
         st = stages.run(f"assistant-{i + 1}", lambda d, ck, spec=spec, m=mentor: _student(
             task, ctx, teacher, d, ck, distill=True, spec=spec, mentor=m), after=(st_mentor or st_targets,),
-            inputs={"student": asdict(spec), "student_files": _model_files(recipe, spec),
+            inputs={"student": asdict(spec), "student_files": _model_files(recipe, spec), **task.student_inputs(ctx),
                     "distill": _distill_in(recipe.distill, assistant=True)})
         mentor, st_mentor = _load(task.new_student(ctx, teacher, spec=spec), st.dir / "model.pt"), st
         chain.append({"assistant": item, "model": spec.model, "val_score": st.meta.get("val_score"),

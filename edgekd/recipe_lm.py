@@ -47,6 +47,10 @@ class LMSpec:
     score: str = "response"
     # the teacher's logits kept per training token for forward KL: its top_k tokens and log-probabilities
     top_k: int = 64
+    # The student's output vocabulary: 0 keeps the teacher's; N > 0 keeps the N tokens the training
+    # sequences use most (and the special tokens) in its LM head, every other token sharing one learned
+    # logit (edgekd.models.lm_vocab): a smaller head, faster decoding, the same tokenizer.
+    vocab: int = 0
     # The benchmark, as llama-bench reports it: prefill tokens/s and time to first token at each prompt
     # length (capped to the models' context), decode tokens/s over bench_new_tokens, repeats runs each.
     bench_prompt_tokens: list[int] = field(default_factory=lambda: [128, 512])
@@ -67,6 +71,7 @@ class LMSpec:
         _check(0 <= self.on_policy <= 1, "on_policy", "in [0, 1]", self.on_policy)
         _check(self.score in ("all", "response"), "score", "'all' or 'response'", self.score)
         _check(1 <= self.top_k <= 1024, "top_k", "in [1, 1024]", self.top_k)
+        _check(self.vocab >= 0, "vocab", ">= 0 (0: the teacher's whole vocabulary)", self.vocab)
         if self.pattern:
             import re
 

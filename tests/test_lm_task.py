@@ -71,6 +71,42 @@ def test_the_deliverable_folder_loads_with_optimum_and_transformers(lm_build):
     assert isinstance(out[0]["generated_text"], str)
 
 
+def test_a_trimmed_vocabulary_keeps_the_data_tokens_and_a_floor(tiny_lm_build):
+    """lm.vocab (the Qwen2 build): the exported head is a MatMul on the kept columns alone (MatMulNBits in
+    INT4), scattered into the floor; every other token's logit is the floor, so the logits still span
+    the tokenizer and perplexity is finite; onnxruntime agrees with PyTorch (parity passed)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    build = tiny_lm_build("qwen2")
+    r = json.loads((build / "report.json").read_text())
+    v = r["vocab"]
+    assert v["kept"] < v["vocab"] and v["used"] > 80 and 80 <= v["kept"] <= 80 + 3  # + the special tokens
+    assert 0.5 < v["coverage"] < 1 and 0 < v["test_coverage"] <= 1 and v["floor"] is not None
+    assert "The students' LM head keeps" in (build / "report.md").read_text()
+    for name, head_op in (("student-fp32", "MatMul"), ("student-int4", "MatMulNBits")):
+        g = onnx.load(str(build / name / "model.onnx")).graph
+        made = {o: n for n in g.node for o in n.output}
+        scatter = made["logits"]
+        assert scatter.op_type == "ScatterElements" and made[scatter.input[2]].op_type == head_op
+        kept = next(onnx.numpy_helper.to_array(i) for i in g.initializer if i.name == "lm_head.kept_ids")
+        floor = float(onnx.numpy_helper.to_array(made[scatter.input[0]].attribute[0].t)[0])  # QAT trains it on
+        assert len(kept) == v["kept"]
+        assert r["models"][name]["perplexity"] < 1e4
+    sess = ort.InferenceSession(str(build / "student-int4" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {}
+    for i in sess.get_inputs():
+        shape = [1 if d in ("batch_size",) or not isinstance(d, int) and "batch" in str(d) else
+                 (0 if "past" in i.name and not isinstance(d, int) else (d if isinstance(d, int) else 3)) for d in i.shape]
+        feed[i.name] = (np.arange(3, dtype=np.int64)[None] + 5 if i.name == "input_ids" else
+                        np.ones(shape, np.int64) if i.name == "attention_mask" else
+                        np.arange(3, dtype=np.int64)[None] if i.name == "position_ids" else np.zeros(shape, np.float32))
+    logits = sess.run(["logits"], feed)[0]  # (1, 3, V)
+    others = np.setdiff1d(np.arange(logits.shape[-1]), kept)
+    assert logits.shape[-1] == v["vocab"] and np.allclose(logits[..., others], floor, atol=1e-6)
+
+
 def test_a_student_with_another_vocabulary_is_refused_in_one_line(tmp_path):
     from click.testing import CliRunner
 
@@ -97,6 +133,19 @@ def test_a_prompt_longer_than_the_context_is_refused_in_one_line(tmp_path):
                                     *TINY_LM, "data.max_length=8"])
     assert res.exit_code == 2, res.output
     assert "longer than the context" in res.output and "Traceback" not in res.output
+
+
+def test_a_vocabulary_that_trims_nothing_is_refused_before_training(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    recipe = _recipe(tmp_path, "llama")
+    res = CliRunner().invoke(main, ["build", f"recipe={recipe}", "target=cpu-int4", "--out", str(tmp_path / "b"),
+                                    *TINY_LM, "lm.vocab=100000"])
+    assert res.exit_code == 2, res.output
+    assert "lm.vocab = 100000 keeps the whole vocabulary" in res.output and "Traceback" not in res.output
+    assert "[teacher] running" not in res.output
 
 
 def test_an_image_task_refuses_the_int4_target():

@@ -85,6 +85,11 @@ class Task:
         """Settings the teacher's targets depend on beyond the teacher and the data (part of their key)."""
         return {}
 
+    def student_inputs(self, ctx: Context) -> dict:
+        """Task settings the students' training depends on beyond the student and distill sections (part
+        of the student stages' keys)."""
+        return {}
+
     # students
     def new_student(self, ctx: Context, teacher, *, spec=None):
         """The student of `spec` (default ctx.recipe.student; an assistant's spec), freshly initialised."""

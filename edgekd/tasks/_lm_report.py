@@ -56,6 +56,8 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
                                                "truncated": ctx.extra.get("truncated", 0),
                                                "test_sequences": len(ctx.extra["seqs"]["test"])},
         "loss_weights": recipe.loss_weights(), "stages": stage_times,
+        **({"vocab": {**ctx.extra["vocab_info"], "floor": export["exports"]["student-fp32"].get("vocab", {}).get("floor")}}
+           if ctx.extra.get("vocab_info") else {}),
         "environment": environment(target, recipe.seed),
     }
 
@@ -194,6 +196,13 @@ def _data_lines(r: dict) -> list[str]:
         out.append(f"The teacher wrote {g['per_prompt']} response(s) to each of {g['prompts']} training prompts: "
                    f"{g['kept']} of {g['generated']} kept; dropped: {dropped}. Mean teacher log-probability per token "
                    f"{_f(g.get('mean_teacher_logprob'), '{:.2f}')}.")
+    v = r.get("vocab")
+    if v:
+        out.append(f"The students' LM head keeps {v['kept']:,} of {v['vocab']:,} tokens (lm.vocab: the training sequences "
+                   f"use {v['used']:,}; the kept ones are {100 * v['coverage']:.1f}% of their tokens and "
+                   f"{_f(v.get('test_coverage'), '{:.1%}')} of the held-out tokens); every other token shares one logit"
+                   + (f" (after training: {v['floor']:.2f})" if v.get("floor") is not None else "")
+                   + ", so it stays possible, not likely.")
     if r["teacher_data"].get("top_k_mass") is not None:
         out.append(f"The cached top-k holds {100 * r['teacher_data']['top_k_mass']:.1f}% of the teacher's probability "
                    "mass per validation token on average.")

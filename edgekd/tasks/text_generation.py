@@ -122,8 +122,11 @@ class TextGeneration(Task):
         from dataclasses import asdict
 
         lm = asdict(ctx.recipe.lm)
-        return {"lm": {k: v for k, v in lm.items() if not k.startswith(("bench_", "eval_", "on_policy"))},
+        return {"lm": {k: v for k, v in lm.items() if not k.startswith(("bench_", "eval_", "on_policy", "vocab"))},
                 "max_length": ctx.recipe.data.max_length}
+
+    def student_inputs(self, ctx: Context) -> dict:
+        return {"lm": {"on_policy": ctx.recipe.lm.on_policy, "vocab": ctx.recipe.lm.vocab}}
 
     def teacher_targets(self, ctx: Context, teacher, folder: Path) -> dict:
         """The teacher's data, once: its responses to the training prompts (filtered), its greedy answers to
@@ -230,7 +233,33 @@ class TextGeneration(Task):
                               "the teacher (student.model = 'layer-subset' or 'narrow'); a student with its own "
                               "tokenizer would learn the teacher's generated text alone (sequence-level KD), which "
                               "this task does not build yet")
+        if ctx.recipe.lm.vocab >= sv:
+            raise RecipeError(f"lm.vocab = {ctx.recipe.lm.vocab} keeps the whole vocabulary ({sv} tokens): set it "
+                              "below that, or 0 to keep every token")
+        if ctx.recipe.lm.vocab and "seqs" in ctx.extra:  # (before the teacher's data: the model check alone)
+            self._trim_vocab(ctx, s, spec or ctx.recipe.student)
         return s
+
+    def _trim_vocab(self, ctx: Context, student, spec) -> None:
+        """lm.vocab: the student's head keeps the tokens its training sequences use most. The kept ids and
+        the starting floor are computed once per student spec (each stage rebuilds the student)."""
+        from ..models import lm_vocab
+
+        done = ctx.extra.setdefault("vocab", {})
+        key = repr(spec)
+        if key not in done:
+            tok, seqs = ctx.extra["tokenizer"], ctx.extra["seqs"]["train"]
+            kept, info = lm_vocab.kept_tokens(seqs, tok, ctx.recipe.lm.vocab)
+            floor = lm_vocab.mass_preserving_floor(student, kept, seqs, pad_id=ctx.extra["pad_id"])
+            test = np.concatenate([np.asarray(x) for x in ctx.extra["seqs"]["test"].ids] or [np.zeros(0, np.int64)])
+            done[key] = (kept, floor, {**info, "kept": len(kept), "vocab": student.get_output_embeddings().weight.shape[0],
+                                       "test_coverage": float(np.isin(test, kept).mean()) if len(test) else None})
+            i = done[key][2]
+            ctx.log(f"[vocab] the student's LM head keeps {i['kept']:,} of {i['vocab']:,} tokens ({i['used']:,} used by "
+                    f"the training sequences, {i['coverage']:.2%} of their tokens kept); the rest share one logit")
+        kept, floor, info = done[key]
+        lm_vocab.trim(student, kept, floor=floor)
+        ctx.extra["vocab_info"] = info
 
     def train_student(self, ctx: Context, student, teacher, *, distill: bool, checkpoint: Path, qat: bool = False,
                       mentor=None):

@@ -1,0 +1,176 @@
+"""A causal LM student whose output layer scores only the tokens its domain uses (lm.vocab).
+
+SmolLM2-class models spend a fifth of their weights and of each decoded token's multiply-adds on the LM
+head (49,152 x 576). A student that writes one domain's text needs few of those rows: the head keeps the
+K tokens the training sequences use most (and the tokenizer's special tokens), and every other token
+shares one learned logit, the floor. The tokenizer and the input embedding stay whole, so the student
+reads any text, its logits still span the teacher's vocabulary (distillation, perplexity, agreement and
+KL against the teacher line up token for token), and an unseen token is unlikely, never impossible:
+
+    logits[..., v] = h . W_kept[j]   where v = kept[j]
+                   = floor           for every other v          (h: (..., H), W_kept: (K, H))
+
+In the exported graph the head is a MatMul on K columns, scattered into a tensor filled with the floor
+(`trim_onnx_head`), so apps, onnxruntime's and OpenVINO's loaders and the runtime read it unchanged.
+Vocabulary trimming for distilled LMs: Ushio et al. 2023 ("An efficient multilingual language model
+compression through vocabulary trimming"); here the trimmed rows keep one shared floor instead of -inf."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import numpy as np
+
+from ..errors import EdgeKDError
+
+
+def _head_class():
+    import torch
+    import torch.nn.functional as F
+
+    class TrimmedHead(torch.nn.Module):
+        """(..., H) -> (..., vocab): the kept rows' logits, the floor elsewhere."""
+
+        def __init__(self, weight, kept, vocab: int, floor: float):
+            super().__init__()
+            self.weight = torch.nn.Parameter(weight.detach().clone())  # (K, H)
+            self.register_buffer("kept", torch.as_tensor(kept, dtype=torch.long))  # (K,)
+            self.floor = torch.nn.Parameter(torch.tensor(float(floor)))
+            self.vocab = int(vocab)
+
+        def forward(self, h):
+            z = F.linear(h, self.weight)  # (..., K)
+            full = z.new_zeros((*z.shape[:-1], self.vocab)) + self.floor.to(z.dtype)
+            return full.scatter(-1, self.kept.expand(*z.shape[:-1], -1), z)
+
+    return TrimmedHead
+
+
+def trimmed(model):
+    """The model's TrimmedHead, or None."""
+    head = model.get_output_embeddings()
+    return head if type(head).__name__ == "TrimmedHead" and hasattr(head, "kept") else None
+
+
+def kept_tokens(seqs, tokenizer, n: int) -> tuple[np.ndarray, dict]:
+    """The ids the head keeps: the `n` most frequent in `seqs` (every token of every sequence: prompts
+    too, since the held-out text is scored whole) and every special token. Ties break by id, so the set
+    depends on the data alone. -> (sorted ids, {"used": distinct ids in the data, "coverage": share of
+    the data's tokens kept, "singletons": ids seen once (Good-Turing: the unseen mass is about
+    singletons / tokens)})"""
+    counts = Counter(int(t) for ids in seqs.ids for t in ids)
+    total = sum(counts.values())
+    specials = {int(i) for i in tokenizer.all_special_ids if i is not None}
+    for attr in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        if isinstance(getattr(tokenizer, attr, None), int):
+            specials.add(getattr(tokenizer, attr))
+    ranked = sorted(counts, key=lambda t: (-counts[t], t))[:n]
+    kept = np.array(sorted(set(ranked) | specials), dtype=np.int64)
+    covered = sum(counts[t] for t in ranked)
+    return kept, {"used": len(counts), "coverage": covered / max(total, 1),
+                  "singletons": sum(1 for c in counts.values() if c == 1), "tokens": total}
+
+
+def trim(model, kept: np.ndarray, *, floor: float) -> None:
+    """In place: `model`'s LM head replaced by a TrimmedHead of the `kept` rows of its weight. The head
+    stops being tied to the input embedding (it is a different tensor now)."""
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0]
+    if len(kept) >= vocab:
+        raise EdgeKDError(f"lm.vocab keeps {len(kept)} of {vocab} tokens: nothing to trim; set lm.vocab = 0")
+    import torch
+
+    w = head.weight.detach()[torch.as_tensor(kept)]
+    model.config.tie_word_embeddings = False
+    if getattr(model.config, "text_config", None) is not None:
+        model.config.text_config.tie_word_embeddings = False
+    model.set_output_embeddings(_head_class()(w, kept, vocab, floor))
+
+
+def mass_preserving_floor(model, kept: np.ndarray, seqs, *, pad_id: int, max_rows: int = 2048) -> float:
+    """The floor that gives the trimmed tokens, together, the probability the untrimmed head gave them,
+    on average over training positions: log-mean-exp of their logits (a start; training moves it)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    base = getattr(model, model.base_model_prefix)
+    drop = torch.ones(head.weight.shape[0], dtype=torch.bool)
+    drop[torch.as_tensor(kept)] = False
+    n_drop, vals, rows = int(drop.sum()), [], 0
+    with torch.no_grad():
+        for ids in seqs.ids[:64]:
+            x = torch.as_tensor(np.asarray(ids)[None, :512], dtype=torch.long)
+            h = base(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state[0]  # (L, H)
+            z = head(h)[:, drop]  # (L, V - K)
+            vals.append(torch.logsumexp(z, -1) - np.log(n_drop))
+            rows += len(h)
+            if rows >= max_rows:
+                break
+    return float(torch.cat(vals).mean()) if vals else 0.0
+
+
+def expanded(model):
+    """A copy whose head is a plain Linear over the whole vocabulary (the kept rows, zeros elsewhere),
+    untied: what save_pretrained and optimum's exporter know how to write. `trim_onnx_head` then cuts
+    the exported MatMul down to the kept columns and puts the floor back."""
+    import torch
+
+    head = trimmed(model)
+    out = copy.deepcopy(model)
+    full = torch.nn.Linear(head.weight.shape[1], head.vocab, bias=False)
+    with torch.no_grad():
+        full.weight.zero_()
+        full.weight[head.kept] = head.weight.detach().float()
+    out.set_output_embeddings(full)
+    return out
+
+
+def trim_onnx_head(proto, head) -> dict:
+    """In place on an exported model.onnx: the MatMul that writes `logits` (through Cast/Identity)
+    reads the kept columns of its (H, V) weight only, and a ScatterElements writes them into a tensor
+    of the floor. -> {"kept": K, "vocab": V, "floor": value}"""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = proto.graph
+    made = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    node = made.get("logits")
+    while node is not None and node.op_type in ("Cast", "Identity"):
+        node = made.get(node.input[0])
+    if node is None or node.op_type != "MatMul" or node.input[1] not in inits:
+        raise EdgeKDError("the exported graph's logits do not come from a MatMul on a weight: cannot trim its "
+                          "LM head; set lm.vocab = 0")
+    w_init = inits[node.input[1]]
+    w = numpy_helper.to_array(w_init)  # (H, V)
+    kept = head.kept.cpu().numpy().astype(np.int64)
+    if w.ndim != 2 or w.shape[1] != head.vocab:
+        raise EdgeKDError(f"the exported LM head's weight has shape {w.shape}, not (hidden, {head.vocab}): "
+                          "cannot trim it; set lm.vocab = 0")
+    if sum(1 for n in g.node for i in n.input if i == w_init.name) > 1:
+        raise EdgeKDError("the exported LM head's weight is shared with another op: cannot trim it; set lm.vocab = 0")
+    floor = float(head.floor.detach())
+    name = "lm_head.kept_weight"
+    g.initializer.remove(w_init)
+    g.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(w[:, kept]), name),
+                          numpy_helper.from_array(kept, "lm_head.kept_ids"),
+                          numpy_helper.from_array(np.array([head.vocab], dtype=np.int64), "lm_head.vocab"),
+                          numpy_helper.from_array(np.array([0], dtype=np.int64), "lm_head.zero"),
+                          numpy_helper.from_array(np.array([-1], dtype=np.int64), "lm_head.minus_one")])
+    out = node.output[0]
+    node.input[1], node.output[0] = name, "lm_head.kept_logits"
+    k = "lm_head.kept_logits"
+    new = [helper.make_node("Shape", [k], ["lm_head.shape"], name="lm_head.Shape"),
+           helper.make_node("Slice", ["lm_head.shape", "lm_head.zero", "lm_head.minus_one"], ["lm_head.lead"],
+                            name="lm_head.Slice"),
+           helper.make_node("Concat", ["lm_head.lead", "lm_head.vocab"], ["lm_head.full_shape"], axis=0,
+                            name="lm_head.Concat"),
+           helper.make_node("ConstantOfShape", ["lm_head.full_shape"], ["lm_head.floor"], name="lm_head.Floor",
+                            value=helper.make_tensor("floor", TensorProto.FLOAT, [1], [floor])),
+           helper.make_node("Expand", ["lm_head.kept_ids", "lm_head.shape"], ["lm_head.index"], name="lm_head.Expand"),
+           helper.make_node("ScatterElements", ["lm_head.floor", "lm_head.index", k], [out], axis=-1,
+                            name="lm_head.Scatter")]
+    at = list(g.node).index(node) + 1
+    for i, n in enumerate(new):
+        g.node.insert(at + i, n)
+    return {"kept": len(kept), "vocab": head.vocab, "floor": floor}
