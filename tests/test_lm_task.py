@@ -135,6 +135,23 @@ def test_a_prompt_longer_than_the_context_is_refused_in_one_line(tmp_path):
     assert "longer than the context" in res.output and "Traceback" not in res.output
 
 
+def test_a_layer_subset_keeps_the_layers_that_change_the_stream_most(monkeypatch):
+    """No student.keep_layers: the inner layers of highest block influence, the first and last always."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edgekd.recipe import ModelSpec
+    from edgekd.tasks import _lm_data
+    from edgekd.tasks.text_generation import TextGeneration
+
+    monkeypatch.setattr(_lm_data, "block_influence", lambda *a, **k: np.array([0.9, 0.1, 0.5, 0.2, 0.4, 0.8]))
+    ctx = SimpleNamespace(extra={"seqs": {"train": None}}, device="cpu", log=lambda m: None)
+    spec = TextGeneration()._influential_layers(ctx, None, ModelSpec(model="layer-subset", layers=4))
+    assert spec.keep_layers == "0,2,4,5" and spec.layers == 4
+    assert ctx.extra["layer_choice"][4]["keep"] == [0, 2, 4, 5]
+
+
 def test_a_vocabulary_that_trims_nothing_is_refused_before_training(tmp_path):
     from click.testing import CliRunner
 

@@ -146,6 +146,27 @@ def token_logits(model, ids, mask, sel):
     return model.get_output_embeddings()(h[sel])  # (N, V)
 
 
+def block_influence(model, seqs: Seqs, *, device: str = "cpu", n: int = 8, max_len: int = 256):
+    """(L,) per decoder layer, 1 - the mean cosine between its input and output hidden states over the
+    tokens of the first `n` sequences (ShortGPT, Men et al. 2024): how much the layer changes the stream."""
+    import torch
+
+    was = next(model.parameters()).device
+    model.to(device)
+    total = None
+    try:
+        with torch.no_grad():
+            for ids in seqs.ids[:n]:
+                x = torch.as_tensor(np.asarray(ids)[None, :max_len], dtype=torch.long, device=device)
+                hs = model(input_ids=x, output_hidden_states=True).hidden_states  # L + 1 x (1, T, H)
+                bi = torch.stack([1 - torch.nn.functional.cosine_similarity(a[0].float(), b[0].float(), dim=-1).mean()
+                                  for a, b in zip(hs[:-1], hs[1:])])
+                total = bi if total is None else total + bi
+    finally:
+        model.to(was)
+    return (total / min(n, len(seqs.ids))).cpu().numpy()
+
+
 def selected_logits(model):
     """`model` as a module whose forward(ids, mask, sel) is token_logits: what a training step calls, so
     that under torchrun it goes through DistributedDataParallel's own forward, the only path on which

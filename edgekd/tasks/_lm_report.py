@@ -56,6 +56,7 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
                                                "truncated": ctx.extra.get("truncated", 0),
                                                "test_sequences": len(ctx.extra["seqs"]["test"])},
         "loss_weights": recipe.loss_weights(), "stages": stage_times,
+        **({"layer_choice": next(iter(ctx.extra["layer_choice"].values()))} if ctx.extra.get("layer_choice") else {}),
         **({"vocab": {**ctx.extra["vocab_info"], "floor": export["exports"]["student-fp32"].get("vocab", {}).get("floor")}}
            if ctx.extra.get("vocab_info") else {}),
         "environment": environment(target, recipe.seed),
@@ -155,7 +156,11 @@ def render(r: dict) -> str:
                      f"{p['top1_agreement']:.3f} over {p['positions']} prompt positions; greedy {p['new_tokens']} tokens "
                      f"identical on {p['greedy_exact']} of {p['prompts']} prompts ({100 * p['greedy_token_agreement']:.0f}% "
                      "of tokens)")
-    lines += ["", "## Training", "", "| stage | sequences | chosen epoch | val perplexity | lr |", "|---|---:|---:|---:|---:|"]
+    lines += ["", "## Training", ""]
+    if r.get("layer_choice"):
+        lines += [f"The student keeps teacher layers {r['layer_choice']['keep']}: those that change the hidden state "
+                  "most on the training sequences (block influence, ShortGPT), the first and last always.", ""]
+    lines += ["| stage | sequences | chosen epoch | val perplexity | lr |", "|---|---:|---:|---:|---:|"]
     for n, t in r["training"].items():
         vp = t.get("val_perplexity") or (_exp(t.get("val_score")))
         lines.append(f"| {n} | {t.get('sequences', '-')} | {t.get('chosen_epoch', '-')} | {_f(vp, '{:.2f}')} | "

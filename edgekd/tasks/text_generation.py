@@ -126,7 +126,9 @@ class TextGeneration(Task):
                 "max_length": ctx.recipe.data.max_length}
 
     def student_inputs(self, ctx: Context) -> dict:
-        return {"lm": {"on_policy": ctx.recipe.lm.on_policy, "vocab": ctx.recipe.lm.vocab}}
+        # a layer subset's layers are chosen from the teacher and the data (upstream keys) by this rule
+        return {"lm": {"on_policy": ctx.recipe.lm.on_policy, "vocab": ctx.recipe.lm.vocab},
+                "layer_choice": "block-influence"}
 
     def teacher_targets(self, ctx: Context, teacher, folder: Path) -> dict:
         """The teacher's data, once: its responses to the training prompts (filtered), its greedy answers to
@@ -225,7 +227,10 @@ class TextGeneration(Task):
 
         from ..schedules import student_seed
 
-        s = load_model(spec or ctx.recipe.student, ctx.io, base=ctx.base, teacher=teacher, seed=student_seed(ctx.recipe)).module
+        spec = spec or ctx.recipe.student
+        if spec.model == "layer-subset" and not spec.keep_layers and "seqs" in ctx.extra:
+            spec = self._influential_layers(ctx, teacher, spec)
+        s = load_model(spec, ctx.io, base=ctx.base, teacher=teacher, seed=student_seed(ctx.recipe)).module
         tv, sv = teacher.get_input_embeddings().num_embeddings, s.get_input_embeddings().num_embeddings
         if tv != sv:
             raise RecipeError(f"the student's vocabulary ({sv} tokens) is not the teacher's ({tv}): token-level "
@@ -237,8 +242,31 @@ class TextGeneration(Task):
             raise RecipeError(f"lm.vocab = {ctx.recipe.lm.vocab} keeps the whole vocabulary ({sv} tokens): set it "
                               "below that, or 0 to keep every token")
         if ctx.recipe.lm.vocab and "seqs" in ctx.extra:  # (before the teacher's data: the model check alone)
-            self._trim_vocab(ctx, s, spec or ctx.recipe.student)
+            self._trim_vocab(ctx, s, spec)
         return s
+
+    def _influential_layers(self, ctx: Context, teacher, spec):
+        """A layer subset with no keep_layers keeps the teacher layers that change its hidden state most on
+        the training sequences, the first and the last always: ShortGPT's block influence (Men et al. 2024,
+        BI_i = 1 - mean_t cos(h_i[t], h_i+1[t])); a causal LM's middle layers are the most redundant. Evenly
+        spread layers (the encoders' default) leave such a student far from its teacher before training."""
+        from dataclasses import replace
+
+        from ._lm_data import block_influence
+
+        done = ctx.extra.setdefault("layer_choice", {})
+        if spec.layers not in done:
+            bi = block_influence(teacher, ctx.extra["seqs"]["train"], device=ctx.device)  # (L,)
+            n = len(bi)
+            if spec.layers >= n:
+                keep = list(range(n))
+            else:
+                inner = sorted(range(1, n - 1), key=lambda i: -bi[i])[:max(spec.layers - 2, 0)]
+                keep = sorted({n - 1, *inner, *([0] if spec.layers > 1 else [])})
+            done[spec.layers] = {"keep": keep, "block_influence": [round(float(b), 4) for b in bi]}
+            ctx.log(f"[layers] the student keeps teacher layers {keep} of 0..{n - 1}: the {spec.layers} that change "
+                    "the hidden state most on the training sequences (block influence), the first and last always")
+        return replace(spec, keep_layers=",".join(map(str, done[spec.layers]["keep"])))
 
     def _trim_vocab(self, ctx: Context, student, spec) -> None:
         """lm.vocab: the student's head keeps the tokens its training sequences use most. The kept ids and
