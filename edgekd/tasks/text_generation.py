@@ -269,15 +269,18 @@ class TextGeneration(Task):
         return replace(spec, keep_layers=",".join(map(str, done[spec.layers]["keep"])))
 
     def _trim_vocab(self, ctx: Context, student, spec) -> None:
-        """lm.vocab: the student's head keeps the tokens its training sequences use most. The kept ids and
-        the starting floor are computed once per student spec (each stage rebuilds the student)."""
+        """lm.vocab: the student's head keeps the tokens its training sequences use, and the teacher expects
+        there, most. The kept ids and the starting floor are computed once per student spec (each stage
+        rebuilds the student)."""
         from ..models import lm_vocab
 
         done = ctx.extra.setdefault("vocab", {})
         key = repr(spec)
         if key not in done:
             tok, seqs = ctx.extra["tokenizer"], ctx.extra["seqs"]["train"]
-            kept, info = lm_vocab.kept_tokens(seqs, tok, ctx.recipe.lm.vocab)
+            top = ctx.extra.get("topk", {}).get("train") or {}
+            kept, info = lm_vocab.kept_tokens(seqs, tok, ctx.recipe.lm.vocab, topk_ids=top.get("ids"),
+                                              topk_logprobs=top.get("logprobs"))
             floor = lm_vocab.mass_preserving_floor(student, kept, seqs, pad_id=ctx.extra["pad_id"])
             test = np.concatenate([np.asarray(x) for x in ctx.extra["seqs"]["test"].ids] or [np.zeros(0, np.int64)])
             done[key] = (kept, floor, {**info, "kept": len(kept), "vocab": student.get_output_embeddings().weight.shape[0],
