@@ -96,7 +96,7 @@ def trim(model, kept: np.ndarray, *, floor: float) -> None:
     model.set_output_embeddings(_head_class()(w, kept, vocab, floor))
 
 
-def mass_preserving_floor(model, kept: np.ndarray, seqs, *, pad_id: int, max_rows: int = 2048) -> float:
+def mass_preserving_floor(model, kept: np.ndarray, seqs, *, max_rows: int = 2048) -> float:
     """The floor that gives the trimmed tokens, together, the probability the untrimmed head gave them,
     on average over training positions: log-mean-exp of their logits (a start; training moves it)."""
     import torch

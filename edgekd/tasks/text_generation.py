@@ -281,7 +281,7 @@ class TextGeneration(Task):
             top = ctx.extra.get("topk", {}).get("train") or {}
             kept, info = lm_vocab.kept_tokens(seqs, tok, ctx.recipe.lm.vocab, topk_ids=top.get("ids"),
                                               topk_logprobs=top.get("logprobs"))
-            floor = lm_vocab.mass_preserving_floor(student, kept, seqs, pad_id=ctx.extra["pad_id"])
+            floor = lm_vocab.mass_preserving_floor(student, kept, seqs)
             test = np.concatenate([np.asarray(x) for x in ctx.extra["seqs"]["test"].ids] or [np.zeros(0, np.int64)])
             done[key] = (kept, floor, {**info, "kept": len(kept), "vocab": student.get_output_embeddings().weight.shape[0],
                                        "test_coverage": float(np.isin(test, kept).mean()) if len(test) else None})
