@@ -185,14 +185,18 @@ def _save(proto, path: Path) -> None:
 
 
 def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32, symmetric: bool = True,
-                     accuracy_level: int = 4, embeddings: bool = True, algorithm: str = "rtn") -> dict:
+                     accuracy_level: int = 4, embeddings: bool = True, algorithm: str = "rtn",
+                     head_bits: int = 0) -> dict:
     """Write `dst`, a copy of the folder `src` whose every MatMul with a constant weight is a MatMulNBits
     (`bits` 4 or 8, one scale per `block_size` inputs) and, with `embeddings`, whose embedding table is a
     GatherBlockQuantized: for a 100M-parameter LM the tied table is a fifth of the weights, and the LM head
     reading it is the largest MatMul. `accuracy_level` 4 lets onnxruntime's CPU kernels compute in INT8,
     its fastest path. `algorithm` "rtn" rounds to the nearest level of each block's min/max grid; "hqq"
     (Half-Quadratic Quantization, Badri & Shaji 2023) fits each block's scale and float zero point
-    without data, so it is asymmetric. Returns the quantization's meta."""
+    without data, so it is asymmetric. `head_bits` (0: `bits`) quantizes the LM head, the MatMul that
+    writes the logits, on its own grid, round to nearest: its error moves every next-token choice, which
+    is why llama.cpp's 4-bit mixes keep their output tensor at 6 bits or more. Returns the quantization's
+    meta."""
     import numpy as np
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -211,6 +215,8 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
     untied = _untie_transposed_weights(proto.graph)
     tables = _embedding_gathers(proto.graph)
     gathers = [n.name for n in proto.graph.node if n.op_type == "Gather"]
+    head = _head_matmul(proto.graph) if head_bits and head_bits != bits else None
+    apart = [head] if head else []
     # onnxruntime's quantizer writes GatherBlockQuantized at 4 bits only, and its HQQ path none at all
     gather_by_ort = embeddings and bits == 4
     common = {"bits": bits, "block_size": block_size, "is_symmetric": symmetric, "accuracy_level": accuracy_level}
@@ -218,7 +224,7 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
             np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks: the quantizer masks them after dividing
         if algorithm == "hqq":
             config = HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits, op_types_to_quantize=("MatMul",))
-            q = MatMulNBitsQuantizer(proto, algo_config=config)
+            q = MatMulNBitsQuantizer(proto, algo_config=config, nodes_to_exclude=apart)
             q.process()
             proto = q.model.model
             _set_accuracy_level(proto.graph, accuracy_level)  # HQQ's nodes leave it out
@@ -230,7 +236,12 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
         else:
             ops = ("MatMul", "Gather") if gather_by_ort else ("MatMul",)
             q = MatMulNBitsQuantizer(proto, **common, op_types_to_quantize=ops,
-                                     nodes_to_exclude=[g for g in gathers if g not in tables])
+                                     nodes_to_exclude=[g for g in gathers if g not in tables] + apart)
+            q.process()
+            proto = q.model.model
+        if head:
+            q = MatMulNBitsQuantizer(proto, **{**common, "bits": head_bits, "is_symmetric": True},
+                                     op_types_to_quantize=("MatMul",), nodes_to_include=[head])
             q.process()
             proto = q.model.model
     if embeddings and bits == 8:
@@ -246,6 +257,7 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
                                                    "DefaultWeightOnlyQuantConfig (round to nearest)")
     return {"bits": bits, "block_size": block_size, "symmetric": symmetric,
             "accuracy_level": accuracy_level, "algorithm": algorithm, "embeddings": embeddings, "route": route,
+            "head_bits": head_bits if head else bits,
             "embedding_route": (None if not embeddings else "onnxruntime MatMulNBitsQuantizer" if gather_by_ort
                                 else "GatherBlockQuantized bits=8 (edgekd.export_lm)"),
             "untied_heads": untied, "matmul_nbits": ops.count("MatMulNBits"),
@@ -307,6 +319,15 @@ def _untie_transposed_weights(graph) -> list[str]:
     del graph.node[:]
     graph.node.extend(keep)
     return names
+
+
+def _head_matmul(graph) -> str | None:
+    """The MatMul that writes `logits` (through Cast / Identity, or a trimmed head's ScatterElements)."""
+    made = {o: n for n in graph.node for o in n.output}
+    node = made.get("logits")
+    while node is not None and node.op_type in ("Cast", "Identity", "ScatterElements"):
+        node = made.get(node.input[2] if node.op_type == "ScatterElements" else node.input[0])
+    return node.name if node is not None and node.op_type == "MatMul" else None
 
 
 def _embedding_gathers(graph) -> list[str]:

@@ -131,7 +131,8 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         models = {"teacher": teacher, "student-baseline": baseline, "student-fp32": student, task.quantized_name(target): qat}
         st_export = stages.run("export", lambda d, _: _export(task, ctx, models, d), after=(st_teacher, st_base, st_dist, st_qat),
                                inputs={"export": asdict(recipe.export), "quantize": asdict(recipe.quantize),
-                                       "runtime": target.runtime, "format": target.format, "precision": target.precision})
+                                       "runtime": target.runtime, "format": target.format, "precision": target.precision,
+                                       **task.export_inputs(ctx)})
         stages.run("benchmark", lambda d, _: task.benchmark(ctx, st_export.dir, d),
                    inputs={"target": asdict(target), **task.benchmark_key(ctx)}, after=(st_export,))
         from .models import count_params

@@ -51,6 +51,9 @@ class LMSpec:
     # sequences use most (and the special tokens) in its LM head, every other token sharing one learned
     # logit (edgekd.models.lm_vocab): a smaller head, faster decoding, the same tokenizer.
     vocab: int = 0
+    # The LM head's weight bits in a 4-bit build (its error moves every next-token choice; llama.cpp's
+    # 4-bit mixes keep the output tensor at 6 bits or more): 8, or 4 for the smallest file.
+    head_bits: int = 8
     # The benchmark, as llama-bench reports it: prefill tokens/s and time to first token at each prompt
     # length (capped to the models' context), decode tokens/s over bench_new_tokens, repeats runs each.
     bench_prompt_tokens: list[int] = field(default_factory=lambda: [128, 512])
@@ -72,6 +75,7 @@ class LMSpec:
         _check(self.score in ("all", "response"), "score", "'all' or 'response'", self.score)
         _check(1 <= self.top_k <= 1024, "top_k", "in [1, 1024]", self.top_k)
         _check(self.vocab >= 0, "vocab", ">= 0 (0: the teacher's whole vocabulary)", self.vocab)
+        _check(self.head_bits in (4, 8), "head_bits", "4 or 8", self.head_bits)
         if self.pattern:
             import re
 

@@ -133,6 +133,19 @@ def test_int8_uses_8bit_kernels(lm, fp32, tmp_path):
     assert parity["max_abs_diff"] < 0.1  # 8 bits stays close to FP32 even on random weights
 
 
+@pytest.mark.parametrize("algorithm", ["rtn", "hqq"])
+def test_the_head_gets_its_own_bits(lm, fp32, tmp_path, algorithm):
+    """head_bits: the MatMul that writes the logits at 8 bits, every other weight at 4."""
+    meta = quantize_weights(fp32[0], tmp_path, bits=4, block_size=BLOCK, head_bits=8, algorithm=algorithm,
+                            symmetric=algorithm == "rtn")
+    graph = _graph(tmp_path)
+    made = {o: n for n in graph.node for o in n.output}
+    head = made["logits"]
+    assert head.op_type == "MatMulNBits" and _attr(head, "bits") == 8 and meta["head_bits"] == 8
+    others = [n for n in graph.node if n.op_type == "MatMulNBits" and n is not head]
+    assert others and all(_attr(n, "bits") == 4 for n in others) and meta["float_matmuls_left"] == []
+
+
 def test_hqq_quantizes_every_weight(lm, fp32, tmp_path):
     _, model, tok = lm
     meta = quantize_weights(fp32[0], tmp_path, bits=4, block_size=BLOCK, algorithm="hqq", symmetric=False)

@@ -90,6 +90,10 @@ class Task:
         of the student stages' keys)."""
         return {}
 
+    def export_inputs(self, ctx: Context) -> dict:
+        """Task settings the export depends on beyond the export and quantize sections (part of its key)."""
+        return {}
+
     # students
     def new_student(self, ctx: Context, teacher, *, spec=None):
         """The student of `spec` (default ctx.recipe.student; an assistant's spec), freshly initialised."""

@@ -69,7 +69,8 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
                                             max_abs_diff=max(r.export.fp32_max_abs_diff, LM_FP32_MAX_ABS_DIFF))
     bits = 8 if q == "student-int8" else 4
     qs = r.quantize
-    how = dict(bits=bits, block_size=qs.block_size, symmetric=True, accuracy_level=4, embeddings=True)
+    how = dict(bits=bits, block_size=qs.block_size, symmetric=True, accuracy_level=4, embeddings=True,
+               head_bits=r.lm.head_bits if bits == 4 else bits)
     candidates = {"ptq": (models["student-fp32"], folder / "student-fp32")}
     if qs.method == "qat" and qs.epochs > 0:
         baked = bake(models[q])
@@ -107,6 +108,7 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
         shutil.rmtree(folder / f".{k}", ignore_errors=True)
     shutil.rmtree(folder / ".qat-fp32", ignore_errors=True)
     meta["quantization"] = {"chosen": chosen, "candidates": found, "bits": bits, "block_size": qs.block_size,
+                            "head_bits": found[chosen]["head_bits"],
                             "min_agreement": floor}
     meta["inputs"] = _inputs(folder / meta["deliverable"] / "model.onnx")
     meta["sizes"] = {n: _folder_bytes(folder / n) for n in names}

@@ -142,7 +142,8 @@ def render(r: dict) -> str:
     q = r["quantization"]
     lines += ["", "## Quantization", "",
               f"Weight-only {q['bits']}-bit, blocks of {q['block_size']} weights (onnxruntime MatMulNBits; "
-              "the LM head and the embedding quantized too). Candidates on the validation split (mean NLL per token, "
+              f"the embedding quantized too, the LM head at {q.get('head_bits', q['bits'])} bits). Candidates on the "
+              "validation split (mean NLL per token, "
               "onnxruntime):", ""]
     from ._lm_export import WHAT
 

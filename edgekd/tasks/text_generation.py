@@ -122,8 +122,12 @@ class TextGeneration(Task):
         from dataclasses import asdict
 
         lm = asdict(ctx.recipe.lm)
-        return {"lm": {k: v for k, v in lm.items() if not k.startswith(("bench_", "eval_", "on_policy", "vocab"))},
+        return {"lm": {k: v for k, v in lm.items()
+                       if not k.startswith(("bench_", "eval_", "on_policy", "vocab", "head_bits"))},
                 "max_length": ctx.recipe.data.max_length}
+
+    def export_inputs(self, ctx: Context) -> dict:
+        return {"lm": {"head_bits": ctx.recipe.lm.head_bits}}
 
     def student_inputs(self, ctx: Context) -> dict:
         # a layer subset's layers are chosen from the teacher and the data (upstream keys) by this rule
