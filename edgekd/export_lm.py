@@ -322,11 +322,11 @@ def _untie_transposed_weights(graph) -> list[str]:
 
 
 def _head_matmul(graph) -> str | None:
-    """The MatMul that writes `logits` (through Cast / Identity, or a trimmed head's ScatterElements)."""
+    """The MatMul that writes `logits` (through Cast / Identity, or a trimmed head's Add and Gather)."""
     made = {o: n for n in graph.node for o in n.output}
     node = made.get("logits")
-    while node is not None and node.op_type in ("Cast", "Identity", "ScatterElements"):
-        node = made.get(node.input[2] if node.op_type == "ScatterElements" else node.input[0])
+    while node is not None and node.op_type in ("Cast", "Identity", "Add", "Gather"):
+        node = made.get(node.input[0])
     return node.name if node is not None and node.op_type == "MatMul" else None
 
 

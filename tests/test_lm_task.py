@@ -72,9 +72,10 @@ def test_the_deliverable_folder_loads_with_optimum_and_transformers(lm_build):
 
 
 def test_a_trimmed_vocabulary_keeps_the_data_tokens_and_a_floor(tiny_lm_build):
-    """lm.vocab (the Qwen2 build): the exported head is a MatMul on the kept columns alone (MatMulNBits in
-    INT4), scattered into the floor; every other token's logit is the floor, so the logits still span
-    the tokenizer and perplexity is finite; onnxruntime agrees with PyTorch (parity passed)."""
+    """lm.vocab (the Qwen2 build): the exported head is a MatMul on the kept columns and the floor's
+    (MatMulNBits in INT4), gathered over the vocabulary; every other token's logit is the floor, so the
+    logits still span the tokenizer and perplexity is finite; onnxruntime agrees with PyTorch (parity
+    passed)."""
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -88,11 +89,13 @@ def test_a_trimmed_vocabulary_keeps_the_data_tokens_and_a_floor(tiny_lm_build):
     for name, head_op in (("student-fp32", "MatMul"), ("student-int4", "MatMulNBits")):
         g = onnx.load(str(build / name / "model.onnx")).graph
         made = {o: n for n in g.node for o in n.output}
-        scatter = made["logits"]
-        assert scatter.op_type == "ScatterElements" and made[scatter.input[2]].op_type == head_op
-        kept = next(onnx.numpy_helper.to_array(i) for i in g.initializer if i.name == "lm_head.kept_ids")
-        floor = float(onnx.numpy_helper.to_array(made[scatter.input[0]].attribute[0].t)[0])  # QAT trains it on
-        assert len(kept) == v["kept"]
+        spread = made["logits"]
+        add = made[spread.input[0]]
+        assert spread.op_type == "Gather" and add.op_type == "Add" and made[add.input[0]].op_type == head_op
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+        columns, floor = inits["lm_head.columns"], float(inits["lm_head.floor_bias"][-1])  # QAT trains the floor on
+        kept = np.flatnonzero(columns < v["kept"])  # every other id reads the floor's column, K
+        assert len(kept) == v["kept"] and len(columns) == v["vocab"] and (columns[kept] == np.arange(len(kept))).all()
         assert r["models"][name]["perplexity"] < 1e4
     sess = ort.InferenceSession(str(build / "student-int4" / "model.onnx"), providers=["CPUExecutionProvider"])
     feed = {}
