@@ -144,13 +144,13 @@ def trim_onnx_head(proto, head) -> dict:
     -> {"kept": K, "vocab": V, "floor": value}"""
     from onnx import helper, numpy_helper
 
+    from ..export_lm import _head_matmul
+
     g = proto.graph
-    made = {o: n for n in g.node for o in n.output}
     inits = {i.name: i for i in g.initializer}
-    node = made.get("logits")
-    while node is not None and node.op_type in ("Cast", "Identity"):
-        node = made.get(node.input[0])
-    if node is None or node.op_type != "MatMul" or node.input[1] not in inits:
+    name = _head_matmul(g)
+    node = next((n for n in g.node if n.name == name), None) if name else None
+    if node is None or node.input[1] not in inits:
         raise EdgeKDError("the exported graph's logits do not come from a MatMul on a weight: cannot trim its "
                           "LM head; set lm.vocab = 0")
     w_init = inits[node.input[1]]
