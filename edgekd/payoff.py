@@ -12,9 +12,10 @@ ships the FP32 student instead (an INT8 deliverable slower than its float twin i
 most), and the report says so and why. `quantize.int8_layers = "all"` skips the search and ships INT8.
 
 Transformer students choose their activation scheme the same way (choose_activations): static ranges
-(learned by quantization-aware training, fixed in the graph) against dynamic ones (each call measures its
-input's range: DynamicQuantizeLinear + MatMulInteger), timed on the target at each benchmarked sequence
-length and scored on the validation split. Which wins depends on the CPU and the length: at short inputs
+(learned by quantization-aware training, fixed in the graph), dynamic ones (each call measures its
+input's range: DynamicQuantizeLinear + MatMulInteger) and, on OpenVINO, NNCF's post-training pipeline
+(its placement, SmoothQuant, bias correction), timed on the target at each benchmarked sequence length
+and scored on the validation split. Which wins depends on the CPU and the length: at short inputs
 the static graph's Q/DQ pairs cost more than they save, at long ones a per-call range costs little."""
 
 from __future__ import annotations
@@ -95,28 +96,28 @@ def program_pays(fp32: Path, int8: Path, *, threads: int, x: np.ndarray) -> dict
 
 def choose_activations(write: Callable[[str, Path], None], *, runtime: str, threads: int, folder: Path,
                        cases: dict[str, dict], val_feeds: list[dict], item_scores: Callable[[np.ndarray], np.ndarray],
-                       fp32: Path | None = None, log=None) -> dict:
-    """write(scheme, path): the INT8 ONNX with "static" or "dynamic" activations. cases: {label: feed},
-    one batch-1 input per benchmarked sequence length; val_feeds: validation inputs one at a time;
-    item_scores(outputs) -> (N,) per-item quality (1/0 right, or cosine to the teacher).
+                       fp32: Path | None = None, log=None, schemes: tuple[str, ...] = ("static", "dynamic")) -> dict:
+    """write(scheme, path): the INT8 ONNX with that activation scheme ("static", "dynamic", "nncf").
+    cases: {label: feed}, one batch-1 input per benchmarked sequence length; val_feeds: validation inputs
+    one at a time; item_scores(outputs) -> (N,) per-item quality (1/0 right, or cosine to the teacher).
 
-    Rule: the more faithful scheme, when the paired difference of the items' scores is beyond both twice
-    its standard error and QUALITY_TOL (real, and large enough to matter); within that, the faster (the
-    geometric mean of its p50 ratios over the lengths, by MIN_GAIN); within both, the more faithful. So a
-    runtime that runs one scheme's integer ops in float (OpenVINO and DynamicQuantizeLinear) does not get
-    it for a 0.0008 cosine gain. A scheme the runtime cannot
-    load is dropped with one line. fp32: the FP32 student, timed beside them; "ship_fp32" when the chosen
-    scheme is slower than it beyond MIN_GAIN (the geometric mean over the lengths).
-    -> {"chosen", "candidates": {scheme: {"quality", "p50_ms"}}, "ship_fp32", ...}."""
+    Rule: the most faithful scheme (highest mean score), unless another one is as faithful (the paired
+    difference of the items' scores within both twice its standard error and QUALITY_TOL: not real, or
+    too small to matter) and faster (the geometric mean of its p50 ratios over the lengths, by MIN_GAIN);
+    then the fastest of those. So a runtime that runs one scheme's integer ops in float (OpenVINO and
+    DynamicQuantizeLinear) does not get it for a 0.0008 cosine gain. A scheme that cannot be written or
+    that the runtime cannot load is dropped with one line. fp32: the FP32 student, timed beside them;
+    "ship_fp32" when the chosen scheme is slower than it beyond MIN_GAIN (the geometric mean over the lengths).
+    -> {"chosen", "why", "candidates": {scheme: {"quality", "p50_ms"}}, "ship_fp32", ...}."""
     runner = _runner_for(runtime, threads)
     folder.mkdir(parents=True, exist_ok=True)
     runs, scores, failed = {}, {}, {}
-    for scheme in ("static", "dynamic"):
+    for scheme in schemes:
         path = folder / f"int8-{scheme}.onnx"
         try:
             write(scheme, path)
             runs[scheme] = runner(path)
-        except Exception as e:  # noqa: BLE001 - a runtime without this scheme's ops keeps the other
+        except Exception as e:  # noqa: BLE001 - a runtime without this scheme's ops keeps the others
             from .backends import first_line
 
             failed[scheme] = first_line(e)
@@ -125,7 +126,8 @@ def choose_activations(write: Callable[[str, Path], None], *, runtime: str, thre
             continue
         scores[scheme] = np.asarray(item_scores(np.concatenate([runs[scheme](f) for f in val_feeds])), dtype=float)
     if not runs:
-        raise EdgeKDError(f"INT8: neither static nor dynamic activations run on {runtime}: {failed.get('static')}")
+        raise EdgeKDError(f"INT8: no activation scheme runs on {runtime}: "
+                          + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     timed = {**runs, **({"fp32": runner(fp32)} if fp32 is not None else {})}
     p50 = {label: _p50(timed, None, feed=feed) for label, feed in cases.items()}
     out = {"candidates": {k: {"quality": float(scores[k].mean()), "p50_ms": {c: p50[c][k] for c in cases}} for k in runs},
@@ -133,23 +135,28 @@ def choose_activations(write: Callable[[str, Path], None], *, runtime: str, thre
     if len(runs) == 1:
         out["chosen"], out["why"] = next(iter(runs)), "the only scheme the runtime runs"
     else:
-        d = scores["dynamic"] - scores["static"]
-        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-        speed = float(np.exp(np.mean([np.log(p50[c]["static"] / p50[c]["dynamic"]) for c in cases])))  # >1: dynamic faster
-        out.update(quality_diff=float(d.mean()), quality_se=se, dynamic_speedup=speed)
-        # a difference counts when it is real (beyond 2 SE) and large enough to matter (QUALITY_TOL)
-        margin = max(2 * se, QUALITY_TOL)
-        faster = "dynamic" if speed > 1 + MIN_GAIN else "static" if speed < 1 - MIN_GAIN else None
-        if abs(d.mean()) > margin:
-            out["chosen"] = "dynamic" if d.mean() > 0 else "static"
-            out["why"] = (f"more faithful on validation by {abs(d.mean()):.4f} (beyond {margin:.4f})"
-                          + (f", though {max(speed, 1 / speed):.2f}x slower" if faster and faster != out["chosen"] else ""))
-        elif faster:
-            out["chosen"] = faster
-            out["why"] = f"as faithful within {margin:.4f}, {max(speed, 1 / speed):.2f}x faster over the lengths timed"
+        best = max(runs, key=lambda k: float(scores[k].mean()))  # the most faithful (first listed on a tie)
+        # against the most faithful: the paired quality gap (>= 0), its margin, and the speed-up (>1: faster)
+        gap, margin, speed = {}, {}, {}
+        for k in runs:
+            d = scores[best] - scores[k]
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+            gap[k], margin[k] = float(d.mean()), max(2 * se, QUALITY_TOL)
+            speed[k] = float(np.exp(np.mean([np.log(p50[c][best] / p50[c][k]) for c in cases])))
+        out.update(quality_gap=gap, quality_margin=margin, speedup_vs_most_faithful=speed, most_faithful=best)
+        close = [k for k in runs if k != best and gap[k] <= margin[k] and speed[k] > 1 + MIN_GAIN]
+        slower = [k for k in runs if k != best and speed[k] > 1 + MIN_GAIN]  # faster than best, but less faithful
+        if close:
+            out["chosen"] = max(close, key=lambda k: speed[k])
+            k = out["chosen"]
+            out["why"] = f"as faithful as {best} within {margin[k]:.4f}, {speed[k]:.2f}x faster over the lengths timed"
         else:
-            out["chosen"] = "dynamic" if d.mean() > 0 else "static"
-            out["why"] = "as fast within noise, the more faithful on validation"
+            out["chosen"] = best
+            rivals = [k for k in runs if k != best]
+            out["why"] = ("the most faithful on validation: " + ", ".join(
+                f"{gap[k]:.4f} above {k} (" + (f"beyond {margin[k]:.4f})" if gap[k] > margin[k] else
+                                               f"within {margin[k]:.4f}, and {k} is not faster)") for k in rivals)
+                + (f"; though {max(1 / speed[k] for k in slower):.2f}x slower than " + ", ".join(slower) if slower else ""))
     if fp32 is not None:
         vs = float(np.exp(np.mean([np.log(p50[c]["fp32"] / p50[c][out["chosen"]]) for c in cases])))  # >1: INT8 faster
         out.update(fp32_p50_ms={c: p50[c]["fp32"] for c in cases}, int8_vs_fp32=vs, ship_fp32=vs < 1 - MIN_GAIN)

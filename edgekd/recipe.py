@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .errors import RecipeError
 from .overrides import coerce, parse_override
+from .quantize._spec import ACTIVATIONS
 from .recipe_lm import LMSpec
 from .recipe_parse import parse_layer_map, parse_mean_std  # noqa: F401 - the recipe's value parsers
 from .registry import closest
@@ -206,6 +207,9 @@ class DistillSpec:
     alpha: float = field(default=0.9, metadata=_SIGNAL)
     # 0 / "auto": the student family's defaults for this data size (edgekd.schedules; the lock file says which)
     epochs: int = 0
+    # up to this many more rounds of epochs / 2 at half the rate while validation still improves at the end
+    # (stop on a plateau, as the teacher does); -1: 2 when epochs is automatic, else 0 (exactly `epochs`)
+    extend: int = -1
     optimizer: str = "auto"
     lr: float = 0.0
     batch_size: int = 0
@@ -255,6 +259,7 @@ class DistillSpec:
         _check(self.temperature >= 0, "distill.temperature", "> 0 (0: the task's default)", self.temperature)
         _check(0 <= self.alpha <= 1, "distill.alpha", "in [0, 1]", self.alpha)
         _check(self.epochs >= 0, "distill.epochs", ">= 0 (0: the student family's default)", self.epochs)
+        _check(self.extend >= -1, "distill.extend", ">= 0, or -1 (automatic)", self.extend)
         _check(self.optimizer in ("auto", *OPTIMIZERS), "distill.optimizer", " or ".join(map(repr, ("auto", *OPTIMIZERS))),
                self.optimizer)
         _check(self.lr >= 0, "distill.lr", ">= 0 (0: the student family's default)", self.lr)
@@ -349,14 +354,15 @@ class QuantizeSpec:
     block_size: int = 32
     # "auto": kinds of layer where INT8 is slower than float on the target's runtime stay float (edgekd.payoff)
     int8_layers: str = "auto"
-    # transformer students: INT8 activation ranges "static" (QAT's), "dynamic" (each call's) or "auto"
-    # (both timed on the target at the benchmark's lengths and scored on validation; edgekd.payoff)
+    # transformer students: INT8 activation ranges "static" (QAT's), "dynamic" (each call's), "nncf" (NNCF's
+    # post-training pipeline; its extra) or "auto" (the candidates timed on the target at the benchmark's
+    # lengths and scored on validation; edgekd.payoff)
     activations: str = "auto"
 
     def __post_init__(self):
         _check(self.method in ("qat", "ptq"), "quantize.method", "'qat' or 'ptq'", self.method)
         _check(self.int8_layers in ("auto", "all"), "quantize.int8_layers", "'auto' or 'all'", self.int8_layers)
-        _check(self.activations in ("auto", "static", "dynamic"), "quantize.activations", "'auto', 'static' or 'dynamic'",
+        _check(self.activations in ACTIVATIONS, "quantize.activations", "'auto', 'static', 'dynamic' or 'nncf'",
                self.activations)
         _check(self.epochs >= 0, "quantize.epochs", ">= 0", self.epochs)
         _check(self.lr > 0, "quantize.lr", "> 0", self.lr)

@@ -465,3 +465,31 @@ def test_a_candidate_students_int8_timing_graph_suits_the_runtime(folder, tok, t
     ops = {n.op_type for n in onnx.load(str(path)).graph.node}
     assert quantizer in ops and ({"DynamicQuantizeLinear", "QuantizeLinear"} - {quantizer}).isdisjoint(ops), ops
     assert feed["input_ids"].shape == (1, 16)
+
+
+def test_nncf_activations_quantize_an_exported_encoder_for_openvino(folder, tok, tmp_path):
+    """quantize.activations = "nncf": NNCF's transformer pipeline on the optimum graph, QDQ on both inputs
+    of every linear's MatMul, converted and run by OpenVINO with the outputs of the float graph."""
+    import onnx
+
+    from edgekd.backends import complete_feed, load
+    from edgekd.backends.openvino_ir import make
+    from edgekd.quantize import quantize_onnx
+
+    model = _teacher(folder("bert"), 0).module
+    info = _export(model, tmp_path / "fp32", tok)
+    feeds = [complete_feed({k: v for k, v in tok([t], return_tensors="np").items()}, info["inputs"])
+             for t in LONG * 6]
+    done = quantize_onnx(tmp_path / "fp32" / "model.onnx", tmp_path / "int8.onnx", feeds, reduce_range=False,
+                         linear_only=True, activations="nncf")
+    assert done["activations"] == "nncf"
+    g = onnx.load(str(tmp_path / "int8.onnx")).graph
+    made = {o: n for n in g.node for o in n.output}
+    linears = [n for n in g.node if n.op_type == "MatMul"
+               and n.name.endswith(("query/MatMul", "key/MatMul", "value/MatMul", "dense/MatMul"))]
+    assert len(linears) == 6 * 3 and all(made[i].op_type == "DequantizeLinear" for n in linears for i in n.input)
+    make(tmp_path / "int8.onnx", tmp_path / "int8.xml")
+    q, f = load(tmp_path / "int8.xml"), load(tmp_path / "fp32" / "model.onnx")
+    for feed in feeds[:3]:
+        a, b = q(feed).ravel(), f(feed).ravel()
+        assert np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) > 0.98

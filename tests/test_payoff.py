@@ -121,14 +121,45 @@ def test_activation_schemes_are_both_measured_and_each_writes_its_ops(tmp_path):
     assert "QuantizeLinear" in ops["static"] and "MatMulInteger" in ops["dynamic"]
     c = r["candidates"]
     assert set(c) == {"static", "dynamic"} and set(c["static"]["p50_ms"]) == {"1", "8"}
-    diff, se, speed = r["quality_diff"], r["quality_se"], r["dynamic_speedup"]
-    if abs(diff) > max(2 * se, 1e-3):
-        assert r["chosen"] == ("dynamic" if diff > 0 else "static")
-    elif abs(speed - 1) > 0.03:
-        assert r["chosen"] == ("dynamic" if speed > 1 else "static")
-    else:
-        assert r["chosen"] == ("dynamic" if diff > 0 else "static")
+    best, other = r["most_faithful"], ({"static", "dynamic"} - {r["most_faithful"]}).pop()
+    assert c[best]["quality"] >= c[other]["quality"]
+    gap, margin, speed = r["quality_gap"][other], r["quality_margin"][other], r["speedup_vs_most_faithful"][other]
+    assert margin >= 1e-3 and r["chosen"] == (other if gap <= margin and speed > 1.03 else best)
     assert lines and r["chosen"] in lines[0]
+
+
+def test_openvino_measures_nncf_beside_static_and_dynamic(tmp_path):
+    """On OpenVINO the candidates include NNCF's post-training pipeline, written as QDQ ONNX that the
+    runtime converts; the chosen scheme is the most faithful unless an as-faithful one is faster."""
+    import onnx
+
+    from edgekd.payoff import choose_activations
+    from edgekd.quantize import fake_quant_linears, quantize_onnx
+
+    torch.manual_seed(0)
+    model = Mlp().eval()
+    x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    export_onnx(model, tmp_path / "fp32.onnx", (32,), opset=17)
+    q = fake_quant_linears(Mlp().eval(), reduce_range=False)
+    q.load_state_dict(model.state_dict(), strict=False)
+    ref = model(torch.from_numpy(x)).detach().numpy()
+    feeds = [{"input": x[i:i + 1]} for i in range(64)]
+    ops = {}
+
+    def write(scheme, path):
+        quantize_onnx(tmp_path / "fp32.onnx", path, feeds[:16], reduce_range=False, linear_only=True, activations=scheme)
+        ops[scheme] = [n.op_type for n in onnx.load(str(path)).graph.node]
+
+    r = choose_activations(write, runtime="openvino", threads=1, folder=tmp_path / "act", cases={"1": feeds[0]},
+                           val_feeds=feeds, item_scores=lambda out: -np.abs(out - ref).mean(1),
+                           schemes=("static", "dynamic", "nncf"))
+    assert ops["nncf"].count("QuantizeLinear") >= 2, ops["nncf"]
+    assert set(r["candidates"]) == {"static", "dynamic", "nncf"} and not r["failed"]
+    best = r["most_faithful"]
+    assert all(r["candidates"][best]["quality"] >= v["quality"] for v in r["candidates"].values())
+    close = {k for k in r["candidates"] if k != best and r["quality_gap"][k] <= r["quality_margin"][k]
+             and r["speedup_vs_most_faithful"][k] > 1.03}
+    assert r["chosen"] == (max(close, key=r["speedup_vs_most_faithful"].get) if close else best)
 
 
 def test_dynamic_activations_are_refused_for_image_students(tmp_path):

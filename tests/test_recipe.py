@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from edgekd.errors import EdgeKDError, RecipeError
-from edgekd.recipe import DEFAULT_RECIPE, Recipe, apply_overrides, load_recipe, recipe_keys, recipe_toml
+from edgekd.recipe import DEFAULT_RECIPE, ModelSpec, Recipe, apply_overrides, load_recipe, recipe_keys, recipe_toml
 
 
 def test_embedded_example_is_the_default_recipe():
@@ -182,3 +182,22 @@ def test_the_baseline_key_reads_no_signal_setting():
         assert _distill_in(spec, baseline=True) == key, name
     assert _distill_in(DistillSpec(epochs=3), baseline=True) != key  # what the baseline reads still counts
     assert _distill_in(DistillSpec(losses={"rkd_angle": 1.0})) != _distill_in(base)  # ... and the distilled student's key
+
+
+def test_automatic_epochs_go_on_while_validation_improves():
+    """Teacher and students whose epochs are the family's guess may extend on a still-rising validation
+    score (stop on a plateau); a count the recipe gives is trained exactly; QAT never extends."""
+    from types import SimpleNamespace
+
+    from edgekd.schedules import EXTEND, fit_spec, resolve
+
+    base = Recipe(task="image-classification", teacher=ModelSpec(model="hf-config:resnet"),
+                  student=ModelSpec(model="hf-config:mobilenet_v2"))
+    auto = resolve(base, kind="image", n_train=1600)
+    assert auto.teacher.extend == auto.distill.extend == EXTEND
+    given = resolve(apply_overrides(base, ["distill.epochs=7", "teacher.epochs=5"]), kind="image", n_train=1600)
+    assert given.distill.extend == given.teacher.extend == 0 and given.distill.epochs == 7
+    ctx = SimpleNamespace(recipe=auto, io=SimpleNamespace(kind="image"), extra={})
+    assert fit_spec(ctx, role="student", n_rows=1600, desc="distill").extend == EXTEND
+    assert fit_spec(ctx, role="student", n_rows=1600, desc="qat", qat=True).extend == 0
+    assert fit_spec(ctx, role="student", n_rows=1600, desc="trial", epochs=1).extend == 0

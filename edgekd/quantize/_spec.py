@@ -12,9 +12,10 @@ from ..registry import closest
 
 # whose INT8 kernels the fake-quant graph reproduces exactly (graph_qat._place_fake_quant)
 RUNTIMES = ("onnxruntime", "openvino")
-# quantize.activations of transformer students: "static" ranges (learned by QAT) or "dynamic" (each
-# call's own); "auto" times both on the target and scores both on validation (edgekd.payoff)
-ACTIVATIONS = ("auto", "static", "dynamic")
+# quantize.activations of transformer students: "static" ranges (learned by QAT), "dynamic" (each
+# call's own) or "nncf" (NNCF's post-training placement, SmoothQuant and bias correction on the QAT-tuned
+# weights); "auto" times the candidates on the target and scores them on validation (edgekd.payoff)
+ACTIVATIONS = ("auto", "static", "dynamic", "nncf")
 
 
 def check_runtime(runtime: str) -> None:

@@ -146,6 +146,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: boo
     it for every activation that qat_model does not give one.
     linear_only: quantize only MatMul/Gemm nodes with a constant weight (the nn.Linear layers of a
     transformer), inputs only, as fake_quant_linears trains them; everything else stays float.
+    "nncf" (linear_only): NNCF's post-training pipeline for transformers on the graph (_nncf_quantize):
+    its own placement and static ranges from calib_x, after SmoothQuant and with bias correction.
     qat_model: a fake_quant_linears model: each quantized MatMul/Gemm input gets the range its
     QuantLinear learned (matched by weight values) instead of a calibrated one.
     float_layers: module paths of qat_model's Linears (linear_layers) whose MatMul stays float
@@ -154,8 +156,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: boo
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if activations not in ACTIVATIONS[1:] or (activations == "dynamic" and not linear_only):
-        raise EdgeKDError(f"INT8 activations: 'static', or 'dynamic' for transformer linears; got {activations!r}")
+    if activations not in ACTIVATIONS[1:] or (activations != "static" and not linear_only):
+        raise EdgeKDError(f"INT8 activations: 'static', or 'dynamic' / 'nncf' for transformer linears; got {activations!r}")
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     calib = calib_x if isinstance(calib_x, list) or calib_x is None else calib_x.astype(np.float32)
     info: dict = {}
@@ -189,6 +191,8 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: boo
                                  weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                                  nodes_to_exclude=excluded, extra_options={"MatMulConstBOnly": True})
                 return {**info, "activations": "dynamic"}
+            if activations == "nncf":
+                return {**info, **_nncf_quantize(pre, out_path, calib, excluded)}
             if qat_model is not None:
                 extra["TensorQuantOverrides"], done = _qat_overrides(pre, qat_model, nodes)
                 info.update(done)
@@ -200,6 +204,31 @@ def quantize_onnx(fp32_path: Path, out_path: Path, calib_x, *, reduce_range: boo
             extra_options=extra,
         )
     return {**info, "activations": "static"}
+
+
+def _nncf_quantize(pre: Path, out_path: Path, calib: list[dict], excluded: list[str]) -> dict:
+    """NNCF post-training quantization of an ONNX transformer (model_type TRANSFORMER): QDQ on both
+    inputs of each linear's MatMul (OpenVINO's CPU plugin runs them as INT8 FullyConnected layers); SmoothQuant (Xiao et al. 2023) first moves each linear's activation
+    outliers into its weights, per input channel,
+
+        X W = (X diag(s)^-1) (diag(s) W),  s_j = max|X_j|^a / max|W_j|^(1-a)    (X: (N, C), W: (C, O)),
+
+    and fast bias correction then restores each layer's mean output shift. Weights: the QAT-tuned float
+    ones of the graph (trained under an INT8 per-channel grid, which NNCF's weights use too); activation
+    ranges: min/max statistics of calib, not QAT's. `excluded` nodes stay float (NNCF's ignored scope)."""
+    import logging
+
+    import nncf
+    import onnx
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)  # its per-algorithm progress lines
+    model = onnx.load(str(pre))
+    names = {i.name for i in model.graph.input}
+    data = [{k: v for k, v in f.items() if k in names} for f in calib]
+    q = nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data),
+                      ignored_scope=nncf.IgnoredScope(names=list(excluded)) if excluded else None)
+    onnx.save(q, str(out_path))
+    return {"activations": "nncf", "calibration_inputs": len(data)}
 
 
 # ---------------------------------------------------------------------------------------------------

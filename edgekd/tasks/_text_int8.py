@@ -1,5 +1,5 @@
 """The text tasks' INT8 choices, measured on the target's runtime: the activation scheme (static ranges
-learned by QAT, or dynamic per call: edgekd.payoff.choose_activations) and the accuracy budget's float
+learned by QAT, dynamic per call, or NNCF's on OpenVINO: edgekd.payoff.choose_activations) and the accuracy budget's float
 layers (edgekd.budget). Both score the validation split, one text at a time as an app feeds them."""
 
 from __future__ import annotations
@@ -68,7 +68,14 @@ def activations(task, ctx: Context, q, fp32_graph: Path, folder: Path, calib: li
     return choose_activations(lambda scheme, path: write([], path, scheme), runtime=ctx.target.runtime,
                               threads=ctx.target.threads, folder=folder / ".activations", cases=cases,
                               val_feeds=feeds, item_scores=_item_scorer(task, ctx), log=ctx.log,
-                              fp32=folder / "student-fp32.onnx")
+                              fp32=folder / "student-fp32.onnx", schemes=schemes(ctx.target.runtime))
+
+
+def schemes(runtime: str) -> tuple[str, ...]:
+    """The activation schemes "auto" measures on `runtime`. NNCF's on OpenVINO only: OpenVINO's own
+    quantizer, and the only scheme besides static that OpenVINO runs in INT8 (it runs dynamic activations
+    in float); on onnxruntime the per-call ranges of dynamic already take the outliers SmoothQuant moves."""
+    return ("static", "dynamic", "nncf") if runtime == "openvino" else ("static", "dynamic")
 
 
 def fit_budget(task, ctx: Context, q, fp32_graph: Path, folder: Path, calib: list[dict], feeds: list[dict],

@@ -89,10 +89,14 @@ def report_parts(task, r: dict) -> ReportParts:
     i8 = r["int8"]
     act = i8.get("activations") or {"chosen": "static"}
     int8 = [f"- The MatMul/Gemm of every linear layer: weights per-channel symmetric INT8{reduce_range_note(r)}, inputs "
-            + ("per-tensor UINT8 with the ranges QAT learned" if act["chosen"] == "static" else
-               "per-tensor UINT8 with each call's own range (dynamic: a text's output depends slightly on the "
-               "texts batched and padded with it; one text per call gives the same output every time)")
-            + "; LayerNorm, Softmax, GELU and the attention products stay float.", *activation_lines(act), ops_line(r)]
+            + {"static": "per-tensor UINT8 with the ranges QAT learned",
+               "nncf": "per-tensor 8-bit with ranges NNCF calibrated after SmoothQuant moved their outliers into the "
+                       "weights, and NNCF's bias correction",
+               }.get(act["chosen"], "per-tensor UINT8 with each call's own range (dynamic: a text's output depends "
+                                    "slightly on the texts batched and padded with it; one text per call gives the "
+                                    "same output every time)")
+            + "; LayerNorm, Softmax, GELU and the attention products stay float.",
+            *activation_lines(act), ops_line(r)]
     tables = i8.get("embedding_tables") or []
     described = [f"{t['table']} {t['shape'][0]}x{t['shape'][1]} INT8 with a scale per row (max abs error "
                  f"{t['max_abs_error']:.2g})" for t in tables]
@@ -119,7 +123,7 @@ def report_parts(task, r: dict) -> ReportParts:
 
 
 def activation_lines(act: dict) -> list[str]:
-    """The measured choice between static and dynamic activations (edgekd.payoff.choose_activations)."""
+    """The measured choice of activation scheme (edgekd.payoff.choose_activations)."""
     c = act.get("candidates")
     if not c:
         return [f"- Activations: {act['chosen']} ({act.get('why', '')})."]

@@ -315,7 +315,7 @@ class _TextTask(Task):
 
                     meta["int8_embeddings"] = quantize_gather_tables(folder / "student-int8.onnx")
                 meta["int8_ops"] = check_integer_kernels(folder / "student-int8.onnx")
-                if act["chosen"] == "dynamic":  # no learned ranges in the graph: its reference is the float model
+                if act["chosen"] != "static":  # no learned ranges in the graph: its reference is the float model
                     model = strip_fake_quant(model)
                 if float_layers:  # the PyTorch reference of the parity check: the same layers float
                     from ..quantize import leave_linears_float
