@@ -73,8 +73,9 @@ def activations(task, ctx: Context, q, fp32_graph: Path, folder: Path, calib: li
 
 def schemes(runtime: str) -> tuple[str, ...]:
     """The activation schemes "auto" measures on `runtime`. NNCF's on OpenVINO only: OpenVINO's own
-    quantizer, and the only scheme besides static that OpenVINO runs in INT8 (it runs dynamic activations
-    in float); on onnxruntime the per-call ranges of dynamic already take the outliers SmoothQuant moves."""
+    quantizer, whose SmoothQuant scales (a Mul node before each smoothed linear) OpenVINO folds into the
+    op before them and onnxruntime runs as they are; there the per-call ranges of dynamic activations
+    already follow the outliers SmoothQuant moves."""
     return ("static", "dynamic", "nncf") if runtime == "openvino" else ("static", "dynamic")
 
 
