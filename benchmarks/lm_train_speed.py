@@ -5,7 +5,10 @@ its layers), at batch 8 x 256 tokens. CPU float32; CUDA float32 and bfloat16 aut
 
     python benchmarks/lm_train_speed.py [--steps 5] [--out results/lm-train-speed.json]
 
-Writes {device/precision: {"student_step_s", "teacher_topk_s", "tokens_per_s"}} and prints the ratios."""
+Writes {device/precision: {"student_step_s", "teacher_topk_s", "tokens_per_s"}} and prints the ratios.
+With --trimmed K: the 16-layer student with a K-token head (lm.vocab), every token scored, its step on
+(N, V) logits against its step on the head's compact (N, K + 1) logits, interleaved (key
+"cpu-fp32-trimmed-head", added to the file)."""
 
 from __future__ import annotations
 
@@ -94,6 +97,52 @@ def measure(device: str, precision: str, *, steps: int, batch: int = 8, length: 
             "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
 
 
+def measure_trimmed(*, steps: int, layers: int = 16, kept: int = 16384, batch: int = 8, length: int = 256) -> dict:
+    """The distilled student's step with a trimmed LM head (lm.vocab = kept), every token scored (the
+    SmolLM2 example's recipe), on its (N, V) logits and on its (N, K + 1) compact ones, interleaved step
+    by step on the CPU: what the compact form saves."""
+    import numpy as np
+    import torch
+
+    from edgekd import losses
+    from edgekd.models import lm_vocab
+    from edgekd.tasks._lm_data import labels_at
+
+    _, student = models(layers)
+    lm_vocab.trim(student, np.arange(0, 49152, 49152 // kept)[:kept], floor=-5.0)
+    head = lm_vocab.trimmed(student)
+    student.train()
+    opt = torch.optim.AdamW(student.parameters(), lr=2e-4)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 49152, (batch, length), generator=g)
+    mask, sel = torch.ones_like(ids), torch.ones_like(ids, dtype=torch.bool)
+    sel[:, -1] = False
+    n = int(sel.sum())
+    t = {"topk_logprobs": torch.log_softmax(torch.randn(n, 64, generator=g), -1).sort(-1, descending=True).values,
+         "topk_ids": torch.randint(0, 49152, (n, 64), generator=g)}
+    base = student.model
+
+    def step(compact: bool):
+        h = base(input_ids=ids, attention_mask=mask).last_hidden_state[sel]
+        s = ({"compact_logits": head.compact(h), "columns": head.columns, "log_trimmed": head.log_trimmed}
+             if compact else {"token_logits": head(h)})
+        loss = losses.forward_kl(s, t, None, labels=labels_at(ids, sel), temperature=1.0, alpha=0.9)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(True), step(False)  # warm-up
+    took = {True: [], False: []}
+    for _ in range(steps):
+        for compact in (False, True):
+            t0 = time.perf_counter()
+            step(compact)
+            took[compact].append(time.perf_counter() - t0)
+    full, comp = float(np.median(took[False])), float(np.median(took[True]))
+    return {"full_logits_step_s": full, "compact_logits_step_s": comp, "speedup": full / comp, "layers": layers,
+            "kept": kept, "batch": batch, "length": length, "steps": steps, "scored_tokens": n}
+
+
 def main() -> None:
     import torch
 
@@ -101,8 +150,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--cpu-steps", type=int, default=2)
     ap.add_argument("--no-cpu", action="store_true")
+    ap.add_argument("--trimmed", type=int, default=0, metavar="K",
+                    help="only the trimmed-head student's step (lm.vocab = K), full against compact logits")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "lm-train-speed.json"))
     a = ap.parse_args()
+    if a.trimmed:
+        r = measure_trimmed(steps=a.cpu_steps, kept=a.trimmed)
+        print(f"trimmed head (K = {a.trimmed}): step {r['full_logits_step_s']:.2f} s on (N, V) logits, "
+              f"{r['compact_logits_step_s']:.2f} s on compact ones ({r['speedup']:.2f}x)", flush=True)
+        out = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
+        out["cpu-fp32-trimmed-head"] = r
+        Path(a.out).write_text(json.dumps(out, indent=2))
+        return
     runs = [] if a.no_cpu else [("cpu", "fp32", a.cpu_steps)]
     if torch.cuda.is_available():
         runs += [("cuda", "fp32", a.steps), ("cuda", "bf16", a.steps)]

@@ -141,6 +141,36 @@ def _hard(logits, labels, alpha: float):
     return F.cross_entropy(logits, labels) if alpha < 1 else logits.new_zeros(())
 
 
+def logprob_reader(s: dict, T: float = 1.0):
+    """ids (N, k) -> the student's log-softmax at temperature T read at those ids, (N, k), from its
+    (N, V) s["token_logits"], or from a trimmed head's compact (N, K + 1) s["compact_logits"]
+    (edgekd.models.lm_vocab: the kept logits, then the floor that V - K ids share), whose normaliser is
+
+        log Z = logsumexp(z_kept / T, floor / T + log(V - K))
+
+    so that a trimmed id reads floor / T - log Z: exact, without a (N, V) tensor."""
+    import torch.nn.functional as F
+
+    if "compact_logits" not in s:
+        ls = F.log_softmax(s["token_logits"].float() / T, dim=-1)  # (N, V)
+        return lambda ids: ls.gather(1, ids)
+    c = s["compact_logits"].float() / T  # (N, K + 1)
+    shared = c.new_zeros(c.shape[1])
+    shared[-1] = s["log_trimmed"]
+    lz = (c + shared).logsumexp(-1, keepdim=True)  # (N, 1)
+    cols = s["columns"]  # (V,) id -> column
+    return lambda ids: c.gather(1, cols[ids]) - lz
+
+
+def lm_cross_entropy(s: dict, labels):
+    """Next-token cross-entropy from either form of the student's logits (logprob_reader)."""
+    import torch.nn.functional as F
+
+    if "compact_logits" not in s:
+        return F.cross_entropy(s["token_logits"].float(), labels)
+    return -logprob_reader(s)(labels[:, None]).mean()
+
+
 @register(family="response", reads="token_logits", kinds=("lm",), default=1.0)
 def forward_kl(s: dict, t: dict, mask, *, labels, temperature: float, alpha: float, **_):
     """Token-level knowledge distillation (Hinton et al. 2015 per next-token distribution; Sanh et al.
@@ -148,7 +178,8 @@ def forward_kl(s: dict, t: dict, mask, *, labels, temperature: float, alpha: flo
 
         L = alpha * T^2 * mean_n KL(p_t[n] || q_s[n]) + (1 - alpha) * CE(s[n], y[n])
 
-    s["token_logits"]: (N, V), the student's logits at the N scored tokens; labels y: (N,). With the
+    s["token_logits"]: (N, V), the student's logits at the N scored tokens (or a trimmed head's compact
+    form, logprob_reader); labels y: (N,). With the
     teacher's full logits t["token_logits"] (N, V), the exact KL at temperature T. With its cached top-k
     (t["topk_ids"], t["topk_logprobs"]: (N, k), as Arcee's DistillKit stores them), p_t is renormalised
     over its k tokens and q_s is the student's full softmax read at those ids:
@@ -157,14 +188,15 @@ def forward_kl(s: dict, t: dict, mask, *, labels, temperature: float, alpha: flo
     import torch.nn.functional as F
 
     T = temperature
-    ls = F.log_softmax(s["token_logits"].float() / T, dim=-1)  # (N, V)
     if "token_logits" in t:
+        ls = F.log_softmax(s["token_logits"].float() / T, dim=-1)  # (N, V)
         lt = F.log_softmax(t["token_logits"].float() / T, dim=-1)
         soft = F.kl_div(ls, lt, reduction="batchmean", log_target=True)
     else:
         lt = F.log_softmax(t["topk_logprobs"].float() / T, dim=-1)  # (N, k): renormalised over the top-k
-        soft = (lt.exp() * (lt - ls.gather(1, t["topk_ids"].long()))).sum(-1).mean()
-    return alpha * T * T * soft + (1 - alpha) * _hard(s["token_logits"].float(), labels, alpha)
+        soft = (lt.exp() * (lt - logprob_reader(s, T)(t["topk_ids"].long()))).sum(-1).mean()
+    hard = lm_cross_entropy(s, labels) if alpha < 1 else soft.new_zeros(())
+    return alpha * T * T * soft + (1 - alpha) * hard
 
 
 @register(family="response", reads="token_logits", kinds=("lm",), online=True)

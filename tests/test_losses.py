@@ -183,3 +183,29 @@ def test_forward_kl_from_the_cached_top_k_is_the_kl_over_those_tokens():
     pt = F.softmax(v, -1)
     want = (pt * (pt.log() - F.log_softmax(s, -1).gather(1, i))).sum(-1).mean()
     assert float(two) == pytest.approx(float(want), rel=1e-5) and float(two) >= 0
+
+
+@pytest.mark.parametrize("T, alpha", [(1.0, 0.9), (2.0, 1.0), (1.0, 0.0)])
+def test_a_trimmed_heads_compact_logits_give_the_full_losses(T, alpha):
+    """A trimmed head's (N, K + 1) compact logits (kept ones, then the shared floor) give forward KL
+    against the cached top-k and cross-entropy equal to those of its (N, V) logits, trimmed ids included
+    (in labels and in the teacher's top-k), with the same gradients."""
+    from edgekd.models.lm_vocab import _head_class
+
+    g = torch.Generator().manual_seed(0)
+    V, H, N = 50, 8, 12
+    kept = torch.tensor([0, 3, 4, 9, 17, 30, 31, 49])
+    head = _head_class()(torch.randn(len(kept), H, generator=g), kept, V, floor=-1.5)
+    h = torch.randn(N, H, generator=g, requires_grad=True)
+    y = torch.randint(0, V, (N,), generator=g)
+    y[:3] = torch.tensor([1, 2, 5])  # trimmed labels
+    lt, ids = F.log_softmax(torch.randn(N, V, generator=g), -1).topk(6, -1)
+    t = {"topk_ids": ids, "topk_logprobs": lt}
+    full = losses.forward_kl({"token_logits": head(h)}, t, None, labels=y, temperature=T, alpha=alpha)
+    gf = torch.autograd.grad(full, [h, head.weight, head.floor])
+    s = {"compact_logits": head.compact(h), "columns": head.columns, "log_trimmed": head.log_trimmed}
+    comp = losses.forward_kl(s, t, None, labels=y, temperature=T, alpha=alpha)
+    gc = torch.autograd.grad(comp, [h, head.weight, head.floor])
+    assert float(comp) == pytest.approx(float(full), rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(gf, gc))
+    assert float(losses.lm_cross_entropy(s, y)) == pytest.approx(float(F.cross_entropy(head(h), y)), rel=1e-5)

@@ -19,6 +19,7 @@ compression through vocabulary trimming"); here the trimmed rows keep one shared
 from __future__ import annotations
 
 import copy
+import math
 from collections import Counter
 
 import numpy as np
@@ -39,11 +40,23 @@ def _head_class():
             self.register_buffer("kept", torch.as_tensor(kept, dtype=torch.long))  # (K,)
             self.floor = torch.nn.Parameter(torch.tensor(float(floor)))
             self.vocab = int(vocab)
+            # compact form: token id -> its column of compact(), K for every trimmed id (one shared column)
+            columns = torch.full((self.vocab,), len(kept), dtype=torch.long)
+            columns[self.kept] = torch.arange(len(kept))
+            self.register_buffer("columns", columns, persistent=False)
+            self.log_trimmed = math.log(self.vocab - len(kept))  # how many ids share the floor, as a log
 
         def forward(self, h):
             z = F.linear(h, self.weight)  # (..., K)
             full = z.new_zeros((*z.shape[:-1], self.vocab)) + self.floor.to(z.dtype)
             return full.scatter(-1, self.kept.expand(*z.shape[:-1], -1), z)
+
+        def compact(self, h):
+            """(..., H) -> (..., K + 1): the kept logits, then the floor once. The full softmax over V is
+            the softmax of these with log_trimmed added to the last column (V - K ids share it), so a
+            training loss reads log-probabilities without a (..., V) tensor (edgekd.losses.logprob_reader)."""
+            z = F.linear(h, self.weight)
+            return torch.cat([z, self.floor.to(z.dtype).expand(*z.shape[:-1], 1)], -1)
 
     return TrimmedHead
 

@@ -138,12 +138,14 @@ def length_batches(seqs: Seqs, batch_size: int, seed: int, pad_id: int):
     return batches
 
 
-def token_logits(model, ids, mask, sel):
+def token_logits(model, ids, mask, sel, compact: bool = False):
     """The model's logits at the scored positions only, (N, V): the LM head runs on N rows instead of
-    B x L (a 49k vocabulary makes full logits the largest tensor of a step)."""
+    B x L (a 49k vocabulary makes full logits the largest tensor of a step). compact: a trimmed head's
+    (N, K + 1) form instead (edgekd.models.lm_vocab), where it has one."""
     base = getattr(model, model.base_model_prefix)
     h = base(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, H)
-    return model.get_output_embeddings()(h[sel])  # (N, V)
+    head = model.get_output_embeddings()
+    return head.compact(h[sel]) if compact and hasattr(head, "compact") else head(h[sel])  # (N, V) or (N, K + 1)
 
 
 def block_influence(model, seqs: Seqs, *, device: str = "cpu", n: int = 8, max_len: int = 256):
@@ -178,8 +180,8 @@ def selected_logits(model):
             super().__init__()
             self.lm = lm
 
-        def forward(self, ids, mask, sel):
-            return token_logits(self.lm, ids, mask, sel)
+        def forward(self, ids, mask, sel, compact: bool = False):
+            return token_logits(self.lm, ids, mask, sel, compact)
 
     return SelectedLogits(model)
 

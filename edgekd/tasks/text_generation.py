@@ -313,7 +313,8 @@ class TextGeneration(Task):
         against the teacher's cached top-k or the teacher (or mentor) run in the step."""
         import torch
 
-        from ..losses import get as get_loss
+        from ..losses import get as get_loss, lm_cross_entropy
+        from ..models.lm_vocab import trimmed
         from ..schedules import fit_spec
         from ..train import fit
         from ._lm_data import labels_at, length_batches, selected_logits, token_logits
@@ -333,16 +334,21 @@ class TextGeneration(Task):
         alpha = r.distill.alpha if terms else 0.0
         on_policy = r.lm.on_policy if online and teacher is not None else 0.0
         rng = np.random.default_rng(r.seed + 11)
+        # a trimmed head trains on its (N, K + 1) compact logits unless a loss reads the full distribution
+        head = trimmed(model)
+        compact = head is not None and not online
 
         def step(forward, batch):
             ids, mask, sel, rows = batch
             if on_policy and rng.random() < on_policy:  # GKD: the student's own sample replaces the response
                 ids, mask, sel = _own_samples(model, ids, mask, sel, pad, ctx.recipe.lm.max_new_tokens)
-            logits = forward(ids, mask, sel)  # (N, V)
+            logits = forward(ids, mask, sel, compact)  # (N, V), or (N, K + 1) compact
             labels = labels_at(ids, sel)
+            s = ({"compact_logits": logits, "columns": head.columns, "log_trimmed": head.log_trimmed} if compact
+                 else {"token_logits": logits})
             if not terms:
-                return torch.nn.functional.cross_entropy(logits.float(), labels)
-            s, t = {"token_logits": logits}, {}
+                return lm_cross_entropy(s, labels)
+            t = {}
             if online:
                 with torch.no_grad():
                     t["token_logits"] = token_logits(guide, ids, mask, sel).float()
