@@ -216,17 +216,21 @@ def _nncf_quantize(pre: Path, out_path: Path, calib: list[dict], excluded: list[
     and fast bias correction then restores each layer's mean output shift. Weights: the QAT-tuned float
     ones of the graph (trained under an INT8 per-channel grid, which NNCF's weights use too); activation
     ranges: min/max statistics of calib, not QAT's. `excluded` nodes stay float (NNCF's ignored scope)."""
+    import contextlib
+    import io
     import logging
 
     import nncf
     import onnx
 
-    logging.getLogger("nncf").setLevel(logging.ERROR)  # its per-algorithm progress lines
+    logging.getLogger("nncf").setLevel(logging.ERROR)
     model = onnx.load(str(pre))
     names = {i.name for i in model.graph.input}
     data = [{k: v for k, v in f.items() if k in names} for f in calib]
-    q = nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data),
-                      ignored_scope=nncf.IgnoredScope(names=list(excluded)) if excluded else None)
+    # its progress bars (rich) write to the console at the time of writing: kept out of the build's log
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        q = nncf.quantize(model, nncf.Dataset(data), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(data),
+                          ignored_scope=nncf.IgnoredScope(names=list(excluded)) if excluded else None)
     onnx.save(q, str(out_path))
     return {"activations": "nncf", "calibration_inputs": len(data)}
 
