@@ -19,9 +19,9 @@ Where the defaults come from:
   sequence carries tens of scored tokens, an encoder's text one label).
 Epochs follow the data: enough epochs to reach the family's number of optimizer steps, within its
 bounds, so a 1,600-image folder gets 30 passes and 50,000 images 10. A run whose loss diverges or whose
-best epoch comes first is retried at a lower rate (edgekd.train.fit); a teacher or student whose
-epochs are the family's guess and whose last epoch is still its best goes on, in rounds at half the
-rate, until validation stops improving (teacher.extend, distill.extend)."""
+best epoch comes first is retried at a lower rate (edgekd.train.fit); a teacher whose epochs are the
+family's guess and whose last epoch is still its best goes on, in rounds at half the rate, until
+validation stops improving (teacher.extend; students when distill.extend asks)."""
 
 from __future__ import annotations
 
@@ -97,8 +97,7 @@ def resolve(recipe, *, kind: str, n_train: int):
     sb = ds.batch_size or BATCH[kind]
     distill = replace(ds, optimizer=sd.optimizer if ds.optimizer == "auto" else ds.optimizer, lr=ds.lr or sd.lr,
                       epochs=ds.epochs or epochs_for(sd, n_train, sb), batch_size=sb,
-                      temperature=ds.temperature or TEMPERATURE.get(kind, 4.0),
-                      extend=(0 if ds.epochs else EXTEND) if ds.extend < 0 else ds.extend)
+                      temperature=ds.temperature or TEMPERATURE.get(kind, 4.0))
     return replace(recipe, teacher=teacher, distill=distill)
 
 
@@ -128,7 +127,7 @@ def fit_spec(ctx, *, role: str, n_rows: int, desc: str, qat: bool = False, epoch
                    schedule=d.schedule, weight_decay=0.0 if qat else _decay(d, ds.optimizer),
                    steps_per_epoch=_steps(n_rows, ds.batch_size), seed=seed + (2 if qat else 0), desc=desc,
                    precision="fp32" if qat else ctx.extra.get("precision", "fp32"), retry=not qat,
-                   extend=0 if qat or explicit else max(0, ds.extend))
+                   extend=0 if qat or explicit else ds.extend)
 
 
 def student_seed(recipe) -> int:

@@ -185,8 +185,9 @@ def test_the_baseline_key_reads_no_signal_setting():
 
 
 def test_automatic_epochs_go_on_while_validation_improves():
-    """Teacher and students whose epochs are the family's guess may extend on a still-rising validation
-    score (stop on a plateau); a count the recipe gives is trained exactly; QAT never extends."""
+    """A teacher whose epochs are the family's guess may extend on a still-rising validation score (stop
+    on a plateau); a count the recipe gives is trained exactly. Students extend only when distill.extend
+    asks, and never in QAT or a caller's own count."""
     from types import SimpleNamespace
 
     from edgekd.schedules import EXTEND, fit_spec, resolve
@@ -194,10 +195,14 @@ def test_automatic_epochs_go_on_while_validation_improves():
     base = Recipe(task="image-classification", teacher=ModelSpec(model="hf-config:resnet"),
                   student=ModelSpec(model="hf-config:mobilenet_v2"))
     auto = resolve(base, kind="image", n_train=1600)
-    assert auto.teacher.extend == auto.distill.extend == EXTEND
+    assert auto.teacher.extend == EXTEND and auto.distill.extend == 0
     given = resolve(apply_overrides(base, ["distill.epochs=7", "teacher.epochs=5"]), kind="image", n_train=1600)
-    assert given.distill.extend == given.teacher.extend == 0 and given.distill.epochs == 7
+    assert given.teacher.extend == 0 and given.distill.epochs == 7
     ctx = SimpleNamespace(recipe=auto, io=SimpleNamespace(kind="image"), extra={})
-    assert fit_spec(ctx, role="student", n_rows=1600, desc="distill").extend == EXTEND
+    assert fit_spec(ctx, role="student", n_rows=1600, desc="distill").extend == 0
+    ctx.recipe = resolve(apply_overrides(base, ["distill.extend=2"]), kind="image", n_train=1600)
+    assert fit_spec(ctx, role="student", n_rows=1600, desc="distill").extend == 2
     assert fit_spec(ctx, role="student", n_rows=1600, desc="qat", qat=True).extend == 0
     assert fit_spec(ctx, role="student", n_rows=1600, desc="trial", epochs=1).extend == 0
+    with pytest.raises(RecipeError, match="distill.extend"):
+        apply_overrides(base, ["distill.extend=-1"])
