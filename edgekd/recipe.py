@@ -207,9 +207,8 @@ class DistillSpec:
     alpha: float = field(default=0.9, metadata=_SIGNAL)
     # 0 / "auto": the student family's defaults for this data size (edgekd.schedules; the lock file says which)
     epochs: int = 0
-    # up to this many more rounds of epochs / 2 at half the rate while validation still improves at the end
-    # (stop on a plateau, as teacher.extend does); off by default: on the image-folder example it raised a
-    # student's validation accuracy and not its test accuracy (benchmarks/README.md)
+    # more rounds of epochs / 2 at half the rate while validation still improves at the end (teacher.extend's
+    # rule); off by default: it raised validation, not test, accuracy on the image-folder example
     extend: int = 0
     optimizer: str = "auto"
     lr: float = 0.0
@@ -234,8 +233,7 @@ class DistillSpec:
     # (quantization-aware training stays float32: it simulates the runtime's rounding); "auto": bf16
     # where the training device computes it natively (AVX512-BF16 or AMX CPUs, recent GPUs)
     precision: str = "fp32"
-    # deprecated: distill.losses entries of the same name (hidden_mse: fitnets_hint on images,
-    # tinybert_hidden on text)
+    # deprecated: distill.losses entries of the same name (hidden_mse: fitnets_hint on images, tinybert_hidden on text)
     embedding_mse: float | None = field(default=None, metadata=_ALIAS)
     embedding_cos: float | None = field(default=None, metadata=_ALIAS)
     hidden_mse: float | None = field(default=None, metadata=_ALIAS)
@@ -335,8 +333,7 @@ class DistillSpec:
 class QuantizeSpec:
     method: str = "qat"  # "qat": quantization-aware distillation; "ptq": calibration only
     epochs: int = 3  # quantization-aware fine-tuning epochs, from the distilled student (0: calibration only)
-    # Small: BatchNorm is folded before fake-quant, so the network is no longer scale-invariant and
-    # SGD at the distillation rate diverges (seen at 5e-3).
+    # small: BatchNorm folded before fake-quant leaves the network scale-sensitive (SGD diverged at 5e-3)
     lr: float = 5e-4
     calibration: int = 256  # inputs used to calibrate activation ranges
     # text tasks: QAT fine-tunes on this many training texts (a random subset; 0 = all): it starts
@@ -356,15 +353,13 @@ class QuantizeSpec:
     # "auto": kinds of layer where INT8 is slower than float on the target's runtime stay float (edgekd.payoff)
     int8_layers: str = "auto"
     # transformer students: INT8 activation ranges "static" (QAT's), "dynamic" (each call's), "nncf" (NNCF's
-    # post-training pipeline; its extra) or "auto" (the candidates timed on the target at the benchmark's
-    # lengths and scored on validation; edgekd.payoff)
+    # PTQ pipeline) or "auto" (timed on the target at the benchmark's lengths, scored on validation; edgekd.payoff)
     activations: str = "auto"
 
     def __post_init__(self):
         _check(self.method in ("qat", "ptq"), "quantize.method", "'qat' or 'ptq'", self.method)
         _check(self.int8_layers in ("auto", "all"), "quantize.int8_layers", "'auto' or 'all'", self.int8_layers)
-        _check(self.activations in ACTIVATIONS, "quantize.activations", "'auto', 'static', 'dynamic' or 'nncf'",
-               self.activations)
+        _check(self.activations in ACTIVATIONS, "quantize.activations", " or ".join(map(repr, ACTIVATIONS)), self.activations)
         _check(self.epochs >= 0, "quantize.epochs", ">= 0", self.epochs)
         _check(self.lr > 0, "quantize.lr", "> 0", self.lr)
         _check(self.calibration > 0, "quantize.calibration", "> 0", self.calibration)
@@ -387,9 +382,8 @@ class ExportSpec:
     fp32_max_abs_diff: float = 1e-3  # per unit of the largest |output| (at least 1): float32 rounding scales
     fp32_min_agreement: float = 0.99
     int8_min_agreement: float = 0.97
-    # text INT8 student: store the word and position embedding tables INT8 with one scale per row
-    # (MiniLM student: file 53 -> 17.5 MB, peak RSS 152 -> 88 MB, but p50 at 128 tokens measured
-    # 0.6-2.4 ms slower, so off unless size or memory matter more than latency)
+    # text INT8 student: word and position embedding tables INT8, one scale per row (a smaller file and peak
+    # RSS, slower calls: benchmarks/README.md), so off unless size or memory matter more than latency
     int8_embeddings: bool = False
 
     def __post_init__(self):

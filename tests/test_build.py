@@ -37,12 +37,17 @@ def test_tiny_build_writes_a_complete_report(tiny_build, target):
         assert (d / m["file"]).is_file()
     assert r["models"]["teacher"]["agreement"] == 1.0
     assert r["models"]["student-int8"]["precision"] == "int8"
-    # the teacher is bigger than the student, and the INT8 file smaller than the FP32 one
+    # the teacher is bigger than the student, and the INT8 file smaller than the FP32 one, unless INT8
+    # did not pay on this CPU's runtime (no VNNI, say): then the FP32 student ships and the report says so
     assert r["models"]["teacher"]["params"] > 10 * r["models"]["student-fp32"]["params"]
-    assert r["models"]["student-int8"]["size_bytes"] < r["models"]["student-fp32"]["size_bytes"]
     # every export was checked against PyTorch
     assert all(p["samples"] > 0 for p in r["parity"].values())
     md = (d / "report.md").read_text()
+    if r["int8"]["shipped_fp32"]:
+        assert r["models"]["student-int8"]["size_bytes"] == r["models"]["student-fp32"]["size_bytes"]
+        assert "ships the FP32 student" in md
+    else:
+        assert r["models"]["student-int8"]["size_bytes"] < r["models"]["student-fp32"]["size_bytes"]
     for word in ("teacher", "p50", "speedup", "peak RSS", "Stage times", "Parity"):
         assert word in md
     manifest = json.loads((d / "manifest.json").read_text())
