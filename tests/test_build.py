@@ -64,8 +64,11 @@ def test_tiny_build_writes_a_complete_report(tiny_build, target):
 def test_int8_onnx_runs_integer_kernels(tiny_build):
     d = tiny_build("cpu-int8")
     ops = optimized_op_types(d / "student-int8.onnx")
-    assert any(op in ops for op in INTEGER_OPS), ops
-    assert "QLinearConv" in ops
+    if read_report(d)["int8"]["shipped_fp32"]:  # INT8 did not pay on this CPU (no VNNI): FP32 ships, no integer op
+        assert not any(op in ops for op in INTEGER_OPS), ops
+    else:
+        assert any(op in ops for op in INTEGER_OPS), ops
+        assert "QLinearConv" in ops
     import onnxruntime as ort
 
     out = ort.InferenceSession(str(d / "student-int8.onnx")).run(None, {"input": np.zeros((3, 1, 28, 28), np.float32)})[0]
