@@ -34,8 +34,12 @@ $(APPS_STAMP): examples/apps/setup.sh examples/apps/node/package-lock.json examp
 demo: setup
 	$(VENV)/bin/edgekd build target=cpu-int8
 
+# A worker per core (up to 4), each with one torch thread (more would oversubscribe the cores); tests that
+# share a session build run in one worker (tests/conftest.py).
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+
 test: setup $(APPS_STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --durations=15 tests
 
 bench: setup
 	$(PY) benchmarks/build_ratios.py

@@ -18,6 +18,20 @@ TINY_TEXT = ["data.n_train=48", "data.n_val=24", "data.n_test=40", "data.max_len
              "data.train_comments=false", "data.train_packages=0"]
 
 
+# Fixtures that build once per session, for tests in several files: a test reads one of them
+SHARED_BUILDS = ("tiny_build", "tiny_text_build", "tiny_lm_build")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs a worker per core, up to 4): tests that share a session build
+    run in one worker, so it is built once; every other test stays with its file (module fixtures)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        named = set(item.fixturenames) | {str(v) for v in (callspec.params.values() if callspec else ())}
+        shared = [f for f in SHARED_BUILDS if f in named]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(scope="session")
 def build_root(tmp_path_factory) -> Path:
     """One output folder for every tiny build, so targets share the cached training stages."""

@@ -78,8 +78,12 @@ def test_int8_onnx_runs_integer_kernels(tiny_build):
 
 def test_openvino_ir_runs_int8(tiny_build):
     d = tiny_build("cpu-int8-openvino")
-    precisions = read_report(d)["int8"]["openvino_precisions"]
-    assert any(k.lower() in ("i8", "u8") for k in precisions), precisions
+    r = read_report(d)
+    precisions = r["int8"]["openvino_precisions"]
+    if r["int8"]["shipped_fp32"]:  # INT8 did not pay on this CPU: the FP32 student ships, with no integer op
+        assert not any(k.lower() in ("i8", "u8") for k in precisions), precisions
+    else:
+        assert any(k.lower() in ("i8", "u8") for k in precisions), precisions
     assert (d / "student-int8.xml").is_file() and (d / "student-int8.bin").is_file()
 
 

@@ -136,22 +136,27 @@ def test_texts_run_in_groups_of_similar_length(tiny_text_build):
 
 # ---------------------------------------------------------------- torch-free
 
-def test_runtime_never_imports_the_training_stack(tiny_build, tiny_text_build, tmp_path):
-    """In a fresh process: load and predict on an image build (file, array) and a text build; torch,
+@pytest.mark.parametrize("build", ["tiny_build", "tiny_text_build"])
+def test_runtime_never_imports_the_training_stack(build, request, tmp_path):
+    """In a fresh process: load and predict on an image build (file, array) or a text build; torch,
     transformers and click are never imported."""
     from PIL import Image
 
-    raw, _ = _raw_mnist_test(tiny_build("cpu-int8"))
-    Image.fromarray(raw[0, :, :, 0]).save(tmp_path / "digit.png")
-    np.save(tmp_path / "digit.npy", raw[1, :, :, 0])
+    if build == "tiny_build":
+        folder = request.getfixturevalue(build)("cpu-int8")
+        raw, _ = _raw_mnist_test(folder)
+        Image.fromarray(raw[0, :, :, 0]).save(tmp_path / "digit.png")
+        np.save(tmp_path / "digit.npy", raw[1, :, :, 0])
+        use = f"""img = edgekd.runtime.load({str(folder)!r})
+p = img.predict([{str(tmp_path / "digit.png")!r}, np.load({str(tmp_path / "digit.npy")!r})])
+assert len(p) == 2 and all(x["label"] in img.labels for x in p), p"""
+    else:
+        use = f"""e = edgekd.runtime.load({str(request.getfixturevalue(build))!r}).predict(["a sentence", "another one"])
+assert e.shape == (2, 384), e.shape"""
     code = f"""
 import sys, numpy as np
 import edgekd.runtime
-img = edgekd.runtime.load({str(tiny_build("cpu-int8"))!r})
-p = img.predict([{str(tmp_path / "digit.png")!r}, np.load({str(tmp_path / "digit.npy")!r})])
-assert len(p) == 2 and all(x["label"] in img.labels for x in p), p
-e = edgekd.runtime.load({str(tiny_text_build)!r}).predict(["a sentence", "another one"])
-assert e.shape == (2, 384), e.shape
+{use}
 heavy = sorted(m for m in ("torch", "transformers", "click", "tqdm", "matplotlib", "onnx") if m in sys.modules)
 print("HEAVY", heavy)
 """
@@ -199,15 +204,19 @@ def test_schema_ships_in_the_package_and_is_valid():
     assert schema_path() == Path(str(shipped)) and schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
 
 
-def test_every_build_manifest_matches_the_schema(tiny_build, tiny_text_build):
+@pytest.mark.parametrize("build, target", [("tiny_build", "cpu-int8"), ("tiny_build", "cpu-int8-openvino"),
+                                           ("tiny_text_build", None)])
+def test_every_build_manifest_matches_the_schema(build, target, request):
     from edgekd.manifest import read_manifest
 
-    for build in (tiny_build("cpu-int8"), tiny_build("cpu-int8-openvino"), tiny_text_build):
-        m = read_manifest(build)
-        assert m["schema_version"] == 1 and (build / m["model"]).is_file()
-        for c in m["companions"]:
-            assert (build / c["file"]).is_file()
-    assert read_manifest(tiny_build("cpu-int8-openvino"))["companions"][0]["file"] == "student-int8.bin"
+    folder = request.getfixturevalue(build)
+    folder = folder(target) if target else folder
+    m = read_manifest(folder)
+    assert m["schema_version"] == 1 and (folder / m["model"]).is_file()
+    for c in m["companions"]:
+        assert (folder / c["file"]).is_file()
+    if target == "cpu-int8-openvino":
+        assert m["companions"][0]["file"] == "student-int8.bin"
 
 
 @pytest.mark.parametrize("changes, match", [
