@@ -78,15 +78,15 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
                    "content": ctx.data.digest(), "seed": recipe.seed, "device": device.split(":")[0], **task.fingerprint(ctx)}
         loaded: dict = {}  # the teacher the stage built, when it ran in this process
         built = _check_models(task, ctx)  # every model spec against the data, before any training
-        if recipe.student.max_latency_ms:  # the most capable candidate under the budget, timed untrained
-            from . import student_budget
+        from . import student_budget
 
+        if student_budget.wanted(recipe):  # the most capable candidate under the budget, timed untrained
             st_choice = stages.run("student-choice", lambda d, _: student_budget.choose(task, ctx, built.module, d),
                                    inputs={**data_in, "student": asdict(recipe.student), "teacher": asdict(recipe.teacher),
                                            "target": {k: getattr(target, k) for k in ("runtime", "format", "precision",
                                                                                       "threads")}})
             recipe = ctx.recipe = student_budget.apply(recipe, st_choice.meta)
-            log(f"[student] {st_choice.meta['chosen']} (student.max_latency_ms = {recipe.student.max_latency_ms:g})")
+            log(f"[student] {st_choice.meta['chosen']} ({student_budget.describe(recipe.student)})")
 
         # 1. Teacher: loaded; trained or fine-tuned when it is not ready for this data; then measured.
         st_teacher = stages.run("teacher", lambda d, ck: _teacher(task, ctx, d, ck, loaded, built), inputs={

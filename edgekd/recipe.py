@@ -114,8 +114,10 @@ class ModelSpec:
     lr: float = 0.0
     batch_size: int = 0
     label_smoothing: float = 0.0
-    # student: distil the most capable candidate that runs within this many ms on the target, untrained
+    # student: distil the most capable candidate that runs, untrained, within this many ms on the target
+    # and/or at least min_speedup times faster than the teacher there (timed in the same run)
     max_latency_ms: float = 0.0
+    min_speedup: float = 0.0
     # student: KEY=VALUE of one setting each ("layers=4"); none: a layer-subset's every layer count
     candidates: list[str] = field(default_factory=list)
     # text students built from the teacher
@@ -129,13 +131,12 @@ class ModelSpec:
         _check(self.optimizer in ("auto", *OPTIMIZERS), "optimizer", " or ".join(map(repr, ("auto", *OPTIMIZERS))),
                self.optimizer)
         _check(0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)", self.label_smoothing)
-        _check(self.fine_tune in ("auto", "always", "never", "probe"), "fine_tune",
-               "'auto', 'always', 'never' or 'probe'", self.fine_tune)
-        _check(self.epochs >= 0, "epochs", ">= 0 (0: the model family's default)", self.epochs)
+        _check(self.fine_tune in ("auto", "always", "never", "probe"), "fine_tune", "'auto', 'always', 'never' or 'probe'", self.fine_tune)
         _check(self.extend >= -1, "extend", ">= 0, or -1 (automatic)", self.extend)
-        _check(self.max_latency_ms >= 0, "max_latency_ms", ">= 0 (0: no budget)", self.max_latency_ms)
-        _check(self.lr >= 0, "lr", ">= 0 (0: the model family's default)", self.lr)
-        _check(self.batch_size >= 0, "batch_size", ">= 0 (0: the model family's default)", self.batch_size)
+        for k in ("max_latency_ms", "min_speedup"):
+            _check(getattr(self, k) >= 0, k, ">= 0 (0: no budget)", getattr(self, k))
+        for k in ("epochs", "lr", "batch_size"):
+            _check(getattr(self, k) >= 0, k, ">= 0 (0: the model family's default)", getattr(self, k))
         _check(self.layers >= 1, "layers", ">= 1", self.layers)
         _check(self.hidden >= 8 and self.heads >= 1 and self.hidden % self.heads == 0, "hidden",
                "a multiple of heads (>= 8)", (self.hidden, self.heads))
@@ -257,12 +258,11 @@ class DistillSpec:
         object.__setattr__(self, "losses", {**self.losses, **{k: float(v) for k, v in old.items()}})  # a copy
         _check(self.temperature >= 0, "distill.temperature", "> 0 (0: the task's default)", self.temperature)
         _check(0 <= self.alpha <= 1, "distill.alpha", "in [0, 1]", self.alpha)
-        _check(self.epochs >= 0, "distill.epochs", ">= 0 (0: the student family's default)", self.epochs)
         _check(self.extend >= 0, "distill.extend", ">= 0", self.extend)
         _check(self.optimizer in ("auto", *OPTIMIZERS), "distill.optimizer", " or ".join(map(repr, ("auto", *OPTIMIZERS))),
                self.optimizer)
-        _check(self.lr >= 0, "distill.lr", ">= 0 (0: the student family's default)", self.lr)
-        _check(self.batch_size >= 0, "distill.batch_size", ">= 0 (0: the student family's default)", self.batch_size)
+        for k in ("epochs", "lr", "batch_size"):
+            _check(getattr(self, k) >= 0, f"distill.{k}", ">= 0 (0: the student family's default)", getattr(self, k))
         _check(self.views >= 1, "distill.views", ">= 1", self.views)
         for name, w in self.losses.items():
             if name not in losses.registry and name not in losses.ALIASES:

@@ -1,4 +1,5 @@
-"""The student that fits a latency budget (`student.max_latency_ms`): candidate students are built
+"""The student that fits a latency budget (`student.max_latency_ms`, and/or `student.min_speedup` over the
+teacher, timed in the same run, which holds on any machine where an absolute budget does not): candidate students are built
 untrained, exported, quantized as the target ships them (INT8 targets: onnxruntime's post-training
 INT8, a proxy for the quantization-aware graph, whose kernels are the same), and timed at batch 1 on
 the target's runtime, interleaved in one process so that machine drift hits them alike. Timing needs no
@@ -20,9 +21,17 @@ from pathlib import Path
 
 from .errors import InputError, RecipeError
 
+TEACHER = "(teacher)"  # the teacher's row among the timed graphs (a candidate is KEY=VALUE, never this)
+
 
 def wanted(recipe) -> bool:
-    return recipe.student.max_latency_ms > 0
+    return recipe.student.max_latency_ms > 0 or recipe.student.min_speedup > 0
+
+
+def describe(choice_or_spec) -> str:
+    """'student.max_latency_ms = 2' / 'student.min_speedup = 3' / both, from a StudentSpec or a choice dict."""
+    get = choice_or_spec.get if isinstance(choice_or_spec, dict) else lambda k, d=0: getattr(choice_or_spec, k, d)
+    return " and ".join(f"student.{k} = {get(k, 0):g}" for k in ("max_latency_ms", "min_speedup") if get(k, 0))
 
 
 def candidates(recipe, teacher_layers: int | None) -> list[tuple[str, dict]]:
@@ -57,7 +66,6 @@ def choose(task, ctx, teacher, folder: Path) -> dict:
     from .payoff import _p50, _runner_for
 
     r, target = ctx.recipe, ctx.target
-    budget = r.student.max_latency_ms
     own = target.backend.source == "onnx"
     runtime = target.runtime if own else "onnxruntime"
     int8 = target.precision == "int8"
@@ -72,28 +80,34 @@ def choose(task, ctx, teacher, folder: Path) -> dict:
         path, feed = task.timing_graph(ctx, model.eval(), sub, int8=int8)
         runs[label] = runner(path)
         rows.append({"candidate": label, "fields": fields, "params": count_params(model)})
+    if r.student.min_speedup:  # the teacher as the report times it (FP32), in the same interleaved rounds
+        (folder / "teacher").mkdir(parents=True)
+        runs[TEACHER] = runner(task.timing_graph(ctx, teacher.eval(), folder / "teacher", int8=False)[0])
     ctx.log(f"[student] timing {len(rows)} candidate students untrained, {'INT8' if int8 else 'FP32'} on {runtime}, "
-            f"against student.max_latency_ms = {budget:g}")
+            f"against {describe(r.student)}")
     p50 = _p50(runs, None, feed=feed, rounds=5, seconds=0.1) if isinstance(feed, dict) else \
         _p50(runs, np.asarray(feed), rounds=5, seconds=0.1)
+    teacher_ms = p50.pop(TEACHER, None)
+    budget = min(b for b in (r.student.max_latency_ms, teacher_ms / r.student.min_speedup if teacher_ms else 0) if b > 0)
     for row in rows:
         row["p50_ms"] = p50[row["candidate"]]
         row["fits"] = row["p50_ms"] <= budget
     fitting = [x for x in rows if x["fits"]]
     if not fitting:
         fastest = min(rows, key=lambda x: x["p50_ms"])
-        raise InputError(f"no candidate student runs within student.max_latency_ms = {budget:g} ms on {runtime} (the "
-                         f"fastest, {fastest['candidate']}, took {fastest['p50_ms']:.3f} ms): raise the budget or add "
+        raise InputError(f"no candidate student runs within {describe(r.student)} ({budget:.3g} ms) on {runtime} (the "
+                         f"fastest, {fastest['candidate']}, took {fastest['p50_ms']:.3f} ms): loosen the budget or add "
                          "smaller candidates (student.candidates)")
     best = max(fitting, key=lambda x: (x["params"], -x["p50_ms"]))
     out = {"chosen": best["candidate"], "fields": best["fields"], "budget_ms": budget, "runtime": runtime,
+           "max_latency_ms": r.student.max_latency_ms, "min_speedup": r.student.min_speedup, "teacher_p50_ms": teacher_ms,
            "precision": "int8" if int8 else "fp32", "threads": target.threads, "candidates": rows,
            "note": "" if own else f"{target.format} is made from the PyTorch model: timed as ONNX on onnxruntime"}
     for row in rows:
         ctx.log(f"[student]   {row['candidate']}: {row['params']:,} parameters, {row['p50_ms']:.3f} ms"
                 + (" (chosen)" if row is best else "" if row["fits"] else " (over the budget)"))
     (folder / "choice.json").write_text(json.dumps(out, indent=1))
-    for sub in folder.glob("c*"):  # the timing graphs are not needed once timed
+    for sub in [*folder.glob("c*"), folder / "teacher"]:  # the timing graphs are not needed once timed
         shutil.rmtree(sub, ignore_errors=True)
     return out
 
@@ -108,7 +122,9 @@ def lines(choice: dict | None) -> list[str]:
     if not choice:
         return []
     out = ["", "## The student that fits the budget", "",
-           f"student.max_latency_ms = {choice['budget_ms']:g}: each candidate timed untrained at batch 1, "
+           f"{describe(choice) or 'student.max_latency_ms = %g' % choice['budget_ms']}"
+           + (f" (the teacher: {choice['teacher_p50_ms']:.3f} ms FP32, so {choice['budget_ms']:.3f} ms)"
+              if choice.get("teacher_p50_ms") else "") + ": each candidate timed untrained at batch 1, "
            f"{choice['precision'].upper()}, {choice['threads']} thread(s) on {choice['runtime']}; the one with the most "
            "parameters under the budget was distilled." + (f" {choice['note']}." if choice.get("note") else ""), "",
            "| candidate | parameters | p50 ms (untrained) | fits |", "|---|---:|---:|---|"]

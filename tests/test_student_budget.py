@@ -23,11 +23,12 @@ def _build(tmp_path, *args, cache=None, target="cpu-int8"):
                                      "distill.epochs=1", *CANDIDATES, *args])
 
 
-def test_no_candidate_under_the_budget_is_one_line_before_training(tmp_path):
-    res = _build(tmp_path, "student.max_latency_ms=0.000001")
+@pytest.mark.parametrize("budget", ["student.max_latency_ms=0.0001", "student.min_speedup=100000"])
+def test_no_candidate_under_the_budget_is_one_line_before_training(tmp_path, budget):
+    res = _build(tmp_path, budget)
     assert res.exit_code == 2, res.output
     last = res.output.strip().splitlines()[-1]
-    assert "no candidate student runs within student.max_latency_ms" in last and "raise the budget" in last
+    assert f"no candidate student runs within {budget.replace('=', ' = ')}" in last and "loosen the budget" in last
     assert "[teacher] running" not in res.output  # nothing trained
     assert not (tmp_path / "cpu-int8").exists()
 
@@ -35,8 +36,10 @@ def test_no_candidate_under_the_budget_is_one_line_before_training(tmp_path):
 def test_the_most_capable_candidate_under_the_budget_is_distilled(tmp_path, build_root):
     from edgekd.recipe import load_recipe
 
-    # the FP32 target: candidates timed in FP32, and no quantization-aware stage to wait for
-    res = _build(tmp_path, "student.max_latency_ms=1000", cache=build_root / ".cache", target="cpu-fp32")
+    # the FP32 target: candidates timed in FP32, and no quantization-aware stage to wait for; both budgets,
+    # the relative one timing the teacher beside the candidates (the tighter one holds)
+    res = _build(tmp_path, "student.max_latency_ms=1000", "student.min_speedup=0.001", cache=build_root / ".cache",
+                 target="cpu-fp32")
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "cpu-fp32" / "report.json").read_text())
     c = r["student_choice"]
@@ -45,7 +48,9 @@ def test_the_most_capable_candidate_under_the_budget_is_distilled(tmp_path, buil
     big = max(c["candidates"], key=lambda x: x["params"])
     assert c["chosen"] == big["candidate"] == "model=mnist-student"
     assert r["models"]["student-fp32"]["params"] == big["params"]  # the chosen one was trained
-    assert c["precision"] == "fp32"
+    assert c["precision"] == "fp32" and c["teacher_p50_ms"] > 0
+    assert c["budget_ms"] == pytest.approx(min(1000, c["teacher_p50_ms"] / 0.001))
+    assert [x["candidate"] for x in c["candidates"]] == ["model=mnist-student-tiny", "model=mnist-student"]  # no teacher row
     assert "## The student that fits the budget" in (tmp_path / "cpu-fp32" / "report.md").read_text()
     assert load_recipe(tmp_path / "cpu-fp32" / "recipe.lock.toml").student.model == "mnist-student"
 

@@ -125,7 +125,7 @@ class Task:
         its headline batch-1 input: -> (path, input). edgekd.student_budget."""
         from ..errors import RecipeError
 
-        raise RecipeError(f"student.max_latency_ms is not available for task {self.name}; remove it")
+        raise RecipeError(f"student.max_latency_ms and student.min_speedup are not available for task {self.name}; remove them")
 
     def benchmark_key(self, ctx: Context) -> dict:
         """What the benchmark stage measures beyond the target profile (part of its key)."""
