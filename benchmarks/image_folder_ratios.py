@@ -6,7 +6,7 @@
 Writes the example's image folder with examples/image-folder/make_folder.py into a temporary folder
 (or reuses --folder when it exists), runs `edgekd build recipe=examples/image-folder/edgekd.toml
 target=cpu-int8` on it from scratch (--force), timing it end to end, then prints the ratios the goals
-are stated in: the INT8 student (MobileNetV2) at least 4x faster than the FP32 teacher (ResNet), at
+are stated in: the INT8 student at least 4x faster than the FP32 teacher (ResNet), at
 most 2 points less accurate, at most a tenth of its size, the build within 15 minutes. The machine's
 load average is recorded with the results: training time depends on it. With --report, reads an
 existing build's report instead of building. Results go to benchmarks/results/image-folder.json."""

@@ -1,5 +1,5 @@
 """The image-folder example: make_folder.py writes the layout the image-folder source reads, and the
-example recipe (transformers ResNet teacher, MobileNetV2 student) builds through the CLI in tiny mode."""
+example recipe (transformers ResNet teacher, the largest ResNet student 3x faster than it) builds through the CLI in tiny mode."""
 
 import json
 import subprocess
@@ -51,9 +51,11 @@ def test_example_recipe_loads_with_library_models():
     r = load_recipe(EXAMPLE / "edgekd.toml")
     assert (r.task, r.data.source, r.data.augment) == ("image-classification", "image-folder", "digits")
     assert r.path(r.data.path) == EXAMPLE / "digits-rgb"
-    assert (r.teacher.model, r.student.model) == ("hf-config:resnet", "hf-config:mobilenet_v2")
+    assert (r.teacher.model, r.student.model) == ("hf-config:resnet", "hf-config:resnet")
     assert r.teacher.config_overrides()["layer_type"] == "basic"
-    assert r.student.config_overrides()["depth_multiplier"] < 1
+    assert r.student.min_speedup >= 3 and len(r.student.candidates) > 1
+    teacher_width = r.teacher.config_overrides()["hidden_sizes"][-1]
+    assert all(json.loads(c.partition("=")[2])["hidden_sizes"][-1] < teacher_width for c in r.student.candidates)
 
 
 def test_example_builds_in_tiny_mode(folder, tmp_path):
@@ -72,7 +74,12 @@ def test_example_builds_in_tiny_mode(folder, tmp_path):
     assert set(report["models"]) == {"teacher", "student-baseline", "student-fp32", "student-int8"}
     assert report["training"]["teacher"]["note"].startswith("resnet from config")
     lock = tomllib.loads((build / "recipe.lock.toml").read_text())
-    assert (lock["teacher"]["model"], lock["student"]["model"]) == ("hf-config:resnet", "hf-config:mobilenet_v2")
+    assert (lock["teacher"]["model"], lock["student"]["model"]) == ("hf-config:resnet", "hf-config:resnet")
+    choice = report["student_choice"]  # the most parameters among the candidates 3x faster than the teacher
+    assert choice["teacher_p50_ms"] > 0 and choice["budget_ms"] == pytest.approx(choice["teacher_p50_ms"] / 3)
+    fits = [c for c in choice["candidates"] if c["p50_ms"] <= choice["budget_ms"]]
+    assert choice["chosen"] == max(fits, key=lambda c: c["params"])["candidate"]
+    assert json.loads(lock["student"]["config"]) == json.loads(choice["chosen"].partition("=")[2])
     assert lock["data"]["path"] == str(folder)
     manifest = json.loads((build / "manifest.json").read_text())
     assert manifest["inputs"][0]["shape"][1:] == [3, 32, 32]
