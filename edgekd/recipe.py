@@ -115,9 +115,9 @@ class ModelSpec:
     batch_size: int = 0
     label_smoothing: float = 0.0
     # student: distil the most capable candidate that runs, untrained, within this many ms on the target
-    # and/or at least min_speedup times faster than the teacher there (timed in the same run)
+    # (and within min_speedup, when both are set)
     max_latency_ms: float = 0.0
-    min_speedup: float = 0.0
+    min_speedup: float = 0.0  # student: the same, at least this many times faster than the teacher (timed beside it)
     # student: KEY=VALUE of one setting each ("layers=4"); none: a layer-subset's every layer count
     candidates: list[str] = field(default_factory=list)
     # text students built from the teacher
