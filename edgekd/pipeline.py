@@ -86,7 +86,8 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
                                            "target": {k: getattr(target, k) for k in ("runtime", "format", "precision",
                                                                                       "threads")}})
             recipe = ctx.recipe = student_budget.apply(recipe, st_choice.meta)
-            log(f"[student] {st_choice.meta['chosen']} ({student_budget.describe(recipe.student)})")
+            asked = student_budget.describe(recipe.student.max_latency_ms, recipe.student.min_speedup)
+            log(f"[student] {st_choice.meta['chosen']} ({asked})")
 
         # 1. Teacher: loaded; trained or fine-tuned when it is not ready for this data; then measured.
         st_teacher = stages.run("teacher", lambda d, ck: _teacher(task, ctx, d, ck, loaded, built), inputs={

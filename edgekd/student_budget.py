@@ -1,6 +1,6 @@
 """The student that fits a latency budget (`student.max_latency_ms`, and/or `student.min_speedup` over the
-teacher, timed in the same run, which holds on any machine where an absolute budget does not): candidate students are built
-untrained, exported, quantized as the target ships them (INT8 targets: onnxruntime's post-training
+teacher, timed in the same run: it holds on any machine, where an absolute budget does not): candidate
+students are built untrained, exported, quantized as the target ships them (INT8 targets: onnxruntime's post-training
 INT8, a proxy for the quantization-aware graph, whose kernels are the same), and timed at batch 1 on
 the target's runtime, interleaved in one process so that machine drift hits them alike. Timing needs no
 training, so every candidate costs seconds; the most capable one under the budget (the most parameters)
@@ -28,10 +28,10 @@ def wanted(recipe) -> bool:
     return recipe.student.max_latency_ms > 0 or recipe.student.min_speedup > 0
 
 
-def describe(choice_or_spec) -> str:
-    """'student.max_latency_ms = 2' / 'student.min_speedup = 3' / both, from a StudentSpec or a choice dict."""
-    get = choice_or_spec.get if isinstance(choice_or_spec, dict) else lambda k, d=0: getattr(choice_or_spec, k, d)
-    return " and ".join(f"student.{k} = {get(k, 0):g}" for k in ("max_latency_ms", "min_speedup") if get(k, 0))
+def describe(max_latency_ms: float, min_speedup: float) -> str:
+    """'student.max_latency_ms = 2' / 'student.min_speedup = 3' / both joined by 'and'."""
+    return " and ".join(f"student.{k} = {v:g}" for k, v in (("max_latency_ms", max_latency_ms),
+                                                            ("min_speedup", min_speedup)) if v)
 
 
 def candidates(recipe, teacher_layers: int | None) -> list[tuple[str, dict]]:
@@ -66,6 +66,7 @@ def choose(task, ctx, teacher, folder: Path) -> dict:
     from .payoff import _p50, _runner_for
 
     r, target = ctx.recipe, ctx.target
+    asked = describe(r.student.max_latency_ms, r.student.min_speedup)
     own = target.backend.source == "onnx"
     runtime = target.runtime if own else "onnxruntime"
     int8 = target.precision == "int8"
@@ -84,18 +85,21 @@ def choose(task, ctx, teacher, folder: Path) -> dict:
         (folder / "teacher").mkdir(parents=True)
         runs[TEACHER] = runner(task.timing_graph(ctx, teacher.eval(), folder / "teacher", int8=False)[0])
     ctx.log(f"[student] timing {len(rows)} candidate students untrained, {'INT8' if int8 else 'FP32'} on {runtime}, "
-            f"against {describe(r.student)}")
+            f"against {asked}")
     p50 = _p50(runs, None, feed=feed, rounds=5, seconds=0.1) if isinstance(feed, dict) else \
         _p50(runs, np.asarray(feed), rounds=5, seconds=0.1)
     teacher_ms = p50.pop(TEACHER, None)
-    budget = min(b for b in (r.student.max_latency_ms, teacher_ms / r.student.min_speedup if teacher_ms else 0) if b > 0)
+    budgets = [r.student.max_latency_ms] if r.student.max_latency_ms else []
+    if teacher_ms:
+        budgets.append(teacher_ms / r.student.min_speedup)
+    budget = min(budgets)  # both set: the tighter one
     for row in rows:
         row["p50_ms"] = p50[row["candidate"]]
         row["fits"] = row["p50_ms"] <= budget
     fitting = [x for x in rows if x["fits"]]
     if not fitting:
         fastest = min(rows, key=lambda x: x["p50_ms"])
-        raise InputError(f"no candidate student runs within {describe(r.student)} ({budget:.3g} ms) on {runtime} (the "
+        raise InputError(f"no candidate student runs within {asked} ({budget:.3g} ms) on {runtime} (the "
                          f"fastest, {fastest['candidate']}, took {fastest['p50_ms']:.3f} ms): loosen the budget or add "
                          "smaller candidates (student.candidates)")
     best = max(fitting, key=lambda x: (x["params"], -x["p50_ms"]))
@@ -122,7 +126,8 @@ def lines(choice: dict | None) -> list[str]:
     if not choice:
         return []
     out = ["", "## The student that fits the budget", "",
-           f"{describe(choice) or 'student.max_latency_ms = %g' % choice['budget_ms']}"
+           # a choice made before min_speedup existed has budget_ms alone: it was max_latency_ms
+           f"{describe(choice.get('max_latency_ms', choice['budget_ms']), choice.get('min_speedup', 0))}"
            + (f" (the teacher: {choice['teacher_p50_ms']:.3f} ms FP32, so {choice['budget_ms']:.3f} ms)"
               if choice.get("teacher_p50_ms") else "") + ": each candidate timed untrained at batch 1, "
            f"{choice['precision'].upper()}, {choice['threads']} thread(s) on {choice['runtime']}; the one with the most "
