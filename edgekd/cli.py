@@ -129,21 +129,19 @@ def build(settings, target_opt, recipe_opt, out, force, debug):
         rank = _init_distributed()
         log = (lambda m: click.echo(m, err=True)) if rank == 0 else (lambda m: None)
         results, fresh, failed = [], set(), {}
-        try:
-            for tgt in tgts:  # training stages are built once and reused by every target
-                if len(tgts) > 1:
-                    log(f"[target] {tgt.name}")
-                try:
-                    results.append(run_build(recipe, tgt, out_dir=out, force=force, log=log, fresh=fresh))
-                except EdgeKDError as e:
-                    if len(tgts) == 1 or debug:
-                        raise
-                    # one target's converter failing is no reason to withhold the others: they are built,
-                    # and the command ends with one line naming what failed
-                    failed[tgt.name] = str(e)
-                    log(f"[target] {tgt.name} failed: {e}")
-        finally:
-            _end_distributed()
+        for tgt in tgts:  # training stages are built once and reused by every target
+            if len(tgts) > 1:
+                log(f"[target] {tgt.name}")
+            try:
+                results.append(run_build(recipe, tgt, out_dir=out, force=force, log=log, fresh=fresh))
+            except EdgeKDError as e:
+                if len(tgts) == 1 or debug:
+                    raise
+                # one target's converter failing is no reason to withhold the others: they are built,
+                # and the command ends with one line naming what failed
+                failed[tgt.name] = str(e)
+                log(f"[target] {tgt.name} failed: {e}")
+        _end_distributed()  # reached only when this rank succeeded (a failed rank leaves; torchrun stops the rest)
         if rank != 0:
             return
         for r in results:
@@ -190,14 +188,29 @@ def _init_distributed() -> int:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    global _DONE
+    # The ranks part after training: rank 0 exports, benchmarks and reports (minutes to an hour for a
+    # language model) while the others wait to leave together. A process group torn down by one rank
+    # while another still holds it can hang at exit, so every rank meets here first, in a group of its
+    # own whose timeout outlasts rank 0's work (the default group keeps the usual timeout for training).
+    from datetime import timedelta
+
+    _DONE = dist.new_group(backend="gloo", timeout=timedelta(hours=24))
     return dist.get_rank()
+
+
+_DONE = None
 
 
 def _end_distributed() -> None:
     import sys as _sys
 
+    global _DONE
     dist = _sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
+        if _DONE is not None:
+            dist.barrier(group=_DONE)
+            _DONE = None
         dist.destroy_process_group()
 
 

@@ -398,7 +398,10 @@ def test_hf_exports_run_at_any_batch_size(model_type, tmp_path):
             # INT8: a rounding inside an integer kernel that lands on the other side of a step moves a value
             # by one step, and later layers carry it (up to ~6% of the logits here); a kernel that computes
             # something else (QLinearAveragePool zeroing an EfficientNet's pooled features) moves them ~100%
-            err, tol = np.abs(got - want).max(), (1e-4 if name == "fp32.onnx" else 0.1 * np.abs(want).max())
+            # FP32: onnxruntime and torch sum in other orders; through a MobileNetV2's depthwise layers that moved
+            # a logit by 1.1e-4 on a CI machine, so the bound is relative to the logits' scale
+            scale = np.abs(want).max()
+            err, tol = np.abs(got - want).max(), (1e-3 * max(1.0, scale) if name == "fp32.onnx" else 0.1 * scale)
             if name == "int8.onnx" and err >= tol and rr:
                 # known, not fixed: on x86 without VNNI onnxruntime's INT8 kernels depart from the fake-quant
                 # model by up to ~20% of the logits on these tiny models (measured on an AVX2-only EPYC)
