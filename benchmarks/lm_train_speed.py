@@ -1,7 +1,8 @@
 """How fast task text-generation's training step runs on this machine's devices: the distilled
 student's step (forward KL against the teacher's cached top-64, AdamW) and the teacher's top-k pass, on
 models of the SmolLM2 example's shapes (teacher: SmolLM2-135M's config, random weights; student: 12 of
-its layers), at batch 8 x 256 tokens. CPU float32; CUDA float32 and bfloat16 autocast when a GPU is there.
+its layers), at batch 8 x 256 tokens. CPU float32, and bfloat16 autocast where the CPU computes it natively
+(AVX512-BF16 or AMX); CUDA float32 and bfloat16 autocast when a GPU is there.
 
     python benchmarks/lm_train_speed.py [--steps 5] [--out results/lm-train-speed.json]
 
@@ -94,7 +95,20 @@ def measure(device: str, precision: str, *, steps: int, batch: int = 8, length: 
     t2 = time.perf_counter()
     return {"student_step_s": (t2 - t1) / steps, "teacher_topk_s": (t1 - t0) / steps,
             "tokens_per_s": batch * length * steps / (t2 - t1), "batch": batch, "length": length, "steps": steps,
-            "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"}
+            "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name(),
+            "threads": torch.get_num_threads()}
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def measure_trimmed(*, steps: int, layers: int = 16, kept: int = 16384, batch: int = 8, length: int = 256) -> dict:
@@ -162,15 +176,20 @@ def main() -> None:
         out["cpu-fp32-trimmed-head"] = r
         Path(a.out).write_text(json.dumps(out, indent=2))
         return
+    from edgekd.train import resolve_precision
+
     runs = [] if a.no_cpu else [("cpu", "fp32", a.cpu_steps)]
+    if not a.no_cpu and resolve_precision("auto", "cpu") == "bf16":  # AVX512-BF16 / AMX: what "auto" picks
+        runs += [("cpu", "bf16", a.cpu_steps)]
     if torch.cuda.is_available():
         runs += [("cuda", "fp32", a.steps), ("cuda", "bf16", a.steps)]
-    out = {}
+    # other machines' rows stay: each run replaces only the keys it measured
+    out = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
     for device, precision, steps in runs:
         out[f"{device}-{precision}"] = r = measure(device, precision, steps=steps)
         print(f"{device}-{precision}: student step {r['student_step_s'] * 1e3:.1f} ms ({r['tokens_per_s']:.0f} tokens/s), "
               f"teacher top-k pass {r['teacher_topk_s'] * 1e3:.1f} ms", flush=True)
-    out["torch"] = torch.__version__
+    out["torch" if torch.cuda.is_available() else "torch_cpu"] = torch.__version__
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))
 
