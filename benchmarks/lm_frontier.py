@@ -11,7 +11,8 @@ target into one output folder, so the teacher, its generated data and its top-k 
 shared (lm.vocab and the student's layers are not inputs of the teacher's stages). Every point is the
 deliverable of one build: its decode tokens/s at 1 thread against the teacher FP32 of the same build, in
 fresh onnxruntime processes, its file size and its held-out perplexity. Points measured before with the
-same extra overrides are kept, so the grid can be filled over several runs. Writes
+same extra overrides are kept, so the grid can be filled over several runs; each CPU's points are a
+frontier of their own (speed ratios move with the CPU). Writes
 benchmarks/results/lm-frontier.json and prints the table and the pick: the lowest perplexity among the
 points meeting the speed and size goals, else the fastest."""
 
@@ -48,7 +49,10 @@ def build(config: list[str], target: str, out: Path, extra: list[str]) -> dict:
 def point(config: list[str], target: str, r: dict) -> dict:
     q = r["models"][r["deliverable"]]
     v = r.get("vocab") or {}
+    env = r.get("environment") or {}
+    isa = [k for k in ("avx512f", "avx512_vnni", "amx_int8") if (env.get("isa") or {}).get(k)]
     return {"config": " ".join(config) or "(the recipe)", "target": target, "deliverable": r["deliverable"],
+            "cpu": f"{env.get('cpu', 'cpu')} ({', '.join(isa) or 'AVX2'}), {env.get('logical_cpus')} cores",
             "params": q.get("params"), "vocab_kept": v.get("kept"), "vocab_test_coverage": v.get("test_coverage"),
             "decode_tok_s": q["decode_tok_s"]["mean"], "teacher_decode_tok_s": r["models"]["teacher"]["decode_tok_s"]["mean"],
             "decode_speedup": q["decode_speedup_vs_teacher"], "size_mb": q["size_bytes"] / 1e6,
@@ -64,6 +68,10 @@ def meets(p: dict) -> dict[str, bool]:
     return {"decode_speedup": p["decode_speedup"] >= GOALS["decode_speedup"],
             "size_ratio": p["size_ratio"] <= GOALS["size_ratio"],
             "perplexity_ratio": p["perplexity_ratio"] <= GOALS["perplexity_ratio"]}
+
+
+def where(p: dict) -> str:
+    return p.get("cpu", "CPU not recorded")
 
 
 def pick(points: list[dict]) -> tuple[dict, str]:
@@ -94,22 +102,25 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="recipe overrides passed to every build")
     a = ap.parse_args()
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    points = {(p["config"], p["target"]): p for p in saved.get("points", [])} if saved.get("extra") == a.extra else {}
+    # a point is (student, target, CPU): speed ratios move with the CPU (AVX-512 and AMX against AVX2),
+    # so each CPU's points form their own frontier and their own pick
+    points = {(p["config"], p["target"], where(p)): p for p in saved.get("points", [])} if saved.get("extra") == a.extra else {}
     if not a.report_only:
         for config in [c.split() for c in a.configs.split(";")]:
             for target in a.targets.split(","):
                 p = point(config, target, build(config, target, Path(a.out), a.extra))
-                points[(p["config"], p["target"])] = p
+                points[(p["config"], p["target"], where(p))] = p
                 RESULTS.parent.mkdir(parents=True, exist_ok=True)
                 RESULTS.write_text(json.dumps({"recipe": str(RECIPE.relative_to(ROOT)), "extra": a.extra,
                                                "goals": GOALS, "points": list(points.values())}, indent=2))
-    rows = list(points.values())
-    if not rows:
+    if not points:
         sys.exit("no points measured yet: run without --report-only")
-    print("\n".join(table(rows)))
-    best, why = pick(rows)
-    print(f"\npick ({why}): {best['config']} on {best['target']}; "
-          + ", ".join(f"{k} {'met' if ok else 'NOT met'}" for k, ok in meets(best).items()))
+    for cpu in dict.fromkeys(where(p) for p in points.values()):
+        rows = [p for p in points.values() if where(p) == cpu]
+        print(f"\n{cpu}\n" + "\n".join(table(rows)))
+        best, why = pick(rows)
+        print(f"\npick ({why}): {best['config']} on {best['target']}; "
+              + ", ".join(f"{k} {'met' if ok else 'NOT met'}" for k, ok in meets(best).items()))
 
 
 if __name__ == "__main__":
