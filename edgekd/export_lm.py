@@ -269,12 +269,14 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
 
 @contextmanager
 def _quiet(logger: str):
-    """Hold a library's logger at WARNING: onnxruntime's quantizer logs every node it visits at INFO."""
+    """Hold a library's logger at WARNING or above: onnxruntime's quantizer logs every node it visits at
+    INFO. Quieter where the CLI quiets the libraries (its opset-21 notice is not for the user: the
+    exported graph is checked against PyTorch anyway)."""
     import logging
 
     log = logging.getLogger(logger)
     level = log.level
-    log.setLevel(logging.WARNING)
+    log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     try:
         yield
     finally:
