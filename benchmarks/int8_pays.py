@@ -106,15 +106,17 @@ def main() -> None:
     ap.add_argument("--out", default="build-int8-pays")
     ap.add_argument("--force", action="store_true", help="rebuild every stage instead of reusing the cache")
     ap.add_argument("--report-only", action="store_true", help="summarize builds already in --out")
+    ap.add_argument("--tag", default="", help="keep the results as EXAMPLE@TAG beside the saved ones (another CPU)")
     args = ap.parse_args()
     out = (ROOT / args.out).resolve()
     previous = RESULTS / "int8-pays.json"
     results = json.loads(previous.read_text()).get("examples", {}) if previous.exists() else {}
     for example in args.examples.split(","):
         where = out / example
-        seconds, error = (None, (results.get(example) or {}).get("failed", "")) if args.report_only else \
+        key = f"{example}@{args.tag}" if args.tag else example
+        seconds, error = (None, (results.get(key) or {}).get("failed", "")) if args.report_only else \
             build(example, where, args.force)
-        per_target = {}
+        per_target, cpu = {}, None
         for rep in sorted(where.glob("*/report.json")):
             r = json.loads(rep.read_text())
             if r["target_profile"]["precision"] == "fp32":  # an FP32 target ships the FP32 student by definition
@@ -122,11 +124,13 @@ def main() -> None:
             md = rep.with_name("report.md")
             r["_markdown"] = md.read_text() if md.exists() else ""
             per_target[rep.parent.name] = judge(r)
-        results[example] = {"build_s": seconds, "targets": per_target, "failed": error}
+            env = r.get("environment") or {}
+            cpu = f"{env.get('cpu')} ({', '.join(k for k, v in (env.get('isa') or {}).items() if v)})"
+        results[key] = {"build_s": seconds, "targets": per_target, "failed": error, "cpu": cpu}
         rows = [(f"{t} ({x['runtime']}): FP32 p50 / shipped p50, {x['shipped']}", x["ratio_fp32_over_deliverable"],
                  f">= {1 - x['spread']:.2f}" if x["shipped"] == "int8" else "(FP32)", x["met"])
                 for t, x in per_target.items()]
-        print_goals(f"\n{example}" + (f" (build {seconds:.0f} s)" if seconds else ""), rows)
+        print_goals(f"\n{key}" + (f" (build {seconds:.0f} s)" if seconds else ""), rows)
         for t, x in per_target.items():
             print(f"  {t}: {x['why']}; ratio of means {x['ratio_of_means']:.2f}" + (f"; by length {', '.join(f'{s}: {v:.2f}' for s, v in x['by_length'].items())}"
                                           if x["by_length"] else ""))
