@@ -9,6 +9,14 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_of(report: dict) -> str:
+    """'MODEL (avx512f, avx512_vnni, amx_int8), N cores' from a report's environment: results measured on
+    different CPUs are kept apart by it, as INT8 / INT4 speed ratios move with these instruction sets."""
+    env = report.get("environment") or {}
+    isa = [k for k in ("avx512f", "avx512_vnni", "amx_int8") if (env.get("isa") or {}).get(k)]
+    return f"{env.get('cpu') or 'cpu'} ({', '.join(isa) or 'AVX2'}), {env.get('logical_cpus')} cores"
+
+
 def print_goals(title: str, rows: list[tuple]) -> None:
     width = max(len(r[0]) for r in rows) + 2
     print(title)

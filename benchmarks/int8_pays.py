@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _goals import RESULTS, print_goals, write_results
+from _goals import RESULTS, cpu_of, print_goals, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = {"mnist": "examples/mnist/edgekd.toml", "image-folder": "examples/image-folder/edgekd.toml",
@@ -124,8 +124,7 @@ def main() -> None:
             md = rep.with_name("report.md")
             r["_markdown"] = md.read_text() if md.exists() else ""
             per_target[rep.parent.name] = judge(r)
-            env = r.get("environment") or {}
-            cpu = f"{env.get('cpu')} ({', '.join(k for k, v in (env.get('isa') or {}).items() if v)})"
+            cpu = cpu_of(r)
         results[key] = {"build_s": seconds, "targets": per_target, "failed": error, "cpu": cpu}
         rows = [(f"{t} ({x['runtime']}): FP32 p50 / shipped p50, {x['shipped']}", x["ratio_fp32_over_deliverable"],
                  f">= {1 - x['spread']:.2f}" if x["shipped"] == "int8" else "(FP32)", x["met"])

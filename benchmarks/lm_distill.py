@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from _goals import cpu_of
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "examples" / "smollm-distill" / "edgekd.toml"
 RESULTS = Path(__file__).parent / "results" / "lm-distill.json"
@@ -37,9 +39,8 @@ def row(r: dict) -> dict:
     m = r["models"]
     q = m[r["deliverable"]]
     c = r["comparisons"].get("student-fp32 vs student-baseline", {})
-    env = r.get("environment") or {}
     return {
-        "seed": r.get("distill_seed"), "cpu": env.get("cpu"), "logical_cpus": env.get("logical_cpus"),
+        "seed": r.get("distill_seed"), "cpu": cpu_of(r),
         "baseline_perplexity": m["student-baseline"]["perplexity"], "distilled_perplexity": m["student-fp32"]["perplexity"],
         "baseline_rouge_l": m["student-baseline"].get("rouge_l"), "distilled_rouge_l": m["student-fp32"].get("rouge_l"),
         "rouge_l_diff": c.get("diff"), "rouge_l_diff_ci": [c.get("low"), c.get("high")] if c else None,

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from _goals import cpu_of
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "examples" / "smollm-distill" / "edgekd.toml"
 RESULTS = Path(__file__).parent / "results" / "lm-frontier.json"
@@ -49,10 +51,8 @@ def build(config: list[str], target: str, out: Path, extra: list[str]) -> dict:
 def point(config: list[str], target: str, r: dict) -> dict:
     q = r["models"][r["deliverable"]]
     v = r.get("vocab") or {}
-    env = r.get("environment") or {}
-    isa = [k for k in ("avx512f", "avx512_vnni", "amx_int8") if (env.get("isa") or {}).get(k)]
     return {"config": " ".join(config) or "(the recipe)", "target": target, "deliverable": r["deliverable"],
-            "cpu": f"{env.get('cpu', 'cpu')} ({', '.join(isa) or 'AVX2'}), {env.get('logical_cpus')} cores",
+            "cpu": cpu_of(r),
             "params": q.get("params"), "vocab_kept": v.get("kept"), "vocab_test_coverage": v.get("test_coverage"),
             "decode_tok_s": q["decode_tok_s"]["mean"], "teacher_decode_tok_s": r["models"]["teacher"]["decode_tok_s"]["mean"],
             "decode_speedup": q["decode_speedup_vs_teacher"], "size_mb": q["size_bytes"] / 1e6,

@@ -52,6 +52,7 @@ def measure(device: str, precision: str, *, steps: int, batch: int = 8, length: 
     import torch
 
     from edgekd import losses
+    from edgekd.report.assembly import cpu_info
     from edgekd.tasks._lm_data import Seqs, collate, labels_at, token_logits
 
     teacher, student = models()
@@ -95,20 +96,8 @@ def measure(device: str, precision: str, *, steps: int, batch: int = 8, length: 
     t2 = time.perf_counter()
     return {"student_step_s": (t2 - t1) / steps, "teacher_topk_s": (t1 - t0) / steps,
             "tokens_per_s": batch * length * steps / (t2 - t1), "batch": batch, "length": length, "steps": steps,
-            "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name(),
+            "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else cpu_info()["cpu"],
             "threads": torch.get_num_threads()}
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def measure_trimmed(*, steps: int, layers: int = 16, kept: int = 16384, batch: int = 8, length: int = 256) -> dict:

@@ -120,6 +120,20 @@ def _statistics(task, ctx, models: dict, outs: dict) -> dict:
     return comparisons
 
 
+def cpu_info() -> dict:
+    """{"cpu": model name, "isa": {flag: present}} for the instruction sets that move INT8 / INT4 / bf16 speed."""
+    import platform
+    from pathlib import Path
+
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu": platform.processor()}
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return {"cpu": model, "isa": {k: k in flags for k in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}}
+
+
 def environment(target, seed: int) -> dict:
     import os
     import platform
@@ -131,14 +145,7 @@ def environment(target, seed: int) -> dict:
 
     info: dict = {"python": platform.python_version(), "machine": platform.machine(), "seed": seed,
                   "edgekd": __version__, "threads": target.threads, "logical_cpus": os.cpu_count()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-        info["cpu"] = model
-        info["isa"] = {k: k in flags for k in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")}
-    except OSError:
-        info["cpu"] = platform.processor()
+    info.update(cpu_info())
     info["versions"] = {}
     for pkg in ("torch", "onnx", "onnxruntime", "openvino", "numpy", "transformers"):
         try:
