@@ -121,7 +121,8 @@ def build(recipe: Recipe, target: Target, *, out_dir: str | Path = "build", forc
         quantize_in = asdict(recipe.quantize)
         quantize_in.pop("max_accuracy_drop")  # read at export, not in training
         st_qat = stages.run("qat", lambda d, ck: _qat(task, ctx, student, teacher, d, ck, mentor=mentor),
-                            inputs={"quantize": quantize_in, "reduce_range": reduce_range, "for": qat_for},
+                            inputs={"quantize": quantize_in, "reduce_range": reduce_range, "for": qat_for,
+                                    **task.qat_inputs(ctx)},
                             after=(st_dist,))
         qat = _load(task.new_qat(ctx, student), st_qat.dir / "model.pt")
         qat_eval_mode(qat)

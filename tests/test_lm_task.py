@@ -248,3 +248,29 @@ def test_a_quantized_candidate_refused_by_parity_gives_way_to_the_next(tmp_path,
     md = (tmp_path / "b" / "cpu-int4" / "report.md").read_text()
     assert "refused by parity (agrees with its PyTorch model on 0.100 of next tokens (minimum 0.6))" in md
     assert "that passed parity" in md
+
+
+def test_int8_target_trains_on_its_own_grid(tiny_lm_build, tmp_path):
+    """cpu-int8 after cpu-int4 in one output folder: the students are shared, the quantization-aware stage
+    is not (its fake-quant weights sit on the 4- or 8-bit grid the target ships), and the deliverable's
+    MatMulNBits kernels are 8-bit."""
+    import shutil
+
+    import onnx
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    int4 = tiny_lm_build("llama")
+    out = tmp_path / "b"
+    shutil.copytree(int4.parent / ".cache", out / ".cache")  # the shared build stays as the other tests read it
+    res = CliRunner().invoke(main, ["build", f"recipe={int4.parent.parent / 'edgekd.toml'}", "target=cpu-int8",
+                                    "--out", str(out), *TINY_LM])
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "cpu-int8" / "report.json").read_text())
+    assert r["deliverable"] in ("student-int8", "student-fp32")
+    assert r["stages"]["distill"]["cached"] and r["stages"]["baseline"]["cached"]
+    assert not r["stages"]["qat"]["cached"]
+    bits = {a.i for n in onnx.load(str(out / "cpu-int8" / "student-int8" / "model.onnx")).graph.node
+            if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert bits == {8}

@@ -90,6 +90,11 @@ class Task:
         of the student stages' keys)."""
         return {}
 
+    def qat_inputs(self, ctx: Context) -> dict:
+        """What the quantization-aware stage depends on beyond the quantize section and the target's runtime
+        (part of its key): a task whose fake-quant grid follows the target's precision says so here."""
+        return {}
+
     def export_inputs(self, ctx: Context) -> dict:
         """Task settings the export depends on beyond the export and quantize sections (part of its key)."""
         return {}

@@ -126,6 +126,10 @@ class TextGeneration(Task):
                        if not k.startswith(("bench_", "eval_", "on_policy", "vocab", "head_bits"))},
                 "max_length": ctx.recipe.data.max_length}
 
+    def qat_inputs(self, ctx: Context) -> dict:
+        # the fake-quant weights train on the grid the target ships: INT4 for cpu-int4, INT8 otherwise
+        return {"bits": _bits(ctx.target)}
+
     def export_inputs(self, ctx: Context) -> dict:
         return {"lm": {"head_bits": ctx.recipe.lm.head_bits}}
 
