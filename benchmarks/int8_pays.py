@@ -117,6 +117,8 @@ def main() -> None:
         seconds, error = (None, (results.get(key) or {}).get("failed", "")) if args.report_only else \
             build(example, where, args.force)
         per_target, cpu = {}, None
+        if args.report_only and not any(where.glob("*/report.json")):
+            sys.exit(f"no build of {example} in {where}: run without --report-only, or pass --out to the builds")
         for rep in sorted(where.glob("*/report.json")):
             r = json.loads(rep.read_text())
             if r["target_profile"]["precision"] == "fp32":  # an FP32 target ships the FP32 student by definition
