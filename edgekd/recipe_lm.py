@@ -54,6 +54,13 @@ class LMSpec:
     # The LM head's weight bits in a 4-bit build (its error moves every next-token choice; llama.cpp's
     # 4-bit mixes keep the output tensor at 6 bits or more): 8, or 4 for the smallest file.
     head_bits: int = 8
+    # Parity of a quantized graph: its smallest next-token top-1 agreement with its PyTorch model (the
+    # fake-quant student, or the FP32 one for post-training rounding) on the parity prompts. onnxruntime
+    # rounds activations to 8 bits inside its weight-only kernels, which flips near-ties among the
+    # vocabulary at a few percent of positions even with 8-bit weights; 4-bit weights of a weak student
+    # flip more. The floors catch a broken graph; the report's perplexity judges the rest.
+    int8_min_agreement: float = 0.9
+    int4_min_agreement: float = 0.6
     # The benchmark, as llama-bench reports it: prefill tokens/s and time to first token at each prompt
     # length (capped to the models' context), decode tokens/s over bench_new_tokens, repeats runs each.
     bench_prompt_tokens: list[int] = field(default_factory=lambda: [128, 512])
@@ -76,6 +83,8 @@ class LMSpec:
         _check(1 <= self.top_k <= 1024, "top_k", "in [1, 1024]", self.top_k)
         _check(self.vocab >= 0, "vocab", ">= 0 (0: the teacher's whole vocabulary)", self.vocab)
         _check(self.head_bits in (4, 8), "head_bits", "4 or 8", self.head_bits)
+        for k in ("int8_min_agreement", "int4_min_agreement"):
+            _check(0 <= getattr(self, k) <= 1, k, "in [0, 1]", getattr(self, k))
         if self.pattern:
             import re
 

@@ -274,3 +274,33 @@ def test_int8_target_trains_on_its_own_grid(tiny_lm_build, tmp_path):
     bits = {a.i for n in onnx.load(str(out / "cpu-int8" / "student-int8" / "model.onnx")).graph.node
             if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert bits == {8}
+
+
+def test_no_rounding_passing_parity_is_one_line(tiny_lm_build, tmp_path, monkeypatch):
+    """Every candidate rounding refused by parity: exit 2, one line naming each candidate's agreement and
+    the key that sets the floor, and no half-written target folder."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    import edgekd.export_lm as el
+    from edgekd.cli import main
+
+    real = el.check_parity
+
+    def low(model, tok, folder, prompts, *, quantized=False, **kw):
+        if not quantized:
+            return real(model, tok, folder, prompts, quantized=quantized, **kw)
+        raise el.ParityError("low", {"top1_agreement": 0.42, "min_agreement": kw["min_agreement"]})
+
+    monkeypatch.setattr(el, "check_parity", low)
+    int4 = tiny_lm_build("llama")
+    out = tmp_path / "b"
+    shutil.copytree(int4.parent / ".cache", out / ".cache")
+    res = CliRunner().invoke(main, ["build", f"recipe={int4.parent.parent / 'edgekd.toml'}", "target=cpu-int4",
+                                    "--out", str(out), *TINY_LM, "lm.int4_min_agreement=0.7"])
+    assert res.exit_code == 2, res.output
+    line = res.output.strip().splitlines()[-1]
+    assert "no 4-bit rounding of the student passed parity" in line and line.count("0.420") >= 2
+    assert "(minimum 0.7)" in line and "lower lm.int4_min_agreement" in line and "Traceback" not in res.output
+    assert not (out / "cpu-int4").exists()

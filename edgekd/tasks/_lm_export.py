@@ -12,9 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-# INT4 weights move a small LM's next token at some positions by design: the floor catches a broken
-# graph; the report states the measured agreement and perplexity beside it
-INT4_MIN_AGREEMENT = 0.6
 # ONNX Runtime's fused attention and matmul order differ from PyTorch's; logits of a 30-layer model
 # differ by more than a classifier's 1e-3 while greedy tokens stay equal (the parity test's other half)
 LM_FP32_MAX_ABS_DIFF = 2e-2
@@ -86,7 +83,7 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
         found[how_name]["val_nll"] = _val_nll(folder / f".{how_name}", ctx)
     # the lowest validation NLL among the candidates whose graph passes parity against its PyTorch model
     # (a weak student's near-ties flip under 4-bit rounding: the next candidate may keep them)
-    floor = r.export.int8_min_agreement if bits == 8 else INT4_MIN_AGREEMENT
+    floor = r.lm.int8_min_agreement if bits == 8 else r.lm.int4_min_agreement
     chosen, refused = None, None
     for k in sorted(found, key=lambda k: found[k]["val_nll"]):
         try:
@@ -102,7 +99,10 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
         chosen = k
         break
     if chosen is None:
-        raise refused
+        tried = "; ".join(f"{WHAT[k]}: {c['parity_refused']}" for k, c in found.items())
+        hint = "" if bits == 8 else "try quantize.method=qat or target=cpu-int8, or "
+        raise ParityError(f"no {bits}-bit rounding of the student passed parity ({tried}); {hint}if the report's "
+                          f"perplexity is acceptable, lower lm.int{bits}_min_agreement", refused.measured)
     (folder / f".{chosen}").rename(folder / q)
     for k in found:
         shutil.rmtree(folder / f".{k}", ignore_errors=True)

@@ -123,7 +123,7 @@ class TextGeneration(Task):
 
         lm = asdict(ctx.recipe.lm)
         return {"lm": {k: v for k, v in lm.items()
-                       if not k.startswith(("bench_", "eval_", "on_policy", "vocab", "head_bits"))},
+                       if not k.startswith(("bench_", "eval_", "on_policy", "vocab", "head_bits", "int8_min", "int4_min"))},
                 "max_length": ctx.recipe.data.max_length}
 
     def qat_inputs(self, ctx: Context) -> dict:
@@ -131,7 +131,9 @@ class TextGeneration(Task):
         return {"bits": _bits(ctx.target)}
 
     def export_inputs(self, ctx: Context) -> dict:
-        return {"lm": {"head_bits": ctx.recipe.lm.head_bits}}
+        lm = ctx.recipe.lm
+        return {"lm": {"head_bits": lm.head_bits, "int8_min_agreement": lm.int8_min_agreement,
+                       "int4_min_agreement": lm.int4_min_agreement}}
 
     def student_inputs(self, ctx: Context) -> dict:
         # a layer subset's layers are chosen from the teacher and the data (upstream keys) by this rule
