@@ -111,7 +111,7 @@ def main() -> None:
                 p = point(config, target, build(config, target, Path(a.out), a.extra))
                 points[(p["config"], p["target"], where(p))] = p
                 RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                RESULTS.write_text(json.dumps({"recipe": str(RECIPE.relative_to(ROOT)), "extra": a.extra,
+                RESULTS.write_text(json.dumps({**saved, "recipe": str(RECIPE.relative_to(ROOT)), "extra": a.extra,
                                                "goals": GOALS, "points": list(points.values())}, indent=2))
     if not points:
         sys.exit("no points measured yet: run without --report-only")
