@@ -115,7 +115,7 @@ _MORE = {
     "parity_samples": "held-out inputs on which every export is compared with its PyTorch model",
     "fp32_max_abs_diff": "largest output difference an FP32 export may show against PyTorch",
     "fp32_min_agreement": "smallest top-1 agreement of an FP32 export with PyTorch",
-    "int8_min_agreement": "smallest top-1 agreement of the INT8 export with its fake-quantized PyTorch model",
+    "int8_min_agreement": "smallest top-1 agreement of the INT8 export with its fake-quantized PyTorch model (language models: lm.int8_min_agreement)",
     "val_split": 'Hugging Face datasets: the validation split\'s name ("": validation, valid or val)',
     "test_split": 'Hugging Face datasets: the test split\'s name ("": test)',
 }

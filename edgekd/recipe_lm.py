@@ -60,7 +60,7 @@ class LMSpec:
     # vocabulary at a few percent of positions even with 8-bit weights; 4-bit weights of a weak student
     # flip more. The floors catch a broken graph; the report's perplexity judges the rest.
     int8_min_agreement: float = 0.9
-    int4_min_agreement: float = 0.6
+    int4_min_agreement: float = 0.6  # the same floor for a 4-bit build
     # The benchmark, as llama-bench reports it: prefill tokens/s and time to first token at each prompt
     # length (capped to the models' context), decode tokens/s over bench_new_tokens, repeats runs each.
     bench_prompt_tokens: list[int] = field(default_factory=lambda: [128, 512])
