@@ -250,28 +250,36 @@ def test_a_quantized_candidate_refused_by_parity_gives_way_to_the_next(tmp_path,
     assert "that passed parity" in md
 
 
-def test_int8_target_trains_on_its_own_grid(tiny_lm_build, tmp_path):
-    """cpu-int8 after cpu-int4 in one output folder: the students are shared, the quantization-aware stage
-    is not (its fake-quant weights sit on the 4- or 8-bit grid the target ships), and the deliverable's
-    MatMulNBits kernels are 8-bit."""
+def _rebuild(tiny_lm_build, tmp_path, target: str, *overrides: str):
+    """The Llama tiny build's recipe built again for `target` into a folder of its own that starts from a
+    copy of the session build's cache (the shared build stays as the other tests read it)."""
     import shutil
 
-    import onnx
     from click.testing import CliRunner
 
     from edgekd.cli import main
 
     int4 = tiny_lm_build("llama")
     out = tmp_path / "b"
-    shutil.copytree(int4.parent / ".cache", out / ".cache")  # the shared build stays as the other tests read it
-    res = CliRunner().invoke(main, ["build", f"recipe={int4.parent.parent / 'edgekd.toml'}", "target=cpu-int8",
-                                    "--out", str(out), *TINY_LM])
+    shutil.copytree(int4.parent / ".cache", out / ".cache")
+    res = CliRunner().invoke(main, ["build", f"recipe={int4.parent.parent / 'edgekd.toml'}", f"target={target}",
+                                    "--out", str(out), *TINY_LM, *overrides])
+    return res, out / target
+
+
+def test_int8_target_trains_on_its_own_grid(tiny_lm_build, tmp_path):
+    """cpu-int8 after cpu-int4 in one output folder: the students are shared, the quantization-aware stage
+    is not (its fake-quant weights sit on the 4- or 8-bit grid the target ships), and the deliverable's
+    MatMulNBits kernels are 8-bit."""
+    import onnx
+
+    res, build = _rebuild(tiny_lm_build, tmp_path, "cpu-int8")
     assert res.exit_code == 0, res.output
-    r = json.loads((out / "cpu-int8" / "report.json").read_text())
+    r = json.loads((build / "report.json").read_text())
     assert r["deliverable"] in ("student-int8", "student-fp32")
     assert r["stages"]["distill"]["cached"] and r["stages"]["baseline"]["cached"]
     assert not r["stages"]["qat"]["cached"]
-    bits = {a.i for n in onnx.load(str(out / "cpu-int8" / "student-int8" / "model.onnx")).graph.node
+    bits = {a.i for n in onnx.load(str(build / "student-int8" / "model.onnx")).graph.node
             if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
     assert bits == {8}
 
@@ -279,13 +287,9 @@ def test_int8_target_trains_on_its_own_grid(tiny_lm_build, tmp_path):
 def test_no_rounding_passing_parity_is_one_line(tiny_lm_build, tmp_path, monkeypatch):
     """Every candidate rounding refused by parity: exit 2, one line naming each candidate's agreement and
     the key that sets the floor, and no half-written target folder."""
-    import shutil
-
-    from click.testing import CliRunner
-
     import edgekd.export_lm as el
-    from edgekd.cli import main
 
+    tiny_lm_build("llama")  # the session build first: it must pass parity before the check is patched
     real = el.check_parity
 
     def low(model, tok, folder, prompts, *, quantized=False, **kw):
@@ -294,13 +298,9 @@ def test_no_rounding_passing_parity_is_one_line(tiny_lm_build, tmp_path, monkeyp
         raise el.ParityError("low", {"top1_agreement": 0.42, "min_agreement": kw["min_agreement"]})
 
     monkeypatch.setattr(el, "check_parity", low)
-    int4 = tiny_lm_build("llama")
-    out = tmp_path / "b"
-    shutil.copytree(int4.parent / ".cache", out / ".cache")
-    res = CliRunner().invoke(main, ["build", f"recipe={int4.parent.parent / 'edgekd.toml'}", "target=cpu-int4",
-                                    "--out", str(out), *TINY_LM, "lm.int4_min_agreement=0.7"])
+    res, build = _rebuild(tiny_lm_build, tmp_path, "cpu-int4", "lm.int4_min_agreement=0.7")
     assert res.exit_code == 2, res.output
     line = res.output.strip().splitlines()[-1]
     assert "no 4-bit rounding of the student passed parity" in line and line.count("0.420") >= 2
     assert "(minimum 0.7)" in line and "lower lm.int4_min_agreement" in line and "Traceback" not in res.output
-    assert not (out / "cpu-int4").exists()
+    assert not build.exists()

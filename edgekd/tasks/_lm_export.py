@@ -100,9 +100,9 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
         break
     if chosen is None:
         tried = "; ".join(f"{WHAT[k]}: {c['parity_refused']}" for k, c in found.items())
-        hint = "" if bits == 8 else "try quantize.method=qat or target=cpu-int8, or "
-        raise ParityError(f"no {bits}-bit rounding of the student passed parity ({tried}); {hint}if the report's "
-                          f"perplexity is acceptable, lower lm.int{bits}_min_agreement", refused.measured)
+        hint = "" if bits == 8 else "try target=cpu-int8" + ("" if "qat" in found else " or quantize.method=qat") + "; "
+        raise ParityError(f"no {bits}-bit rounding of the student passed parity ({tried}); {hint}if that agreement "
+                          f"is enough for you, lower lm.int{bits}_min_agreement", refused.measured)
     (folder / f".{chosen}").rename(folder / q)
     for k in found:
         shutil.rmtree(folder / f".{k}", ignore_errors=True)
