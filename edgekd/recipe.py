@@ -123,6 +123,9 @@ class ModelSpec:
     # text students built from the teacher
     layers: int = 3
     keep_layers: str = ""  # layer-subset: teacher layers to copy, 0-based ("0,2,4"); default evenly spread
+    # layer-subset of a causal LM: MLP channels each kept layer keeps, those adding most to its output on
+    # the training sequences (Minitron's width pruning, edgekd.models.lm_width); 0: every channel
+    keep_intermediate: int = 0
     hidden: int = 256
     heads: int = 4
     intermediate: int = 1024
@@ -141,6 +144,7 @@ class ModelSpec:
         _check(self.hidden >= 8 and self.heads >= 1 and self.hidden % self.heads == 0, "hidden",
                "a multiple of heads (>= 8)", (self.hidden, self.heads))
         _check(self.intermediate >= 8, "intermediate", ">= 8", self.intermediate)
+        _check(self.keep_intermediate >= 0, "keep_intermediate", ">= 0 (0: every channel)", self.keep_intermediate)
         if self.keep_layers:
             try:
                 keep = [int(v) for v in self.keep_layers.split(",")]

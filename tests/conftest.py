@@ -79,7 +79,8 @@ def tiny_text_build(tmp_path_factory) -> Path:
 def tiny_lm_build(tmp_path_factory):
     """A tiny text-generation build (cpu-int4) per family, once per session (tests/lm_tiny.py); the Qwen2
     one learns every token of a sequence (lm.score = all) with its LM head trimmed to the 80 tokens the
-    data uses most (lm.vocab). Returns a getter: family -> build folder."""
+    data uses most (lm.vocab) and its MLPs pruned to 96 of 128 channels (student.keep_intermediate). Returns a
+    getter: family -> build folder."""
     pytest.importorskip("transformers")
     pytest.importorskip("optimum.exporters.onnx")
     import lm_tiny
@@ -92,7 +93,7 @@ def tiny_lm_build(tmp_path_factory):
     def get(family: str) -> Path:
         if family not in done:
             folder = tmp_path_factory.mktemp(f"lm-{family}")
-            score = ["lm.score=all", "lm.vocab=80"] if family == "qwen2" else []
+            score = ["lm.score=all", "lm.vocab=80", "student.keep_intermediate=96"] if family == "qwen2" else []
             res = CliRunner().invoke(main, ["build", f"recipe={lm_tiny.recipe(folder, family)}", "target=cpu-int4",
                                             "--out", str(folder / "build"), *lm_tiny.TINY_LM, *score])
             assert res.exit_code == 0, res.output

@@ -88,6 +88,39 @@ def test_layer_subset_is_the_teacher_without_the_other_layers(teachers, base, fa
 
 
 @FAMILIES
+def test_width_pruning_keeps_the_channels_that_add_to_the_output(teachers, base, family):
+    """student.keep_intermediate (edgekd.models.lm_width): in a copy whose MLPs use only some channels
+    (the others' down-projection columns zeroed), the importance scores pick exactly those, and the pruned
+    model computes the same logits with the smaller width in its config and its saved folder."""
+    import copy
+
+    from edgekd.models import lm_width
+    from edgekd.tasks._lm_data import Seqs
+
+    t = copy.deepcopy(teachers[family].module)
+    width = lm_width.intermediate(t)
+    g = torch.Generator().manual_seed(0)
+    used = [torch.randperm(width, generator=g)[: width // 2].sort().values for _ in t.model.layers]
+    with torch.no_grad():
+        for layer, keep in zip(t.model.layers, used):
+            off = torch.ones(width, dtype=torch.bool)
+            off[keep] = False
+            layer.mlp.down_proj.weight[:, off] = 0
+    ids = _ids(base, family)
+    want = t(**ids, use_cache=False).logits
+    seqs = Seqs([ids["input_ids"][0].numpy()], torch.zeros(1, dtype=torch.long).numpy(), ["text"], [0])
+    scores = lm_width.importance(t, seqs)
+    kept = lm_width.choose(scores, width // 2)
+    assert all((k == u.numpy()).all() for k, u in zip(kept, used))
+    lm_width.prune(t, kept)
+    assert t.config.intermediate_size == lm_width.intermediate(t) == width // 2
+    assert t.model.layers[0].mlp.gate_proj.weight.shape == (width // 2, t.config.hidden_size)
+    torch.testing.assert_close(t(**ids, use_cache=False).logits, want)
+    t.save_pretrained(base / f"pruned-{family}")
+    assert json.loads((base / f"pruned-{family}" / "config.json").read_text())["intermediate_size"] == width // 2
+
+
+@FAMILIES
 def test_narrow_student(teachers, base, family):
     t = teachers[family].module
     built = load_model(ModelSpec(model="narrow", layers=2, hidden=32, heads=4, intermediate=48), LM, base=base,

@@ -110,6 +110,38 @@ def test_a_trimmed_vocabulary_keeps_the_data_tokens_and_a_floor(tiny_lm_build):
     assert logits.shape[-1] == v["vocab"] and np.allclose(logits[..., others], floor, atol=1e-6)
 
 
+def test_a_width_pruned_student_exports_its_width(tiny_lm_build):
+    """student.keep_intermediate (the Qwen2 build): every MLP of the students keeps 96 of 128 channels,
+    in the exported graphs and their configs, and the report says so."""
+    import onnx
+
+    build = tiny_lm_build("qwen2")
+    r = json.loads((build / "report.json").read_text())
+    w = r["width"]
+    assert (w["kept"], w["of"]) == (96, 128) and len(w["score_kept"]) == 2 and all(0.75 <= v < 1 for v in w["score_kept"])
+    assert "keeps 96 of the teacher's 128 channels" in (build / "report.md").read_text()
+    for name in ("student-fp32", "student-int4"):
+        assert json.loads((build / name / "config.json").read_text())["intermediate_size"] == 96
+    g = onnx.load(str(build / "student-fp32" / "model.onnx"))
+    shapes = [tuple(i.dims) for i in g.graph.initializer if len(i.dims) == 2]  # (hidden 64: gate, up, down)
+    assert shapes.count((64, 96)) == 4 and shapes.count((96, 64)) == 2 and not any(128 in s for s in shapes)
+
+
+@pytest.mark.parametrize("setting, says", [("student.keep_intermediate=128", "keeps every MLP channel"),
+                                           ("student.model=narrow", "sets its width with student.intermediate")])
+def test_a_width_that_prunes_nothing_is_refused_before_training(tmp_path, setting, says):
+    from click.testing import CliRunner
+
+    from edgekd.cli import main
+
+    recipe = _recipe(tmp_path, "llama")
+    extra = ["student.keep_intermediate=64"] if setting.startswith("student.model") else []
+    res = CliRunner().invoke(main, ["build", f"recipe={recipe}", "target=cpu-int4", "--out", str(tmp_path / "b"),
+                                    *TINY_LM, setting, *extra])
+    assert res.exit_code == 2, res.output
+    assert says in res.output and "Traceback" not in res.output and "[teacher] running" not in res.output
+
+
 def test_a_student_with_another_vocabulary_is_refused_in_one_line(tmp_path):
     from click.testing import CliRunner
 

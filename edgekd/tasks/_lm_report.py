@@ -57,6 +57,7 @@ def assemble(task, ctx, done: list, data_seconds: float, params: dict) -> dict:
                                                "test_sequences": len(ctx.extra["seqs"]["test"])},
         "loss_weights": recipe.loss_weights(), "stages": stage_times,
         **({"layer_choice": next(iter(ctx.extra["layer_choice"].values()))} if ctx.extra.get("layer_choice") else {}),
+        **({"width": ctx.extra["width_info"]} if ctx.extra.get("width_info") else {}),
         **({"vocab": {**ctx.extra["vocab_info"], "floor": export["exports"]["student-fp32"].get("vocab", {}).get("floor")}}
            if ctx.extra.get("vocab_info") else {}),
         "environment": environment(target, recipe.seed),
@@ -202,6 +203,11 @@ def _data_lines(r: dict) -> list[str]:
         out.append(f"The teacher wrote {g['per_prompt']} response(s) to each of {g['prompts']} training prompts: "
                    f"{g['kept']} of {g['generated']} kept; dropped: {dropped}. Mean teacher log-probability per token "
                    f"{_f(g.get('mean_teacher_logprob'), '{:.2f}')}.")
+    w = r.get("width")
+    if w:
+        out.append(f"Each of the students' MLPs keeps {w['kept']:,} of the teacher's {w['of']:,} channels "
+                   "(student.keep_intermediate: those adding most to the layer's output on the training sequences, "
+                   f"{min(w['score_kept']):.0%}-{max(w['score_kept']):.0%} of that score per layer).")
     v = r.get("vocab")
     if v:
         out.append(f"The students' LM head keeps {v['kept']:,} of {v['vocab']:,} tokens (lm.vocab: the training sequences "

@@ -248,6 +248,8 @@ class TextGeneration(Task):
                               "the teacher (student.model = 'layer-subset' or 'narrow'); a student with its own "
                               "tokenizer would learn the teacher's generated text alone (sequence-level KD), which "
                               "this task does not build yet")
+        if spec.keep_intermediate:
+            self._prune_width(ctx, s, spec)
         if ctx.recipe.lm.vocab >= sv:
             raise RecipeError(f"lm.vocab = {ctx.recipe.lm.vocab} keeps the whole vocabulary ({sv} tokens): set it "
                               "below that, or 0 to keep every token")
@@ -277,6 +279,34 @@ class TextGeneration(Task):
             ctx.log(f"[layers] the student keeps teacher layers {keep} of 0..{n - 1}: the {spec.layers} that change "
                     "the hidden state most on the training sequences (block influence), the first and last always")
         return replace(spec, keep_layers=",".join(map(str, done[spec.layers]["keep"])))
+
+    def _prune_width(self, ctx: Context, student, spec) -> None:
+        """student.keep_intermediate: each layer's MLP keeps the channels that add most to its output on the
+        training sequences, scored on the depth-pruned student itself (what its layers now read); computed
+        once per student spec (each stage rebuilds the student)."""
+        from ..models import lm_width
+
+        if spec.model != "layer-subset":
+            raise RecipeError(f"student.keep_intermediate prunes a layer-subset student's MLPs; a {spec.model} student "
+                              "sets its width with student.intermediate")
+        width = lm_width.intermediate(student)
+        if spec.keep_intermediate >= width:
+            raise RecipeError(f"student.keep_intermediate = {spec.keep_intermediate} keeps every MLP channel (the "
+                              f"teacher's layers have {width}): set it below that, or 0")
+        if "seqs" not in ctx.extra:  # the model check before the data: the shape is what it checks
+            lm_width.prune(student, lm_width.choose(lm_width.weight_scores(student), spec.keep_intermediate))
+            return
+        done = ctx.extra.setdefault("width", {})
+        key = repr(spec)
+        if key not in done:
+            scores = lm_width.importance(student, ctx.extra["seqs"]["train"], device=ctx.device)
+            kept = lm_width.choose(scores, spec.keep_intermediate)
+            share = [float(s[k].sum() / s.sum()) for s, k in zip(scores, kept)]
+            done[key] = (kept, {"kept": spec.keep_intermediate, "of": width, "score_kept": [round(v, 4) for v in share]})
+            ctx.log(f"[width] each MLP keeps {spec.keep_intermediate:,} of {width:,} channels, those adding most to "
+                    f"its output on the training sequences ({min(share):.1%}-{max(share):.1%} of the score per layer)")
+        lm_width.prune(student, done[key][0])
+        ctx.extra["width_info"] = done[key][1]
 
     def _trim_vocab(self, ctx: Context, student, spec) -> None:
         """lm.vocab: the student's head keeps the tokens its training sequences use, and the teacher expects
