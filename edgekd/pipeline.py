@@ -173,7 +173,8 @@ def check_buildable(recipe: Recipe, target) -> None:
 def _log_resolved(recipe: Recipe, log) -> None:
     t, d = recipe.teacher, recipe.distill
     log(f"[settings] teacher {t.optimizer} lr {t.lr:g}, {t.epochs} epochs (if trained here); students "
-        f"{d.optimizer} lr {d.lr:g}, {d.epochs} epochs, batch {d.batch_size} (edgekd.schedules; recipe.lock.toml)")
+        f"{d.optimizer} lr {d.lr:g}, {d.epochs} epochs, batch {d.batch_size}; QAT lr {recipe.quantize.lr:g} "
+        "(edgekd.schedules; recipe.lock.toml)")
 
 
 def _mentor(stages: Stages, task, ctx, teacher, base: tuple, st_targets: StageOut) -> tuple:

@@ -337,8 +337,10 @@ class DistillSpec:
 class QuantizeSpec:
     method: str = "qat"  # "qat": quantization-aware distillation; "ptq": calibration only
     epochs: int = 3  # quantization-aware fine-tuning epochs, from the distilled student (0: calibration only)
-    # small: BatchNorm folded before fake-quant leaves the network scale-sensitive (SGD diverged at 5e-3)
-    lr: float = 5e-4
+    # quantization-aware fine-tuning's rate; 0: the family's (edgekd.schedules): 5e-4 for image and text
+    # students (small: BatchNorm folded before fake-quant leaves the network scale-sensitive), the
+    # distillation's own rate for a causal LM
+    lr: float = 0.0
     calibration: int = 256  # inputs used to calibrate activation ranges
     # text tasks: QAT fine-tunes on this many training texts (a random subset; 0 = all): it starts
     # from the distilled student and needs far fewer steps than distillation
@@ -365,7 +367,7 @@ class QuantizeSpec:
         _check(self.int8_layers in ("auto", "all"), "quantize.int8_layers", "'auto' or 'all'", self.int8_layers)
         _check(self.activations in ACTIVATIONS, "quantize.activations", " or ".join(map(repr, ACTIVATIONS)), self.activations)
         _check(self.epochs >= 0, "quantize.epochs", ">= 0", self.epochs)
-        _check(self.lr > 0, "quantize.lr", "> 0", self.lr)
+        _check(self.lr >= 0, "quantize.lr", ">= 0 (0: the model family's default)", self.lr)
         _check(self.calibration > 0, "quantize.calibration", "> 0", self.calibration)
         _check(self.train_texts >= 0, "quantize.train_texts", ">= 0 (0 = all)", self.train_texts)
         _check(self.reduce_range in ("auto", "true", "false"), "quantize.reduce_range",

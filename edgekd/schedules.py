@@ -54,6 +54,7 @@ DEFAULTS = {
     ("lm", "student"): Defaults("adamw", 2e-4, "warmup-linear", 0.01, 600, (2, 10)),
 }
 BATCH = {"image": 64, "text": 32, "lm": 8}
+QAT_LR = 5e-4  # image and text students' quantization-aware fine-tuning
 # more rounds a teacher with automatic epochs may train while validation still improves at the end
 EXTEND = 2
 # distillation temperature: Hinton's 4 for classes and embeddings; 1 for a language model's next-token
@@ -98,7 +99,11 @@ def resolve(recipe, *, kind: str, n_train: int):
     distill = replace(ds, optimizer=sd.optimizer if ds.optimizer == "auto" else ds.optimizer, lr=ds.lr or sd.lr,
                       epochs=ds.epochs or epochs_for(sd, n_train, sb), batch_size=sb,
                       temperature=ds.temperature or TEMPERATURE.get(kind, 4.0))
-    return replace(recipe, teacher=teacher, distill=distill)
+    # QAT starts from the distilled student: a causal LM's continues its distillation on the grid at the
+    # same rate (above it, a short run on a distilled LM ends worse than its rounded start:
+    # benchmarks/README.md); image and text students keep the rate their fake-quant ranges were tuned at
+    quantize = replace(recipe.quantize, lr=recipe.quantize.lr or (distill.lr if kind == "lm" else QAT_LR))
+    return replace(recipe, teacher=teacher, distill=distill, quantize=quantize)
 
 
 def fit_spec(ctx, *, role: str, n_rows: int, desc: str, qat: bool = False, epochs: int | None = None):

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from edgekd.errors import EdgeKDError, RecipeError
-from edgekd.recipe import DEFAULT_RECIPE, ModelSpec, Recipe, apply_overrides, load_recipe, recipe_keys, recipe_toml
+from edgekd.recipe import DEFAULT_RECIPE, DataSpec, ModelSpec, Recipe, apply_overrides, load_recipe, recipe_keys, recipe_toml
 
 
 def test_embedded_example_is_the_default_recipe():
@@ -206,3 +206,26 @@ def test_automatic_epochs_go_on_while_validation_improves():
     assert fit_spec(ctx, role="student", n_rows=1600, desc="trial", epochs=1).extend == 0
     with pytest.raises(RecipeError, match="distill.extend"):
         apply_overrides(base, ["distill.extend=-1"])
+
+
+@pytest.mark.parametrize("task, kind, want", [("image-classification", "image", 5e-4), ("text-classification", "text", 5e-4),
+                                              ("text-generation", "lm", "distill")])
+def test_qat_rate_follows_the_family(task, kind, want):
+    """quantize.lr 0: image and text students keep the rate their fake-quant ranges were tuned at; a
+    causal LM's QAT continues its distillation at the distillation's rate, its own or the recipe's; a
+    given rate is kept."""
+    from types import SimpleNamespace
+
+    from edgekd.schedules import fit_spec, resolve
+
+    base = Recipe(task=task, teacher=ModelSpec(model="hf:x"), data=DataSpec(source="mnist" if kind == "image" else "jsonl"),
+                  student=ModelSpec(model="layer-subset" if kind != "image" else "hf-config:y"))
+    for over, distill_lr in (([], None), (["distill.lr=3e-5"], 3e-5)):
+        r = resolve(apply_overrides(base, over), kind=kind, n_train=320)
+        expected = r.distill.lr if want == "distill" else want
+        assert r.quantize.lr == pytest.approx(expected) and (distill_lr is None or r.distill.lr == distill_lr)
+        ctx = SimpleNamespace(recipe=r, io=SimpleNamespace(kind=kind), extra={})
+        assert fit_spec(ctx, role="student", n_rows=320, desc="qat", qat=True).lr == pytest.approx(expected)
+    assert resolve(apply_overrides(base, ["quantize.lr=1e-3"]), kind=kind, n_train=320).quantize.lr == 1e-3
+    with pytest.raises(RecipeError, match="quantize.lr"):
+        apply_overrides(base, ["quantize.lr=-1"])

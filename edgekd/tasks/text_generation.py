@@ -127,8 +127,9 @@ class TextGeneration(Task):
                 "max_length": ctx.recipe.data.max_length}
 
     def qat_inputs(self, ctx: Context) -> dict:
-        # the fake-quant weights train on the grid the target ships: INT4 for cpu-int4, INT8 otherwise
-        return {"bits": _bits(ctx.target)}
+        # the fake-quant weights train on the grid the target ships: INT4 for cpu-int4, INT8 otherwise; in
+        # the distillation's precision (_fit)
+        return {"bits": _bits(ctx.target), "precision": ctx.extra.get("precision", "fp32")}
 
     def export_inputs(self, ctx: Context) -> dict:
         lm = ctx.recipe.lm
@@ -367,6 +368,11 @@ class TextGeneration(Task):
         if online:
             guide.to(ctx.device).eval()
         fs = fit_spec(ctx, role=role, n_rows=len(sub), desc=desc, qat=qat)
+        if qat:  # weight-only fake quant rounds the fp32 master weights; only the matmuls after it run in
+            # bf16, as in distillation (fp32 QAT is for the classifiers' activation observers)
+            from dataclasses import replace
+
+            fs = replace(fs, precision=ctx.extra.get("precision", "fp32"))
         alpha = r.distill.alpha if terms else 0.0
         on_policy = r.lm.on_policy if online and teacher is not None else 0.0
         rng = np.random.default_rng(r.seed + 11)
