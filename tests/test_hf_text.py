@@ -190,6 +190,9 @@ def test_student_errors(folder):
                              teacher=teacher)
     with pytest.raises(RecipeError, match="exceeds"):
         hf_text.layer_subset(ModelSpec(model="layer-subset", layers=5), _io(0), base=BASE, teacher=teacher)
+    with pytest.raises(RecipeError, match="keep_intermediate = 0"):  # an encoder's MLPs are not pruned
+        hf_text.layer_subset(ModelSpec(model="layer-subset", layers=2, keep_intermediate=8), _io(0), base=BASE,
+                             teacher=teacher)
     with pytest.raises(RecipeError, match="hf:"):
         hf_text.narrow(ModelSpec(model="narrow"), _io(0), base=BASE, teacher=torch.nn.Linear(2, 2))
     with pytest.raises(RecipeError, match="hidden_sise.*did you mean 'hidden_size'"):

@@ -433,6 +433,9 @@ def layer_subset(spec, io: ModelIO, *, base: Path, teacher=None) -> Built:
     if spec.config:
         raise RecipeError("student.config applies to narrow and hf-config students; a layer subset copies the "
                           "teacher's layers as they are")
+    if spec.keep_intermediate:
+        raise RecipeError("student.keep_intermediate prunes a causal language model's MLPs; an encoder's layer "
+                          "subset keeps its layers whole: set student.keep_intermediate = 0")
     n = t.num_layers
     keep = [int(v) for v in spec.keep_layers.split(",")] if spec.keep_layers else default_keep(n, spec.layers)
     if any(k >= n for k in keep):
