@@ -1,9 +1,15 @@
 """Parsers of the recipe's compound values (a layer map, a normalization), shared by the recipe's
-validation and the stages that read them."""
+validation and the stages that read them, and the sections' one-line check."""
 
 from __future__ import annotations
 
 from .errors import RecipeError
+
+
+def check(cond: bool, key: str, want: str, got) -> None:
+    """A recipe value's validation: `key must be WANT, got GOT` when `cond` fails."""
+    if not cond:
+        raise RecipeError(f"{key} must be {want}, got {got!r}")
 
 
 def parse_mean_std(text: str) -> tuple[list[float], list[float]]:
