@@ -68,8 +68,7 @@ def importance(model, seqs, *, n: int = 64, max_len: int = 512, device: str = "c
         for h in handles:
             h.remove()
         model.to(was)
-    return [(s / max(count, 1)).numpy() * m.down_proj.weight.detach().float().norm(dim=0).double().cpu().numpy()
-            for s, m in zip(sums, mlps)]
+    return [(s / max(count, 1)).numpy() * w for s, w in zip(sums, weight_scores(model))]
 
 
 def weight_scores(model) -> list[np.ndarray]:
