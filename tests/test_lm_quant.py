@@ -55,17 +55,88 @@ def test_prepared_weights_train_through_the_rounding_and_bake_to_plain_weights()
             self.head = torch.nn.Linear(32, 10, bias=False)
             self.head.weight = self.emb.weight  # tied
 
+        def get_input_embeddings(self):
+            return self.emb
+
         def get_output_embeddings(self):
             return self.head
 
         def forward(self, x):
             return self.head(self.mid(self.emb(x)))
 
-    q = prepare_weights(Tiny(), bits=4, block_size=16)
+    q = prepare_weights(Tiny(), bits=4, block_size=16, head_bits=4)
     assert parametrize.is_parametrized(q.mid, "weight") and not parametrize.is_parametrized(q.head, "weight")
+    assert not parametrize.is_parametrized(q.emb, "weight")  # one table read by two ops stays tied, unrounded
     q(torch.tensor([1, 2])).sum().backward()
     assert q.mid.parametrizations.weight.original.grad is not None  # straight-through
     b = bake(q)
     assert not parametrize.is_parametrized(b.mid, "weight")
     assert torch.equal(b.mid.weight, fake_quant_blocks(q.mid.parametrizations.weight.original.detach(), bits=4,
                                                        block_size=16))
+
+
+def _gather_block_quantized_table(table: np.ndarray, *, block_size: int) -> np.ndarray:
+    """(V, H) float table -> what onnxruntime's 4-bit GatherBlockQuantized reads back for every id."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    v, h = table.shape
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"])], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [v])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [v, h])],
+                              [numpy_helper.from_array(table.astype(np.float32), "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, op_types_to_quantize=("Gather",))
+    q.process()
+    assert [n.op_type for n in q.model.model.graph.node] == ["GatherBlockQuantized"]
+    sess = ort.InferenceSession(q.model.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"ids": np.arange(v, dtype=np.int64)})[0]
+
+
+def test_fake_quant_embedding_lands_on_the_gather_grid():
+    """The 4-bit embedding table the QAT student trains with is what onnxruntime's GatherBlockQuantized
+    reads back after export's round to nearest: blocks run along a row, as a Linear's run along its inputs."""
+    from edgekd.quantize.weight_only import fake_quant_blocks
+
+    table = torch.randn(40, 64, generator=torch.Generator().manual_seed(1))  # (V, H) as nn.Embedding stores it
+    fq = fake_quant_blocks(table, bits=4, block_size=16)
+    assert not torch.equal(fq, table)
+    np.testing.assert_allclose(_gather_block_quantized_table(fq.numpy(), block_size=16), fq.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits,head_bits", [(4, 8), (4, 4), (8, 8)])
+def test_an_untied_head_and_the_embedding_train_on_their_export_grids(bits, head_bits):
+    """A student whose head is its own tensor (a trimmed vocabulary) trains its head on the head's bits and,
+    in a 4-bit build, its embedding on the 4-bit grid; a tied table stays unrounded (see the test above)."""
+    from torch.nn.utils import parametrize
+
+    from edgekd.quantize.weight_only import bake, fake_quant_blocks, prepare_weights
+
+    class Untied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 32)
+            self.mid = torch.nn.Linear(32, 32)
+            self.head = torch.nn.Linear(32, 10, bias=False)
+
+        def get_input_embeddings(self):
+            return self.emb
+
+        def get_output_embeddings(self):
+            return self.head
+
+        def forward(self, x):
+            return self.head(self.mid(self.emb(x)))
+
+    m = Untied()
+    q = prepare_weights(m, bits=bits, block_size=16, head_bits=head_bits)
+    assert parametrize.is_parametrized(q.head, "weight")
+    assert parametrize.is_parametrized(q.emb, "weight") == (bits == 4)
+    q(torch.tensor([1, 2])).sum().backward()
+    assert q.head.parametrizations.weight.original.grad is not None
+    b = bake(q)
+    assert torch.equal(b.head.weight, fake_quant_blocks(m.head.weight, bits=head_bits, block_size=16))
+    assert torch.equal(b.emb.weight, fake_quant_blocks(m.emb.weight, bits=4, block_size=16) if bits == 4
+                       else m.emb.weight)
+    assert len(torch.unique(b.head.weight[0, :16])) <= 2 ** head_bits

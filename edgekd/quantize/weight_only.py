@@ -8,8 +8,13 @@ The grid (onnxruntime's symmetric blockwise quantizer): the weight W (out, in) i
 scale = m / qmin with qmin = -2^(bits-1); q = clamp(round(w / scale), qmin, -qmin - 1); w' = q * scale.
 m itself lands on qmin exactly, so quantizing w' again gives the same m, scale and q.
 
-The embedding and the tied LM head are left to post-training rounding at export (one tensor shared by
-two ops: a parametrization on it would untie them)."""
+The LM head and the input embedding train on their own grids too when they are two tensors (a student
+whose head was trimmed to its domain's tokens, edgekd.models.lm_vocab): the head on `head_bits` (the
+grid export quantizes it to), the embedding table on the 4-bit grid of onnxruntime's GatherBlockQuantized,
+whose blocks are `block_size` consecutive columns of a row, the same rule as above. A tied table (one
+tensor read by two ops) is left to post-training rounding at export: a parametrization on it would untie
+them. So is an embedding in an 8-bit build: the exporter stores it on another grid (absmax / 127,
+edgekd.export_lm), and its 8-bit rounding error is a sixteenth of the 4-bit one."""
 
 from __future__ import annotations
 
@@ -45,17 +50,22 @@ def _module(bits: int, block_size: int):
     return RoundWeights()
 
 
-def prepare_weights(model, *, bits: int = 4, block_size: int = 32):
+def prepare_weights(model, *, bits: int = 4, block_size: int = 32, head_bits: int = 0):
     """A copy of `model` whose decoder Linears (every nn.Linear but the output embedding) compute with
-    weights on the grid."""
+    weights on the `bits` grid; with `head_bits`, an untied head on its grid and, at 4 bits, the input
+    embedding on the `bits` grid as well."""
     import torch
     from torch.nn.utils import parametrize
 
     q = copy.deepcopy(model)
-    head = q.get_output_embeddings()
+    head, emb = q.get_output_embeddings(), q.get_input_embeddings() if hasattr(q, "get_input_embeddings") else None
     for m in q.modules():
         if isinstance(m, torch.nn.Linear) and m is not head:
             parametrize.register_parametrization(m, "weight", _module(bits, block_size))
+    if head_bits and head is not None and emb is not None and head.weight is not emb.weight:
+        parametrize.register_parametrization(head, "weight", _module(head_bits, block_size))
+        if bits == 4:
+            parametrize.register_parametrization(emb, "weight", _module(bits, block_size))
     return q
 
 

@@ -127,9 +127,10 @@ class TextGeneration(Task):
                 "max_length": ctx.recipe.data.max_length}
 
     def qat_inputs(self, ctx: Context) -> dict:
-        # the fake-quant weights train on the grid the target ships: INT4 for cpu-int4, INT8 otherwise; in
-        # the distillation's precision (_fit)
-        return {"bits": _bits(ctx.target), "precision": ctx.extra.get("precision", "fp32")}
+        # the fake-quant weights train on the grid the target ships: INT4 for cpu-int4, INT8 otherwise (an
+        # untied head on its own bits, a 4-bit build's embedding too); in the distillation's precision (_fit)
+        return {"bits": _bits(ctx.target), "precision": ctx.extra.get("precision", "fp32"),
+                "head_bits": _head_bits(ctx), "embedding": _bits(ctx.target) == 4}
 
     def export_inputs(self, ctx: Context) -> dict:
         lm = ctx.recipe.lm
@@ -420,7 +421,8 @@ class TextGeneration(Task):
     def new_qat(self, ctx: Context, student):
         from ..quantize.weight_only import prepare_weights
 
-        return prepare_weights(student, bits=_bits(ctx.target), block_size=ctx.recipe.quantize.block_size)
+        return prepare_weights(student, bits=_bits(ctx.target), block_size=ctx.recipe.quantize.block_size,
+                               head_bits=_head_bits(ctx))
 
     # deliverables -------------------------------------------------------------------------------------
     def export(self, ctx: Context, models: dict, folder: Path) -> dict:
@@ -491,6 +493,12 @@ def _axis(d):
 
 def _bits(target) -> int:
     return 4 if target.precision == "int4" else 8
+
+
+def _head_bits(ctx) -> int:
+    """The LM head's bits in the quantized deliverable: lm.head_bits in a 4-bit build, 8 in an 8-bit one."""
+    bits = _bits(ctx.target)
+    return ctx.recipe.lm.head_bits if bits == 4 else bits
 
 
 def _own_samples(model, ids, mask, sel, pad: int, max_new: int):
