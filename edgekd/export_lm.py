@@ -186,7 +186,7 @@ def _save(proto, path: Path) -> None:
 
 def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 32, symmetric: bool = True,
                      accuracy_level: int = 4, embeddings: bool = True, algorithm: str = "rtn",
-                     head_bits: int = 0) -> dict:
+                     head_bits: int = 0, grids: dict | None = None) -> dict:
     """Write `dst`, a copy of the folder `src` whose every MatMul with a constant weight is a MatMulNBits
     (`bits` 4 or 8, one scale per `block_size` inputs) and, with `embeddings`, whose embedding table is a
     GatherBlockQuantized: for a 100M-parameter LM the tied table is a fifth of the weights, and the LM head
@@ -195,8 +195,10 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
     (Half-Quadratic Quantization, Badri & Shaji 2023) fits each block's scale and float zero point
     without data, so it is asymmetric. `head_bits` (0: `bits`) quantizes the LM head, the MatMul that
     writes the logits, on its own grid, round to nearest: its error moves every next-token choice, which
-    is why llama.cpp's 4-bit mixes keep their output tensor at 6 bits or more. Returns the quantization's
-    meta."""
+    is why llama.cpp's 4-bit mixes keep their output tensor at 6 bits or more. `grids`
+    ({edgekd.quantize.gptq.fingerprint(weight): (q, scales)}, symmetric only) gives integers found by
+    another algorithm for the MatMuls whose weight they match; they replace the rounding's as they are.
+    Returns the quantization's meta."""
     import numpy as np
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -215,6 +217,9 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
     untied = _untie_transposed_weights(proto.graph)
     tables = _embedding_gathers(proto.graph)
     gathers = [n.name for n in proto.graph.node if n.op_type == "Gather"]
+    if grids and not symmetric:
+        raise RecipeError("integers from another algorithm are written on the symmetric grid; set symmetric=True")
+    given = _given_weights(proto.graph, grids) if grids else {}  # MatMul output -> (q, scales)
     head = _head_matmul(proto.graph) if head_bits and head_bits != bits else None
     apart = [head] if head else []
     # onnxruntime's quantizer writes GatherBlockQuantized at 4 bits only, and its HQQ path none at all
@@ -244,6 +249,8 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
                                      op_types_to_quantize=("MatMul",), nodes_to_include=[head])
             q.process()
             proto = q.model.model
+    if given:
+        _write_given(proto.graph, given, bits=bits, block_size=block_size)
     if embeddings and bits == 8:
         _quantize_gathers_8bit(proto, tables, block_size=block_size, symmetric=symmetric)
     dst.mkdir(parents=True, exist_ok=True)
@@ -257,7 +264,7 @@ def quantize_weights(src: Path, dst: Path, *, bits: int = 4, block_size: int = 3
                                                    "DefaultWeightOnlyQuantConfig (round to nearest)")
     return {"bits": bits, "block_size": block_size, "symmetric": symmetric,
             "accuracy_level": accuracy_level, "algorithm": algorithm, "embeddings": embeddings, "route": route,
-            "head_bits": head_bits if head else bits,
+            "head_bits": head_bits if head else bits, "given_integers": len(given),
             "embedding_route": (None if not embeddings else "onnxruntime MatMulNBitsQuantizer" if gather_by_ort
                                 else "GatherBlockQuantized bits=8 (edgekd.export_lm)"),
             "untied_heads": untied, "matmul_nbits": ops.count("MatMulNBits"),
@@ -350,6 +357,46 @@ def _set_accuracy_level(graph, level: int) -> None:
     for node in graph.node:
         if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
             node.attribute.append(helper.make_attribute("accuracy_level", level))
+
+
+def _given_weights(graph, grids: dict) -> dict:
+    """{output of a MatMul: grids[key]} for each MatMul whose constant weight B (in, out) is, transposed,
+    the weight a key was made from (edgekd.quantize.gptq.fingerprint)."""
+    from onnx import numpy_helper
+
+    from .quantize.gptq import fingerprint
+
+    inits = {i.name: i for i in graph.initializer}
+    out = {}
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            key = fingerprint(numpy_helper.to_array(inits[node.input[1]]).T)
+            if key in grids:
+                out[node.output[0]] = grids[key]
+    return out
+
+
+def _write_given(graph, given: dict, *, bits: int, block_size: int) -> None:
+    """Overwrite the packed integers and scales of the MatMulNBits writing each output in `given` with its
+    (q (N, K) uint8 in [0, 2^bits), scales (N, K / block_size)): MatMulNBits stores B as (N, blocks,
+    block_size * bits / 8) bytes, low nibble first at 4 bits, and without zero points reads q - 2^(bits-1)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "MatMulNBits" or node.output[0] not in given:
+            continue
+        if len(node.input) > 3 and node.input[3]:
+            raise RecipeError(f"{node.name} has zero points; given integers are written on the symmetric grid only")
+        q, scales = given[node.output[0]]
+        n, k = q.shape
+        pad = -k % block_size
+        q = np.pad(q, ((0, 0), (0, pad)), constant_values=2 ** (bits - 1)).reshape(n, -1, block_size)  # (N, blocks, B)
+        packed = q if bits == 8 else (q[..., 0::2] | (q[..., 1::2] << 4))
+        b, s = inits[node.input[1]], inits[node.input[2]]
+        b.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(packed.astype(np.uint8)).reshape(tuple(b.dims)), b.name))
+        s.CopyFrom(numpy_helper.from_array(scales.astype(np.float32).reshape(tuple(s.dims)), s.name))
 
 
 def _quantize_gathers_8bit(proto, names: list[str], *, block_size: int, symmetric: bool) -> None:

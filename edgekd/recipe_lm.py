@@ -54,6 +54,11 @@ class LMSpec:
     # The LM head's weight bits in a 4-bit build (its error moves every next-token choice; llama.cpp's
     # 4-bit mixes keep the output tensor at 6 bits or more): 8, or 4 for the smallest file.
     head_bits: int = 8
+    # GPTQ (neural-compressor, on the PyTorch student) as one more post-training rounding the export
+    # chooses from by validation NLL: "auto" where the build has no quantization-aware training (whose
+    # weights are on the grid already), "true", "false"; its Hessians on gptq_sequences training sequences.
+    gptq: str = "auto"
+    gptq_sequences: int = 32
     # Parity of a quantized graph: its smallest next-token top-1 agreement with its PyTorch model (the
     # fake-quant student, or the FP32 one for post-training rounding) on the parity prompts. onnxruntime
     # rounds activations to 8 bits inside its weight-only kernels, which flips near-ties among the
@@ -83,6 +88,8 @@ class LMSpec:
         _check(1 <= self.top_k <= 1024, "top_k", "in [1, 1024]", self.top_k)
         _check(self.vocab >= 0, "vocab", ">= 0 (0: the teacher's whole vocabulary)", self.vocab)
         _check(self.head_bits in (4, 8), "head_bits", "4 or 8", self.head_bits)
+        _check(self.gptq in ("auto", "true", "false"), "gptq", "'auto', 'true' or 'false'", self.gptq)
+        _check(self.gptq_sequences >= 1, "gptq_sequences", ">= 1", self.gptq_sequences)
         for k in ("int8_min_agreement", "int4_min_agreement"):
             _check(0 <= getattr(self, k) <= 1, k, "in [0, 1]", getattr(self, k))
         if self.pattern:

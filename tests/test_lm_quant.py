@@ -140,3 +140,38 @@ def test_an_untied_head_and_the_embedding_train_on_their_export_grids(bits, head
     assert torch.equal(b.emb.weight, fake_quant_blocks(m.emb.weight, bits=4, block_size=16) if bits == 4
                        else m.emb.weight)
     assert len(torch.unique(b.head.weight[0, :16])) <= 2 ** head_bits
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_given_integers_are_written_into_matmul_nbits_unchanged(bits):
+    """Integers another algorithm chose (GPTQ's: a zero point of 2^(bits-1), one scale per block) replace
+    the rounding's in the graph exactly: onnxruntime computes with (q - 2^(bits-1)) * scale."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekd.export_lm import MODEL_FILE, quantize_weights
+    from edgekd.quantize.gptq import fingerprint
+
+    rng = np.random.default_rng(0)
+    n, k, block = 24, 48, 16  # k pads to 3 blocks
+    q = rng.integers(0, 2 ** bits, size=(n, k)).astype(np.uint8)
+    scales = rng.uniform(0.01, 0.1, size=(n, k // block)).astype(np.float32)
+    w = (q.astype(np.float32) - 2 ** (bits - 1)) * np.repeat(scales, block, axis=1)  # (out, in) as torch stores it
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [k, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [k, n])],
+                              [numpy_helper.from_array(np.ascontiguousarray(w.T), "w")])
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = Path(d) / "src", Path(d) / "dst"
+        src.mkdir()
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(src / MODEL_FILE))
+        meta = quantize_weights(src, dst, bits=bits, block_size=block, accuracy_level=0, embeddings=False,
+                                grids={fingerprint(w): (q, scales)})
+        assert meta["given_integers"] == 1 and meta["matmul_nbits"] == 1
+        sess = ort.InferenceSession(str(dst / MODEL_FILE), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"x": np.eye(k, dtype=np.float32)})[0]
+    np.testing.assert_allclose(got, w.T, rtol=0, atol=1e-6)

@@ -223,7 +223,7 @@ def test_on_policy_gkd_and_reverse_kl_train_with_the_teacher_in_the_step(tmp_pat
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "b" / "cpu-int4" / "report.json").read_text())
     assert r["loss_weights"] == {"gkd_jsd": 1.0, "reverse_kl": 0.5}
-    assert set(r["quantization"]["candidates"]) == {"ptq", "ptq-hqq"}
+    assert set(r["quantization"]["candidates"]) == {"ptq", "ptq-hqq", "ptq-gptq"}
 
 
 def test_on_policy_needs_a_loss_that_runs_the_teacher(tmp_path):
@@ -336,3 +336,20 @@ def test_no_rounding_passing_parity_is_one_line(tiny_lm_build, tmp_path, monkeyp
     assert "no 4-bit rounding of the student passed parity" in line and line.count("0.420") >= 2
     assert "(minimum 0.7)" in line and "lower lm.int4_min_agreement" in line and "Traceback" not in res.output
     assert not build.exists()
+
+
+def test_a_student_without_qat_is_also_rounded_by_gptq(tiny_lm_build, tmp_path):
+    """Without quantization-aware training GPTQ (neural-compressor, on the PyTorch student) is one more
+    candidate: every decoder Linear's integers go into the graph as GPTQ chose them (found by weight), the
+    head and embedding by round to nearest; the report lists it beside the others with its NLL."""
+    import onnx
+
+    res, build = _rebuild(tiny_lm_build, tmp_path, "cpu-int4", "quantize.method=ptq", "lm.gptq_sequences=8")
+    assert res.exit_code == 0, res.output
+    r = json.loads((build / "report.json").read_text())
+    c = r["quantization"]["candidates"]
+    assert set(c) == {"ptq", "ptq-hqq", "ptq-gptq"}
+    layers = json.loads((build / "student-fp32" / "config.json").read_text())["num_hidden_layers"]
+    assert c["ptq-gptq"]["gptq"]["linears"] == c["ptq-gptq"]["given_integers"] == 7 * layers
+    assert c["ptq-gptq"]["gptq"]["sequences"] == 8 and c["ptq-gptq"]["val_nll"] > 0
+    assert "GPTQ" in (build / "report.md").read_text()

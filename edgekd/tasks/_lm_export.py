@@ -18,6 +18,7 @@ LM_FP32_MAX_ABS_DIFF = 2e-2
 
 
 WHAT = {"ptq": "post-training, round to nearest", "ptq-hqq": "post-training, HQQ (asymmetric, fitted zero points)",
+        "ptq-gptq": "post-training, GPTQ (neural-compressor, Hessians on training sequences)",
         "qat": "quantization-aware distillation, weights trained on the grid"}
 
 
@@ -75,11 +76,20 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
         candidates["qat"] = (baked, folder / ".qat-fp32")
     if bits == 4:  # HQQ's fitted zero points keep more of a model whose weights passed a 4-bit grid before
         candidates["ptq-hqq"] = candidates["ptq"]
+    grids, gptq_meta = None, None
+    if r.lm.gptq == "true" or (r.lm.gptq == "auto" and "qat" not in candidates):
+        ctx.log(f"[export] {q}: GPTQ on {r.lm.gptq_sequences} training sequences")
+        rounded, grids, gptq_meta = _gptq(ctx, models["student-fp32"], bits, qs.block_size)
+        export_causal_lm(rounded, tok, folder / ".gptq-fp32", opset=0)
+        candidates["ptq-gptq"] = (rounded, folder / ".gptq-fp32")
     found = {}
     for how_name, (_, src) in candidates.items():
         ctx.log(f"[export] {q}: {bits}-bit weights ({WHAT[how_name]})")
-        kw = {**how, "symmetric": False, "algorithm": "hqq"} if how_name == "ptq-hqq" else how
+        kw = ({**how, "symmetric": False, "algorithm": "hqq"} if how_name == "ptq-hqq"
+              else {**how, "grids": grids} if how_name == "ptq-gptq" else how)
         found[how_name] = quantize_weights(src, folder / f".{how_name}", **kw)
+        if how_name == "ptq-gptq":
+            found[how_name]["gptq"] = gptq_meta
         found[how_name]["val_nll"] = _val_nll(folder / f".{how_name}", ctx)
     # the lowest validation NLL among the candidates whose graph passes parity against its PyTorch model
     # (a weak student's near-ties flip under 4-bit rounding: the next candidate may keep them)
@@ -106,7 +116,8 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
     (folder / f".{chosen}").rename(folder / q)
     for k in found:
         shutil.rmtree(folder / f".{k}", ignore_errors=True)
-    shutil.rmtree(folder / ".qat-fp32", ignore_errors=True)
+    for k in (".qat-fp32", ".gptq-fp32"):
+        shutil.rmtree(folder / k, ignore_errors=True)
     meta["quantization"] = {"chosen": chosen, "candidates": found, "bits": bits, "block_size": qs.block_size,
                             "head_bits": found[chosen]["head_bits"],
                             "min_agreement": floor}
@@ -119,6 +130,17 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
     meta["openvino"] = _lm_openvino.export(ctx, folder, meta, prompts, floors)
     meta["folders"] = meta["openvino"].get("folders", [])  # shipped in the build folder with the models
     return meta
+
+
+def _gptq(ctx, student, bits: int, block_size: int):
+    """GPTQ's rounding of the student's decoder Linears (edgekd.quantize.gptq) on a seeded draw of
+    lm.gptq_sequences training sequences."""
+    from ..quantize.gptq import gptq_round
+
+    ids = ctx.extra["seqs"]["train"].ids
+    n = min(ctx.recipe.lm.gptq_sequences, len(ids))
+    pick = np.random.default_rng(ctx.recipe.seed + 5).choice(len(ids), size=n, replace=False)
+    return gptq_round(student, [ids[i] for i in sorted(pick)], bits=bits, block_size=block_size)
 
 
 def _val_nll(folder: Path, ctx, *, limit: int = 64) -> float:

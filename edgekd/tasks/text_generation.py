@@ -123,7 +123,7 @@ class TextGeneration(Task):
 
         lm = asdict(ctx.recipe.lm)
         return {"lm": {k: v for k, v in lm.items()
-                       if not k.startswith(("bench_", "eval_", "on_policy", "vocab", "head_bits", "int8_min", "int4_min"))},
+                       if not k.startswith(("bench_", "eval_", "on_policy", "vocab", "head_bits", "gptq", "int8_min", "int4_min"))},
                 "max_length": ctx.recipe.data.max_length}
 
     def qat_inputs(self, ctx: Context) -> dict:
@@ -134,7 +134,8 @@ class TextGeneration(Task):
 
     def export_inputs(self, ctx: Context) -> dict:
         lm = ctx.recipe.lm
-        return {"lm": {"head_bits": lm.head_bits, "int8_min_agreement": lm.int8_min_agreement,
+        return {"lm": {"head_bits": lm.head_bits, "gptq": lm.gptq, "gptq_sequences": lm.gptq_sequences,
+                       "int8_min_agreement": lm.int8_min_agreement,
                        "int4_min_agreement": lm.int4_min_agreement}}
 
     def student_inputs(self, ctx: Context) -> dict:
