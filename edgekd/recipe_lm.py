@@ -58,7 +58,7 @@ class LMSpec:
     # chooses from by validation NLL: "auto" where the build has no quantization-aware training (whose
     # weights are on the grid already), "true", "false"; its Hessians on gptq_sequences training sequences.
     gptq: str = "auto"
-    gptq_sequences: int = 32
+    gptq_sequences: int = 128  # training sequences GPTQ estimates each layer's Hessian on
     # Parity of a quantized graph: its smallest next-token top-1 agreement with its PyTorch model (the
     # fake-quant student, or the FP32 one for post-training rounding) on the parity prompts. onnxruntime
     # rounds activations to 8 bits inside its weight-only kernels, which flips near-ties among the

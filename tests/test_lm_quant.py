@@ -175,3 +175,42 @@ def test_given_integers_are_written_into_matmul_nbits_unchanged(bits):
         sess = ort.InferenceSession(str(dst / MODEL_FILE), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"x": np.eye(k, dtype=np.float32)})[0]
     np.testing.assert_allclose(got, w.T, rtol=0, atol=1e-6)
+
+
+def test_gptq_integers_are_neural_compressors_own():
+    """gptq_round's float weights are exactly what neural-compressor's own modules dequantize to, and its
+    integers rebuild them: the graph gets GPTQ's rounding, not a second one."""
+    pytest.importorskip("neural_compressor")
+    import copy
+    import tempfile
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgekd.quantize.gptq import fingerprint, gptq_round
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2)
+    model = LlamaForCausalLM(cfg).eval()
+    seqs = [np.random.default_rng(i).integers(0, 96, size=40) for i in range(4)]
+    rounded, grids, meta = gptq_round(model, seqs, bits=4, block_size=32)
+    assert meta["linears"] == len(grids) == 2 * 7
+
+    from neural_compressor.torch.quantization import GPTQConfig, convert, prepare
+
+    with tempfile.TemporaryDirectory() as d, torch.no_grad():
+        inc = prepare(copy.deepcopy(model), GPTQConfig(bits=4, use_sym=True, group_size=32, model_path=d,
+                                                           use_mse_search=True))
+        for s in seqs:
+            inc(input_ids=torch.as_tensor(s).view(1, -1))
+        inc = convert(inc)
+    mine = dict(rounded.named_modules())
+    for name, m in inc.named_modules():
+        if hasattr(m, "recover") and name in mine:
+            w = mine[name].weight.detach()
+            # recover() multiplies in float16: its products are ours rounded to float16
+            torch.testing.assert_close(w, m.recover().float(), rtol=1e-3, atol=1e-6)
+            q, scales = grids[fingerprint(w.numpy())]
+            rebuilt = (q.astype(np.float32) - 8) * np.repeat(scales, 32, axis=1)[:, :w.shape[1]]
+            np.testing.assert_array_equal(rebuilt, w.numpy())
+    assert not torch.equal(mine["model.layers.0.mlp.down_proj"].weight, model.model.layers[0].mlp.down_proj.weight)

@@ -353,3 +353,25 @@ def test_a_student_without_qat_is_also_rounded_by_gptq(tiny_lm_build, tmp_path):
     assert c["ptq-gptq"]["gptq"]["linears"] == c["ptq-gptq"]["given_integers"] == 7 * layers
     assert c["ptq-gptq"]["gptq"]["sequences"] == 8 and c["ptq-gptq"]["val_nll"] > 0
     assert "GPTQ" in (build / "report.md").read_text()
+
+
+def test_a_failing_gptq_is_skipped_when_it_was_only_offered(tiny_lm_build, tmp_path, monkeypatch):
+    """lm.gptq = "auto": GPTQ is an optional candidate; when it cannot run the build ships one of the
+    others and the report says why GPTQ is missing. Asked for ("true"), its failure stops the build."""
+    import edgekd.quantize.gptq as gq
+
+    tiny_lm_build("llama")  # the session build first: the patch is not for it
+
+    def broken(*a, **k):
+        raise ValueError("no transformer blocks found")
+
+    monkeypatch.setattr(gq, "gptq_round", broken)
+    res, build = _rebuild(tiny_lm_build, tmp_path, "cpu-int4", "quantize.method=ptq")
+    assert res.exit_code == 0, res.output
+    q = json.loads((build / "report.json").read_text())["quantization"]
+    assert set(q["candidates"]) == {"ptq", "ptq-hqq"} and "no transformer blocks found" in q["gptq_skipped"]
+    assert "GPTQ was skipped: ValueError: no transformer blocks found" in (build / "report.md").read_text()
+    res, build = _rebuild(tiny_lm_build, tmp_path / "asked", "cpu-int4", "quantize.method=ptq", "lm.gptq=true")
+    assert res.exit_code == 2 and not build.exists() and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1].endswith('GPTQ could not round the student (ValueError: no transformer '
+                                                        'blocks found); set lm.gptq = "auto" to go on without it')

@@ -11,7 +11,12 @@ where the weights are not already on the grid (a student without quantization-aw
 neural-compressor's symmetric grid: one scale s per `block_size` inputs of an output row, integers
 q in [0, 2^bits), zero point 2^(bits-1), w = (q - 2^(bits-1)) * s; onnxruntime's MatMulNBits without
 a zero-point input reads its packed integers with the same zero point, so the integers and scales go
-into the graph unchanged (no second rounding). The LM head and the embedding are not GPTQ's: export
+into the graph unchanged (no second rounding). Each block's scale is searched (`use_mse_search`: the
+block's range shrunk in steps, the least p-norm error kept), not amax / 7.5: on the max-abs grid GPTQ
+lost to onnxruntime's round to nearest, whose grid is a sixteenth finer (amax / 8, benchmarks/README.md).
+Act-order (columns by falling Hessian diagonal) groups inputs out of order unless the groups are fixed
+first, which this version of neural-compressor fails on, so it stays off: MatMulNBits reads consecutive
+blocks. The LM head and the embedding are not GPTQ's: export
 rounds them to nearest, as for the other candidates."""
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import logging
 import tempfile
 import time
 from contextlib import contextmanager
+
+from ..errors import EdgeKDError
 
 
 def fingerprint(w) -> str:
@@ -41,6 +48,7 @@ def gptq_round(model, sequences, *, bits: int = 4, block_size: int = 32, percdam
 
     t0 = time.perf_counter()
     with _inc_quiet():
+        from neural_compressor.torch.algorithms.weight_only.modules import WeightOnlyLinear
         from neural_compressor.torch.quantization import GPTQConfig, convert, prepare
     work = copy.deepcopy(model).float().eval()
     level = logging.getLogger("neural_compressor").level
@@ -49,7 +57,8 @@ def gptq_round(model, sequences, *, bits: int = 4, block_size: int = 32, percdam
         with tempfile.TemporaryDirectory() as d, torch.no_grad():
             # model_path: neural-compressor 3.10 resolves it even without layer-wise loading (a hub id
             # otherwise); an empty local folder satisfies it and is never read
-            config = GPTQConfig(bits=bits, use_sym=True, group_size=block_size, percdamp=percdamp, model_path=d)
+            config = GPTQConfig(bits=bits, use_sym=True, group_size=block_size, percdamp=percdamp, model_path=d,
+                                use_mse_search=True)
             work = prepare(work, config)
             for ids in sequences:
                 work(input_ids=torch.as_tensor(np.asarray(ids, np.int64)).view(1, -1))
@@ -61,12 +70,19 @@ def gptq_round(model, sequences, *, bits: int = 4, block_size: int = 32, percdam
     zero = 2 ** (bits - 1)
     grids = {}
     for name, m in work.named_modules():
-        if not hasattr(m, "unpack") or name not in modules:
+        if not isinstance(m, WeightOnlyLinear) or name not in modules:
             continue
         u = m.unpack()
-        q = u["int_weight"].to(torch.int32) - u["zp"].to(torch.int32).repeat_interleave(block_size, 1)[:, :m.in_features] + zero
+        g = u.get("g_idx")
+        if g is not None and not torch.equal(g.long().cpu(), torch.arange(m.in_features) // block_size):
+            raise EdgeKDError(f"GPTQ grouped the inputs of {name} out of order (act_order without static groups); "
+                              "MatMulNBits reads consecutive blocks")
+        q = u["int_weight"].to(torch.int32) + zero  # signed integers, unless stored with their zero point
+        if u.get("zp") is not None:
+            q = q - u["zp"].to(torch.int32).repeat_interleave(block_size, 1)[:, :m.in_features]
         if int(q.min()) < 0 or int(q.max()) >= 2 ** bits:
-            raise RuntimeError(f"GPTQ's integers of {name} fall outside [0, {2 ** bits}); its grid is not symmetric")
+            raise EdgeKDError(f"GPTQ's integers of {name} fall outside [0, {2 ** bits}): not the symmetric grid "
+                              "MatMulNBits reads; set lm.gptq = false")
         scales = u["scales"].float()  # (out, blocks)
         w = (q - zero).float() * scales.repeat_interleave(block_size, 1)[:, :m.in_features]  # (out, in)
         modules[name].weight.data.copy_(w)

@@ -50,7 +50,7 @@ def _prompt_text(ctx, prompt: str) -> str:
 
 
 def export_all(task, ctx, models: dict, folder: Path) -> dict:
-    from ..errors import ParityError
+    from ..errors import EdgeKDError, ParityError
     from ..export_lm import check_parity, export_causal_lm, quantize_weights
     from ..quantize.weight_only import bake
 
@@ -76,12 +76,20 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
         candidates["qat"] = (baked, folder / ".qat-fp32")
     if bits == 4:  # HQQ's fitted zero points keep more of a model whose weights passed a 4-bit grid before
         candidates["ptq-hqq"] = candidates["ptq"]
-    grids, gptq_meta = None, None
+    grids, gptq_meta, skipped = None, None, None
     if r.lm.gptq == "true" or (r.lm.gptq == "auto" and "qat" not in candidates):
         ctx.log(f"[export] {q}: GPTQ on {r.lm.gptq_sequences} training sequences")
-        rounded, grids, gptq_meta = _gptq(ctx, models["student-fp32"], bits, qs.block_size)
-        export_causal_lm(rounded, tok, folder / ".gptq-fp32", opset=0)
-        candidates["ptq-gptq"] = (rounded, folder / ".gptq-fp32")
+        try:
+            rounded, grids, gptq_meta = _gptq(ctx, models["student-fp32"], bits, qs.block_size)
+        except Exception as e:  # an optional candidate: "auto" goes on without it and says why
+            if r.lm.gptq == "true":
+                raise EdgeKDError(f"GPTQ could not round the student ({type(e).__name__}: {e}); set lm.gptq = "
+                                  "\"auto\" to go on without it") from e
+            skipped = f"{type(e).__name__}: {e}"[:300]
+            ctx.log(f"[export] {q}: GPTQ skipped ({skipped})")
+        else:
+            export_causal_lm(rounded, tok, folder / ".gptq-fp32", opset=0)
+            candidates["ptq-gptq"] = (rounded, folder / ".gptq-fp32")
     found = {}
     for how_name, (_, src) in candidates.items():
         ctx.log(f"[export] {q}: {bits}-bit weights ({WHAT[how_name]})")
@@ -119,7 +127,7 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
     for k in (".qat-fp32", ".gptq-fp32"):
         shutil.rmtree(folder / k, ignore_errors=True)
     meta["quantization"] = {"chosen": chosen, "candidates": found, "bits": bits, "block_size": qs.block_size,
-                            "head_bits": found[chosen]["head_bits"],
+                            "head_bits": found[chosen]["head_bits"], **({"gptq_skipped": skipped} if skipped else {}),
                             "min_agreement": floor}
     meta["inputs"] = _inputs(folder / meta["deliverable"] / "model.onnx")
     meta["sizes"] = {n: _folder_bytes(folder / n) for n in names}

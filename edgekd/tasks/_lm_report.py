@@ -151,7 +151,11 @@ def render(r: dict) -> str:
     for k, c in q["candidates"].items():
         mark = " **(shipped)**" if k == q["chosen"] else (f"; refused by parity ({c['parity_refused']})"
                                                            if c.get("parity_refused") else "")
-        lines.append(f"- {WHAT.get(k, k)}: NLL {c['val_nll']:.4f}, {_mb(c.get('size_after', 0) or 0)}{mark}")
+        g = c.get("gptq")
+        how = f" ({g['sequences']} sequences, {g['tokens']:,} tokens, {g['seconds']:.0f} s)" if g else ""
+        lines.append(f"- {WHAT.get(k, k)}{how}: NLL {c['val_nll']:.4f}, {_mb(c.get('size_after', 0) or 0)}{mark}")
+    if q.get("gptq_skipped"):
+        lines.append(f"- GPTQ was skipped: {q['gptq_skipped']}")
     lines += ["", "## Parity (onnxruntime against PyTorch, held-out prompts)", ""]
     for n, p in r["parity"].items():
         lines.append(f"- {LABELS.get(n, n)}: logits max |diff| {p['max_abs_diff']:.2g}, next-token top-1 agreement "
