@@ -177,9 +177,10 @@ def test_given_integers_are_written_into_matmul_nbits_unchanged(bits):
     np.testing.assert_allclose(got, w.T, rtol=0, atol=1e-6)
 
 
-def test_gptq_integers_are_neural_compressors_own():
+def test_gptq_integers_are_neural_compressors_own(tmp_path, monkeypatch):
     """gptq_round's float weights are exactly what neural-compressor's own modules dequantize to, and its
-    integers rebuild them: the graph gets GPTQ's rounding, not a second one."""
+    integers rebuild them: the graph gets GPTQ's rounding, not a second one. It leaves nothing in the
+    working folder (neural-compressor's default workspace is ./nc_workspace)."""
     pytest.importorskip("neural_compressor")
     import copy
     import tempfile
@@ -193,8 +194,9 @@ def test_gptq_integers_are_neural_compressors_own():
                       num_key_value_heads=2)
     model = LlamaForCausalLM(cfg).eval()
     seqs = [np.random.default_rng(i).integers(0, 96, size=40) for i in range(4)]
+    monkeypatch.chdir(tmp_path)
     rounded, grids, meta = gptq_round(model, seqs, bits=4, block_size=32)
-    assert meta["linears"] == len(grids) == 2 * 7
+    assert meta["linears"] == len(grids) == 2 * 7 and not any(tmp_path.iterdir())
 
     from neural_compressor.torch.quantization import GPTQConfig, convert, prepare
 

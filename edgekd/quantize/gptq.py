@@ -51,10 +51,13 @@ def gptq_round(model, sequences, *, bits: int = 4, block_size: int = 32, percdam
         from neural_compressor.torch.algorithms.weight_only.modules import WeightOnlyLinear
         from neural_compressor.torch.quantization import GPTQConfig, convert, prepare
     work = copy.deepcopy(model).float().eval()
-    level = logging.getLogger("neural_compressor").level
+    from neural_compressor.common import options
+
+    level, workspace = logging.getLogger("neural_compressor").level, options._workspace
     logging.getLogger("neural_compressor").setLevel(logging.ERROR)  # its notices name no action for the user
     try:
         with tempfile.TemporaryDirectory() as d, torch.no_grad():
+            options.workspace = d  # its default, ./nc_workspace/<time>, would land in the user's folder
             # model_path: neural-compressor 3.10 resolves it even without layer-wise loading (a hub id
             # otherwise); an empty local folder satisfies it and is never read
             config = GPTQConfig(bits=bits, use_sym=True, group_size=block_size, percdamp=percdamp, model_path=d,
@@ -65,6 +68,7 @@ def gptq_round(model, sequences, *, bits: int = 4, block_size: int = 32, percdam
             work = convert(work)
     finally:
         logging.getLogger("neural_compressor").setLevel(level)
+        options.workspace = workspace
     out = copy.deepcopy(model).float().eval()
     modules = dict(out.named_modules())
     zero = 2 ** (bits - 1)
