@@ -42,18 +42,17 @@ def test_fake_quant_blocks_land_on_the_runtimes_grid(bits):
     np.testing.assert_allclose(ort_w, fq.T.numpy(), rtol=0, atol=1e-6)
 
 
-def test_prepared_weights_train_through_the_rounding_and_bake_to_plain_weights():
-    from torch.nn.utils import parametrize
+def _tiny_lm(*, tied: bool):
+    """Embedding -> Linear -> head, the head tied to the embedding's table or its own tensor."""
 
-    from edgekd.quantize.weight_only import bake, fake_quant_blocks, prepare_weights
-
-    class Tiny(torch.nn.Module):
+    class TinyLM(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.emb = torch.nn.Embedding(10, 32)
             self.mid = torch.nn.Linear(32, 32)
             self.head = torch.nn.Linear(32, 10, bias=False)
-            self.head.weight = self.emb.weight  # tied
+            if tied:
+                self.head.weight = self.emb.weight
 
         def get_input_embeddings(self):
             return self.emb
@@ -64,7 +63,15 @@ def test_prepared_weights_train_through_the_rounding_and_bake_to_plain_weights()
         def forward(self, x):
             return self.head(self.mid(self.emb(x)))
 
-    q = prepare_weights(Tiny(), bits=4, block_size=16, head_bits=4)
+    return TinyLM()
+
+
+def test_prepared_weights_train_through_the_rounding_and_bake_to_plain_weights():
+    from torch.nn.utils import parametrize
+
+    from edgekd.quantize.weight_only import bake, fake_quant_blocks, prepare_weights
+
+    q = prepare_weights(_tiny_lm(tied=True), bits=4, block_size=16, head_bits=4)
     assert parametrize.is_parametrized(q.mid, "weight") and not parametrize.is_parametrized(q.head, "weight")
     assert not parametrize.is_parametrized(q.emb, "weight")  # one table read by two ops stays tied, unrounded
     q(torch.tensor([1, 2])).sum().backward()
@@ -113,23 +120,7 @@ def test_an_untied_head_and_the_embedding_train_on_their_export_grids(bits, head
 
     from edgekd.quantize.weight_only import bake, fake_quant_blocks, prepare_weights
 
-    class Untied(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = torch.nn.Embedding(10, 32)
-            self.mid = torch.nn.Linear(32, 32)
-            self.head = torch.nn.Linear(32, 10, bias=False)
-
-        def get_input_embeddings(self):
-            return self.emb
-
-        def get_output_embeddings(self):
-            return self.head
-
-        def forward(self, x):
-            return self.head(self.mid(self.emb(x)))
-
-    m = Untied()
+    m = _tiny_lm(tied=False)
     q = prepare_weights(m, bits=bits, block_size=16, head_bits=head_bits)
     assert parametrize.is_parametrized(q.head, "weight")
     assert parametrize.is_parametrized(q.emb, "weight") == (bits == 4)

@@ -53,6 +53,7 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
     from ..errors import EdgeKDError, ParityError
     from ..export_lm import check_parity, export_causal_lm, quantize_weights
     from ..quantize.weight_only import bake
+    from .text_generation import _head_bits  # the head's bits, one rule for QAT and export
 
     r, tok = ctx.recipe, ctx.extra["tokenizer"]
     prompts = [_prompt_text(ctx, p) for p in _parity_prompts(ctx)]
@@ -68,7 +69,7 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
     bits = 8 if q == "student-int8" else 4
     qs = r.quantize
     how = dict(bits=bits, block_size=qs.block_size, symmetric=True, accuracy_level=4, embeddings=True,
-               head_bits=r.lm.head_bits if bits == 4 else bits)
+               head_bits=_head_bits(ctx))
     candidates = {"ptq": (models["student-fp32"], folder / "student-fp32")}
     if qs.method == "qat" and qs.epochs > 0:
         baked = bake(models[q])
