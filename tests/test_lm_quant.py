@@ -207,3 +207,26 @@ def test_gptq_integers_are_neural_compressors_own(tmp_path, monkeypatch):
             rebuilt = (q.astype(np.float32) - 8) * np.repeat(scales, 32, axis=1)[:, :w.shape[1]]
             np.testing.assert_array_equal(rebuilt, w.numpy())
     assert not torch.equal(mine["model.layers.0.mlp.down_proj"].weight, model.model.layers[0].mlp.down_proj.weight)
+
+
+def test_a_trimmed_head_under_qat_still_trains_on_its_compact_logits():
+    """QAT's student is found to have its trimmed head after the head is parametrized, so its steps read the
+    (N, K + 1) compact logits, as distillation's do, and never a (N, vocab) tensor; those logits use the
+    head's rounded weight."""
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgekd.models.lm_vocab import trim, trimmed
+    from edgekd.quantize.weight_only import fake_quant_blocks, prepare_weights
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                     num_key_value_heads=1, vocab_size=50))
+    trim(m, np.arange(0, 50, 2), floor=-3.0)
+    q = prepare_weights(m, bits=4, block_size=16, head_bits=4)
+    head = trimmed(q)
+    assert head is not None and head is q.get_output_embeddings()
+    h = torch.randn(3, 32)
+    w = fake_quant_blocks(m.get_output_embeddings().weight.detach(), bits=4, block_size=16)
+    torch.testing.assert_close(head.compact(h)[:, :-1], h @ w.T)
+    assert head.compact(h).shape == (3, 26)

@@ -62,9 +62,12 @@ def _head_class():
 
 
 def trimmed(model):
-    """The model's TrimmedHead, or None."""
+    """The model's TrimmedHead, or None (also when quantization-aware training has parametrized it)."""
+    from torch.nn.utils.parametrize import type_before_parametrizations
+
     head = model.get_output_embeddings()
-    return head if type(head).__name__ == "TrimmedHead" and hasattr(head, "kept") else None
+    # a parametrized module's class is a subclass made on the fly: its own class name is another
+    return head if type_before_parametrizations(head).__name__ == "TrimmedHead" and hasattr(head, "kept") else None
 
 
 def kept_tokens(seqs, tokenizer, n: int, *, topk_ids=None, topk_logprobs=None) -> tuple[np.ndarray, dict]:
