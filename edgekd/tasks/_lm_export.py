@@ -75,7 +75,10 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
         baked = bake(models[q])
         export_causal_lm(baked, tok, folder / ".qat-fp32", opset=0)
         candidates["qat"] = (baked, folder / ".qat-fp32")
-    if bits == 4:  # HQQ's fitted zero points keep more of a model whose weights passed a 4-bit grid before
+    # HQQ's fitted zero points keep more of a model whose weights passed a 4-bit grid before, by weight error;
+    # offered where the build has no QAT stage, whose weights are on the grid already (benchmarks/README.md
+    # says how it fared by the model's own loss)
+    if bits == 4 and "qat" not in candidates:
         candidates["ptq-hqq"] = candidates["ptq"]
     grids, gptq_meta, skipped = None, None, None
     if r.lm.gptq == "true" or (r.lm.gptq == "auto" and "qat" not in candidates):
