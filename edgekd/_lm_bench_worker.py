@@ -177,11 +177,6 @@ def main(cfg_path: str, out_path: str) -> None:
     # peak before the quality pass: scoring holds (T, vocab) log-probs that generation never does
     result["peak_rss_mb"] = _status_mb("VmHWM")
     seqs = [data[f"eval{i}"] for i in range(cfg["eval_count"])]
-    quality_threads = cfg.get("quality_threads", cfg["threads"])
-    if seqs and quality_threads != cfg["threads"]:  # untimed: on the cores given for it, in a session of its own
-        del lm
-        lm = Runner(cfg["folder"], threads=quality_threads)
-    result["quality_threads"] = quality_threads
     result.update(quality(lm, seqs, cfg) if seqs else
                   {"perplexity": None, "nll_tokens": 0, "top1_agreement": None, "kl_teacher": None})
     with open(out_path, "w") as f:

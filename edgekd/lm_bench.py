@@ -9,7 +9,6 @@ folder) or OpenVINO (a stateful IR folder of edgekd.openvino_lm). Imports no tor
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ RUNTIMES = {"onnxruntime": "model.onnx", "openvino": "openvino_model.xml"}  # th
 
 def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens: int = 128, repeats: int = 5,
              eval_ids=None, reference=None, write_reference=None, seed: int = 0, timeout: float | None = None,
-             runtime: str = "onnxruntime", quality_threads: int | None = None) -> dict:
+             runtime: str = "onnxruntime") -> dict:
     """Speed, memory and quality of the exported LM in `folder` (model.onnx of an optimum
     text-generation-with-past export on onnxruntime; with runtime="openvino", openvino_model.xml of
     edgekd.openvino_lm.convert_lm), measured in a fresh process with `threads` intra-op threads.
@@ -45,9 +44,7 @@ def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens:
     lengths = [int(n) for n in prompt_lengths]
     if not lengths or min(lengths) < 1:
         raise RecipeError(f"prompt_lengths must be positive token counts, got {list(prompt_lengths)}")
-    quality_threads = (os.cpu_count() or 1) if quality_threads is None else quality_threads
-    for name, value in (("threads", threads), ("new_tokens", new_tokens), ("repeats", repeats),
-                        ("quality_threads", quality_threads)):
+    for name, value in (("threads", threads), ("new_tokens", new_tokens), ("repeats", repeats)):
         if value < 1:
             raise RecipeError(f"{name} must be at least 1, got {value}")
     if runtime not in RUNTIMES:
@@ -64,8 +61,7 @@ def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens:
         arrays = {"prompt": timing_ids(folder, max(lengths), seed=seed)}
         arrays.update({f"eval{i}": np.asarray(s, np.int64).ravel() for i, s in enumerate(eval_ids or [])})
         np.savez(Path(d) / "in.npz", **arrays)
-        cfg = {"folder": str(folder), "runtime": runtime, "threads": threads, "quality_threads": quality_threads,
-               "prompt_lengths": lengths,
+        cfg = {"folder": str(folder), "runtime": runtime, "threads": threads, "prompt_lengths": lengths,
                "new_tokens": new_tokens, "repeats": repeats, "inputs": str(Path(d) / "in.npz"), "eval_count": len(eval_ids or []),
                "reference": str(reference) if reference else None,
                "write_reference": str(write_reference) if write_reference else None, "top_k": TOP_K}
