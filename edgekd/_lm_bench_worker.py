@@ -173,9 +173,11 @@ def main(cfg_path: str, out_path: str) -> None:
     load_rss = _status_mb("VmRSS")
     data = np.load(cfg["inputs"])
     result = {"runtime": cfg.get("runtime", "onnxruntime"), "threads": cfg["threads"], "new_tokens": cfg["new_tokens"],
-              "repeats": cfg["repeats"], "context": lm.context, "load_rss_mb": load_rss, **speed(lm, data["prompt"], cfg)}
-    # peak before the quality pass: scoring holds (T, vocab) log-probs that generation never does
-    result["peak_rss_mb"] = _status_mb("VmHWM")
+              "repeats": cfg["repeats"], "context": lm.context, "load_rss_mb": load_rss}
+    if cfg.get("speed", True):
+        result.update(speed(lm, data["prompt"], cfg))
+        # peak before the quality pass: scoring holds (T, vocab) log-probs that generation never does
+        result["peak_rss_mb"] = _status_mb("VmHWM")
     seqs = [data[f"eval{i}"] for i in range(cfg["eval_count"])]
     result.update(quality(lm, seqs, cfg) if seqs else
                   {"perplexity": None, "nll_tokens": 0, "top1_agreement": None, "kl_teacher": None})

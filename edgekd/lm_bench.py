@@ -26,7 +26,7 @@ RUNTIMES = {"onnxruntime": "model.onnx", "openvino": "openvino_model.xml"}  # th
 
 def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens: int = 128, repeats: int = 5,
              eval_ids=None, reference=None, write_reference=None, seed: int = 0, timeout: float | None = None,
-             runtime: str = "onnxruntime") -> dict:
+             runtime: str = "onnxruntime", speed: bool = True) -> dict:
     """Speed, memory and quality of the exported LM in `folder` (model.onnx of an optimum
     text-generation-with-past export on onnxruntime; with runtime="openvino", openvino_model.xml of
     edgekd.openvino_lm.convert_lm), measured in a fresh process with `threads` intra-op threads.
@@ -39,7 +39,8 @@ def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens:
     Quality, when `eval_ids` (1-D token id arrays) are given: perplexity over every token after the
     first of each sequence, cut to min(context, 512) tokens. `write_reference` saves this model's top
     tokens at every scored position (a teacher's run); `reference` reads such a file and adds
-    top1_agreement and kl_teacher (a student's run)."""
+    top1_agreement and kl_teacher (a student's run). speed=False measures the quality alone (no prefill,
+    decode or peak-memory keys): for a graph whose shapes another run has timed."""
     folder = Path(folder)
     lengths = [int(n) for n in prompt_lengths]
     if not lengths or min(lengths) < 1:
@@ -61,7 +62,7 @@ def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens:
         arrays = {"prompt": timing_ids(folder, max(lengths), seed=seed)}
         arrays.update({f"eval{i}": np.asarray(s, np.int64).ravel() for i, s in enumerate(eval_ids or [])})
         np.savez(Path(d) / "in.npz", **arrays)
-        cfg = {"folder": str(folder), "runtime": runtime, "threads": threads, "prompt_lengths": lengths,
+        cfg = {"folder": str(folder), "runtime": runtime, "threads": threads, "speed": speed, "prompt_lengths": lengths,
                "new_tokens": new_tokens, "repeats": repeats, "inputs": str(Path(d) / "in.npz"), "eval_count": len(eval_ids or []),
                "reference": str(reference) if reference else None,
                "write_reference": str(write_reference) if write_reference else None, "top_k": TOP_K}

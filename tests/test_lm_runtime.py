@@ -138,6 +138,10 @@ def test_bench_lm_speed_memory_and_teacher_agreement(exported, tmp_path):
     student = bench_lm(folder, **tiny, reference=ref)
     assert student["top1_agreement"] == 1.0 and student["kl_teacher"] == pytest.approx(0, abs=1e-4)
     assert student["perplexity"] == pytest.approx(teacher["perplexity"], rel=1e-6)
+    # quality alone, for a graph another run of the same shapes timed
+    scored = bench_lm(folder, eval_ids=evals, speed=False)
+    assert not {"decode_tok_s", "prefill_tok_s", "peak_rss_mb"} & set(scored)
+    assert scored["perplexity"] == pytest.approx(teacher["perplexity"], rel=1e-6)
     # timing prompts: ordinary tokens, the same for every model of a build
     ids = timing_ids(folder, 64, seed=3)
     special = {0, 1, 2}  # the tiny tokenizer's pad, bos and eos

@@ -28,6 +28,10 @@ def test_a_tiny_lm_builds_end_to_end(lm_build):
         assert m["decode_tok_s"]["mean"] > 0 and m["peak_rss_mb"] > 0 and m["size_bytes"] > 0
         assert m["perplexity"] > 1
     assert r["models"]["student-int4"]["size_bytes"] < r["models"]["student-fp32"]["size_bytes"]
+    # the baseline's graph has the distilled student's shapes: timed once, its quality its own
+    base, fp32 = r["models"]["student-baseline"], r["models"]["student-fp32"]
+    assert base["timed_as"] == "student-fp32" and base["decode_tok_s"] == fp32["decode_tok_s"]
+    assert "speed and memory are student FP32's" in (lm_build / "report.md").read_text()
     for n in ("student-baseline", "student-fp32", "student-int4"):  # against the teacher's top-64 on held-out text
         assert 0 <= r["models"][n]["top1_agreement"] <= 1 and r["models"][n]["kl_teacher"] >= 0
     g = r["teacher_data"]["generation"]

@@ -136,6 +136,8 @@ def render(r: dict) -> str:
             f"{_f(m.get('kl_teacher'), '{:.3f}')} | {_f(m.get('rouge_l'), '{:.3f}')} | {_f(m.get('exact_match'), '{:.2f}')} |")
     if lengths:
         lines += ["", f"TTFT is at {lengths[0]} prompt tokens."]
+    lines += [f"{LABELS.get(n, n)}: speed and memory are {LABELS.get(m['timed_as'], m['timed_as'])}'s, the same "
+              "architecture timed once." for n, m in ms.items() if m.get("timed_as")]
     from ._lm_openvino import lines as openvino_lines
 
     lines += openvino_lines(r, LABELS)
