@@ -31,11 +31,13 @@ GGUF_MAGIC = b"GGUF"
 # export
 
 
-def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0) -> dict:
+def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0, fuse: bool = True) -> dict:
     """Write `folder` as an ONNX text-generation folder (see the module docstring) from a transformers
     causal LM and its tokenizer. The model goes through save_pretrained and optimum's own `main_export`,
-    so the folder is exactly what `optimum-cli export onnx` would write; `opset` 0 takes optimum's default.
-    Returns the export's meta (exporter, opset, seconds, sizes, input/output names, dedup)."""
+    so the folder is what `optimum-cli export onnx` would write; `opset` 0 takes optimum's default. With
+    `fuse`, each layer's attention becomes one GroupQueryAttention node (edgekd.lm_fuse: same inputs and
+    outputs, fewer nodes per decoded token) where the graph's layout allows. Returns the export's meta
+    (exporter, opset, seconds, sizes, input/output names, dedup, attention)."""
     import onnx
     from optimum.exporters.onnx import main_export
 
@@ -57,7 +59,8 @@ def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0) -> dict:
     proto = onnx.load(str(path))
     vocab = trim_onnx_head(proto, head) if head is not None else None
     dedup = _dedup_initializers(proto.graph)
-    if dedup["removed"] or vocab:
+    attention = _fuse(model, proto) if fuse else {"fused": 0, "why": "not asked (export.fuse_attention = false)"}
+    if dedup["removed"] or vocab or attention["fused"]:
         _save(proto, path)
     dedup.update(size_before=size_before, size_after=_model_size(folder))
     past = ("past_key_values.", "present.")
@@ -68,8 +71,25 @@ def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0) -> dict:
             "seconds": round(time.perf_counter() - t0, 3), "size_bytes": _model_size(folder),
             "inputs": [n for n in inputs if not n.startswith(past)], "n_inputs": len(inputs),
             "outputs": [n for n in outputs if not n.startswith(past)], "n_outputs": len(outputs),
-            "removed_files": removed, "dedup": dedup, "files": sorted(p.name for p in folder.iterdir()),
+            "removed_files": removed, "dedup": dedup, "attention": attention, "files": sorted(p.name for p in folder.iterdir()),
             **({"vocab": vocab} if vocab else {})}
+
+
+def _fuse(model, proto) -> dict:
+    """edgekd.lm_fuse on `proto` with the model's heads, scale and rotary caches."""
+    from .lm_fuse import fuse_attention, rotary_caches
+
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    positions = getattr(cfg, "max_position_embeddings", None)
+    caches = rotary_caches(model, positions) if isinstance(positions, int) else None
+    if caches is None:
+        return {"fused": 0, "why": f"{cfg.model_type} has no rotate-half rotary embedding edgekd can read"}
+    layers = getattr(model.model, "layers", None)
+    attn = getattr(getattr(layers[0], "self_attn", None), "scaling", None) if layers else None
+    head_dim = 2 * caches[0].shape[1]
+    return fuse_attention(proto, num_heads=heads, kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+                          scale=float(attn if attn is not None else head_dim ** -0.5), cos=caches[0], sin=caches[1])
 
 
 def check_exportable(model_type: str) -> None:

@@ -14,7 +14,9 @@ by side; the ONNX folder is converted instead, with the steps optimum-intel take
    ONNX frontend reads onnxruntime's MatMulNBits and GatherBlockQuantized as compressed constants
    that its CPU plugin runs as compressed FullyConnected and Gather, so the IR holds the very
    weights onnxruntime runs (whichever rounding, post-training or quantization-aware, was shipped).
-2. The attention optimum exports as MatMul, Softmax and MatMul (its scale split between query and
+   A graph whose attention edgekd.lm_fuse wrote as GroupQueryAttention nodes is first written back in
+   standard operators (lm_fuse.unfuse_attention): the frontend reads that node, but an IR cannot hold it.
+2. The attention optimum exports (and unfuse_attention writes) as MatMul, Softmax and MatMul (its scale split between query and
    key, a NaN guard after the softmax) is rewritten as one ScaledDotProductAttention: the CPU plugin
    fuses that op with the cache's ReadValue/Concat/Assign into its own attention with the cache kept
    in place, which decoding depends on; without it every step copies the whole cache.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,10 +76,42 @@ def convert_lm(src, dst, *, compress: str | None = None, group_size: int = 32, s
     if compress not in (None, "int4", "int8"):
         raise InputError(f"compress must be None, 'int4' or 'int8', got {compress!r}")
     t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=dst.parent if dst.parent.is_dir() else None))
+    try:  # the frontend may map the file it read until the IR is saved
+        source, unfused = _standard_ops(onnx_path, tmp)
+        try:
+            model = ov.convert_model(str(source))
+        except Exception as e:  # noqa: BLE001 - the frontend raises its own untyped errors
+            raise InputError(f"OpenVINO cannot convert '{onnx_path}': {first_line(e)}") from None
+        meta = _convert(model, src, dst, onnx_path, compress=compress, group_size=group_size, symmetric=symmetric)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**meta, "attention_unfused": unfused, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _standard_ops(onnx_path: Path, tmp: Path) -> tuple[Path, int]:
+    """`onnx_path`, or a copy in `tmp` with edgekd.lm_fuse's GroupQueryAttention nodes written back in
+    standard operators (OpenVINO converts the node but cannot save it in an IR); and how many."""
+    import onnx
+
+    from .lm_fuse import unfuse_attention
+
     try:
-        model = ov.convert_model(str(onnx_path))
-    except Exception as e:  # noqa: BLE001 - the frontend raises its own untyped errors
-        raise InputError(f"OpenVINO cannot convert '{onnx_path}': {first_line(e)}") from None
+        nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    except Exception:  # noqa: BLE001 - not a graph onnx reads: the frontend says what is wrong with it
+        return onnx_path, 0
+    if not any(n.op_type == "GroupQueryAttention" for n in nodes):
+        return onnx_path, 0
+    proto = onnx.load(str(onnx_path))
+    count = unfuse_attention(proto)
+    large = proto.ByteSize() > 2_000_000_000  # protobuf's limit: the weights go beside it
+    onnx.save(proto, str(tmp / "model.onnx"), save_as_external_data=large, location="model.onnx_data")
+    return tmp / "model.onnx", count
+
+
+def _convert(model, src: Path, dst: Path, onnx_path: Path, *, compress, group_size: int, symmetric: bool) -> dict:
+    import openvino as ov
+
     past = [i.get_any_name() for i in model.inputs if i.get_any_name().startswith(_PAST)]
     outputs = {n for o in model.outputs for n in o.get_names()}
     if "input_ids" not in {n for i in model.inputs for n in i.get_names()} or not past or "logits" not in outputs:
@@ -85,7 +120,8 @@ def convert_lm(src, dst, *, compress: str | None = None, group_size: int = 32, s
     pairs = {n: _PRESENT + n[len(_PAST):] for n in past}
     if missing := sorted(set(pairs.values()) - outputs):
         raise InputError(f"'{onnx_path}' takes past keys and values but does not return {missing[0]}")
-    fused = fuse_attention(model)
+    fuse_attention(model)  # the frontend fuses some layouts itself: count what the model holds
+    fused = sum(op.get_type_name() == "ScaledDotProductAttention" for op in model.get_ordered_ops())
     _make_stateful(model, pairs)
     weights = "as exported"
     if compress:
@@ -97,7 +133,7 @@ def convert_lm(src, dst, *, compress: str | None = None, group_size: int = 32, s
             shutil.copy2(f, dst / f.name)
     return {"converter": "openvino.convert_model + make_stateful", "openvino": ov.__version__, "source": src.name,
             "weights": weights, "stateful": True, "layers": len(past) // 2, "attention_fused": fused,
-            "seconds": round(time.perf_counter() - t0, 3), "size_bytes": model_bytes(dst),
+            "size_bytes": model_bytes(dst),
             "files": sorted(p.name for p in dst.iterdir())}
 
 

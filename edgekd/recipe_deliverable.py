@@ -68,6 +68,10 @@ class ExportSpec:
     # text INT8 student: word and position embedding tables INT8, one scale per row (a smaller file and peak
     # RSS, slower calls: benchmarks/README.md), so off unless size or memory matter more than latency
     int8_embeddings: bool = False
+    # text-generation: each layer's attention as one onnxruntime GroupQueryAttention node (rotary, cache
+    # append and grouped attention in one kernel; the same inputs and outputs) where the layout allows
+    # (edgekd.lm_fuse); false keeps optimum's graph node for node, for a runtime without that operator
+    fuse_attention: bool = True
 
     def __post_init__(self):
         _check(13 <= self.opset <= 21, "export.opset", "in [13, 21]", self.opset)

@@ -88,6 +88,66 @@ def test_fp32_folder_reproduces_pytorch(lm, fp32):
     assert parity["pipeline_text"]
 
 
+def test_attention_is_one_node_per_layer(lm, fp32, int4):
+    """Each layer's attention subgraph became one GroupQueryAttention node, in the FP32 folder and the
+    INT4 graph quantized from it; the projections stay plain MatMuls for the quantizer."""
+    _, model, _ = lm
+    layers = model.config.num_hidden_layers
+    assert fp32[1]["attention"] == {"fused": layers, "op": "com.microsoft.GroupQueryAttention"}
+    for folder in (fp32[0], int4[0]):
+        ops = [n.op_type for n in _graph(folder).node]
+        assert ops.count("GroupQueryAttention") == layers and "Softmax" not in ops
+
+
+def _padded_logits(folder, batch, mask):
+    """Logits of `folder` on a left-padded batch (B, T) with optimum's position ids, then of one more
+    token per row on the returned cache: ((B, T, V), (B, 1, V))."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    past = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+    shape = next(i.shape for i in sess.get_inputs() if i.name == past[0])
+    feed = {n: np.zeros((len(batch), shape[1], 0, shape[3]), np.float32) for n in past}
+    pos = np.maximum(mask.cumsum(-1) - 1, 0)  # optimum's position_ids of a left-padded batch
+    out = sess.run(None, {"input_ids": batch, "attention_mask": mask, "position_ids": pos, **feed})
+    nxt = out[0][:, -1].argmax(-1)[:, None]  # (B, 1)
+    feed = {n.replace("present.", "past_key_values."): v for n, v in
+            zip([o.name for o in sess.get_outputs()][1:], out[1:])}
+    mask2 = np.concatenate([mask, np.ones_like(nxt)], -1)
+    step = sess.run(None, {"input_ids": nxt, "attention_mask": mask2, "position_ids": pos[:, -1:] + 1, **feed})
+    return out[0], step[0]
+
+
+def test_fused_attention_equals_optimums_graph_on_a_padded_batch(lm, fp32, tmp_path):
+    """The fused graph and optimum's own agree on every attended position of a left-padded batch and on
+    the next step from its cache: padding, positions and the cache append keep their meaning."""
+    import numpy as np
+
+    _, model, tok = lm
+    plain = export_causal_lm(model, tok, tmp_path / "plain", fuse=False)
+    assert plain["attention"]["fused"] == 0
+    rows = [tok(p)["input_ids"] for p in PROMPTS[:2]]
+    width = max(map(len, rows))
+    batch = np.array([[tok.pad_token_id] * (width - len(r)) + r for r in rows], np.int64)
+    mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows], np.int64)
+    assert mask.min() == 0  # the prompts differ in length: one row is padded
+    (a, a_step), (b, b_step) = _padded_logits(fp32[0], batch, mask), _padded_logits(tmp_path / "plain", batch, mask)
+    keep = mask.astype(bool)
+    assert np.abs(a[keep] - b[keep]).max() < 1e-4 and np.abs(a_step - b_step).max() < 1e-4
+
+
+def test_a_head_size_the_kernel_refuses_keeps_optimums_attention(tmp_path):
+    """GroupQueryAttention's CPU kernel needs head_dim % 16 == 0: a model with 8 keeps its graph, and says why."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = lm_tiny.tiny_lm(tmp_path / "hf", "llama", layers=1, hidden=32)  # 4 heads of 8
+    meta = export_causal_lm(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder),
+                            tmp_path / "out")
+    assert meta["attention"]["fused"] == 0 and "multiple of 16" in meta["attention"]["why"]
+    assert "GroupQueryAttention" not in [n.op_type for n in _graph(tmp_path / "out").node]
+
+
 def test_int4_quantizes_every_weight_with_head_and_embedding(fp32, int4):
     folder, meta = int4
     before = _weight_matmuls(_graph(fp32[0]))

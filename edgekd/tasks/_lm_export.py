@@ -56,6 +56,7 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
     from .text_generation import _head_bits  # the head's bits, one rule for QAT and export
 
     r, tok = ctx.recipe, ctx.extra["tokenizer"]
+    fuse = r.export.fuse_attention
     prompts = [_prompt_text(ctx, p) for p in _parity_prompts(ctx)]
     names = model_names(ctx.target)
     q = names[-1]
@@ -63,7 +64,7 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
                   else "student-fp32"}
     for name in names[:3]:
         ctx.log(f"[export] {name}")
-        meta["exports"][name] = export_causal_lm(models[name], tok, folder / name, opset=0)
+        meta["exports"][name] = export_causal_lm(models[name], tok, folder / name, opset=0, fuse=fuse)
         meta["parity"][name] = check_parity(models[name], tok, folder / name, prompts, quantized=False,
                                             max_abs_diff=max(r.export.fp32_max_abs_diff, LM_FP32_MAX_ABS_DIFF))
     bits = 8 if q == "student-int8" else 4
@@ -73,7 +74,7 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
     candidates = {"ptq": (models["student-fp32"], folder / "student-fp32")}
     if qs.method == "qat" and qs.epochs > 0:
         baked = bake(models[q])
-        export_causal_lm(baked, tok, folder / ".qat-fp32", opset=0)
+        export_causal_lm(baked, tok, folder / ".qat-fp32", opset=0, fuse=fuse)
         candidates["qat"] = (baked, folder / ".qat-fp32")
     # HQQ's fitted zero points keep more of a model whose weights passed a 4-bit grid before, by weight error;
     # offered where the build has no QAT stage, whose weights are on the grid already (benchmarks/README.md
@@ -92,7 +93,7 @@ def export_all(task, ctx, models: dict, folder: Path) -> dict:
             skipped = f"{type(e).__name__}: {e}"[:300]
             ctx.log(f"[export] {q}: GPTQ skipped ({skipped})")
         else:
-            export_causal_lm(rounded, tok, folder / ".gptq-fp32", opset=0)
+            export_causal_lm(rounded, tok, folder / ".gptq-fp32", opset=0, fuse=fuse)
             candidates["ptq-gptq"] = (rounded, folder / ".gptq-fp32")
     found = {}
     for how_name, (_, src) in candidates.items():
