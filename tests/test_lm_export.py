@@ -137,6 +137,29 @@ def test_fused_attention_equals_optimums_graph_on_a_padded_batch(lm, fp32, tmp_p
     assert np.abs(a[keep] - b[keep]).max() < 1e-4 and np.abs(a_step - b_step).max() < 1e-4
 
 
+def test_unfused_attention_in_standard_operators_equals_the_fused_graph(lm, fp32, tmp_path):
+    """lm_fuse.unfuse_attention (what OpenVINO converts) writes each GroupQueryAttention node back in
+    standard operators with the same logits and cache, padded rows included."""
+    import numpy as np
+    import onnx
+
+    from edgekd.lm_fuse import unfuse_attention
+
+    _, model, tok = lm
+    proto = onnx.load(str(fp32[0] / "model.onnx"))
+    assert unfuse_attention(proto) == model.config.num_hidden_layers
+    assert "GroupQueryAttention" not in [n.op_type for n in proto.graph.node]
+    shutil.copytree(fp32[0], tmp_path / "std")
+    onnx.save(proto, str(tmp_path / "std" / "model.onnx"))
+    rows = [tok(p)["input_ids"] for p in PROMPTS[:2]]
+    width = max(map(len, rows))
+    batch = np.array([[tok.pad_token_id] * (width - len(r)) + r for r in rows], np.int64)
+    mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows], np.int64)
+    (a, a_step), (b, b_step) = _padded_logits(fp32[0], batch, mask), _padded_logits(tmp_path / "std", batch, mask)
+    keep = mask.astype(bool)
+    assert np.abs(a[keep] - b[keep]).max() < 1e-4 and np.abs(a_step - b_step).max() < 1e-4
+
+
 def test_a_head_size_the_kernel_refuses_keeps_optimums_attention(tmp_path):
     """GroupQueryAttention's CPU kernel needs head_dim % 16 == 0: a model with 8 keeps its graph, and says why."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -42,6 +42,7 @@ def test_a_tiny_lm_builds_end_to_end(lm_build):
     assert all(p for p in r["parity"].values())
     md = (lm_build / "report.md").read_text()
     assert "the teacher's decode speed" in md and "perplexity" in md and "## Quantization" in md
+    assert "one onnxruntime GroupQueryAttention node per layer" in md
     m = json.loads((lm_build / "manifest.json").read_text())
     assert m["precision"] == "int4" and m["model"] == "student-int4/model.onnx"
     assert (lm_build / m["model"]).is_file() and (lm_build / "student-int4" / "tokenizer.json").is_file()

@@ -138,6 +138,7 @@ def render(r: dict) -> str:
         lines += ["", f"TTFT is at {lengths[0]} prompt tokens."]
     lines += [f"{LABELS.get(n, n)}: speed and memory are {LABELS.get(m['timed_as'], m['timed_as'])}'s, the same "
               "architecture timed once." for n, m in ms.items() if m.get("timed_as")]
+    lines += _attention_lines(r)
     from ._lm_openvino import lines as openvino_lines
 
     lines += openvino_lines(r, LABELS)
@@ -179,6 +180,19 @@ def render(r: dict) -> str:
     lines += ["", f"Environment: {env.get('cpu', '')}, {env.get('logical_cpus')} CPUs, python {env.get('python')}, "
               + ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())]
     return "\n".join(lines) + "\n"
+
+
+def _attention_lines(r: dict) -> list[str]:
+    """How the ONNX graphs compute attention (edgekd.lm_fuse), from the export's meta."""
+    att = {n: e["attention"] for n, e in r.get("exports", {}).items() if e.get("attention")}
+    if not att:
+        return []
+    if all(a["fused"] for a in att.values()):
+        return ["", "Attention is one onnxruntime GroupQueryAttention node per layer in every ONNX graph here (rotary "
+                "embedding, cache append and grouped attention in one kernel; the inputs and outputs optimum exports; "
+                "export.fuse_attention)."]
+    return [""] + [f"{LABELS.get(n, n)}: attention as optimum exported it ({a.get('why', 'not fused')})."
+                   for n, a in att.items() if not a["fused"]]
 
 
 def summary(r: dict) -> list[str]:
