@@ -24,6 +24,9 @@ TASK = "text-generation-with-past"
 EXPORTER = f"optimum main_export {TASK}"
 MODEL_FILE = "model.onnx"
 ALGORITHMS = ("rtn", "hqq")
+# families whose attention is q/k/v/o projections, rotate-half rotary on whole heads and softmax(q·kᵀ·scale):
+# what edgekd.lm_fuse rewrites (qk-norm, soft-capping, partial rotary and sliding windows are not)
+FUSABLE = ("llama", "mistral", "qwen2")
 GGUF_MAGIC = b"GGUF"
 
 
@@ -80,6 +83,11 @@ def _fuse(model, proto) -> dict:
     from .lm_fuse import fuse_attention, rotary_caches
 
     cfg = model.config
+    if cfg.model_type not in FUSABLE:
+        return {"fused": 0, "why": f"{cfg.model_type}'s attention is not one edgekd.lm_fuse knows ({', '.join(FUSABLE)})"}
+    window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+    if window or "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
+        return {"fused": 0, "why": "sliding-window attention stays as optimum exports it"}
     heads = cfg.num_attention_heads
     positions = getattr(cfg, "max_position_embeddings", None)
     caches = rotary_caches(model, positions) if isinstance(positions, int) else None
@@ -88,6 +96,8 @@ def _fuse(model, proto) -> dict:
     layers = getattr(model.model, "layers", None)
     attn = getattr(getattr(layers[0], "self_attn", None), "scaling", None) if layers else None
     head_dim = 2 * caches[0].shape[1]
+    if head_dim != (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads):
+        return {"fused": 0, "why": "the rotary embedding covers part of each head"}
     return fuse_attention(proto, num_heads=heads, kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
                           scale=float(attn if attn is not None else head_dim ** -0.5), cos=caches[0], sin=caches[1])
 

@@ -171,6 +171,20 @@ def test_a_head_size_the_kernel_refuses_keeps_optimums_attention(tmp_path):
     assert "GroupQueryAttention" not in [n.op_type for n in _graph(tmp_path / "out").node]
 
 
+def test_sliding_window_attention_keeps_optimums_graph(lm, tmp_path):
+    """A Mistral-class model whose mask is a sliding window (the fused kernel would attend to everything
+    cached) is exported as optimum writes it, and the meta says why."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, _, tok = lm
+    config = AutoConfig.for_model("mistral", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=256, sliding_window=16)
+    meta = export_causal_lm(AutoModelForCausalLM.from_config(config).eval(), tok, tmp_path / "out")
+    assert meta["attention"] == {"fused": 0, "why": "sliding-window attention stays as optimum exports it"}
+    assert "GroupQueryAttention" not in [n.op_type for n in _graph(tmp_path / "out").node]
+
+
 def test_int4_quantizes_every_weight_with_head_and_embedding(fp32, int4):
     folder, meta = int4
     before = _weight_matmuls(_graph(fp32[0]))
