@@ -56,27 +56,49 @@ def _decode(lm, ids: np.ndarray, new_tokens: int) -> np.ndarray:
     return out
 
 
+class Speed:
+    """Prefill at each prompt length that fits the context, then decode after the first, one repeat per
+    `run()` after one warm-up of each at construction; `summary()` the measures over the repeats run."""
+
+    def __init__(self, lm, prompt: np.ndarray, cfg: dict):
+        self.lm, self.prompt, self.new = lm, prompt, cfg["new_tokens"]
+        limit = lm.context - self.new if lm.context is not None else None
+        self.lengths = [n for n in cfg["prompt_lengths"] if limit is None or n <= limit]
+        self.skipped = {str(n): f"{n} prompt + {self.new} new tokens exceed the context of {lm.context}"
+                        for n in cfg["prompt_lengths"] if n not in self.lengths}
+        if not self.lengths:
+            raise InputError(f"no prompt length of {cfg['prompt_lengths']} leaves room for {self.new} new tokens in "
+                             f"the model's context of {lm.context}; use prompt_lengths of at most {limit}")
+        for n in self.lengths:
+            _prefill(lm, prompt[:n])
+        _decode(lm, prompt[:self.lengths[0]], self.new)
+        self.prefill: dict[int, list] = {n: [] for n in self.lengths}
+        self.steps: list[np.ndarray] = []
+
+    def run(self) -> None:
+        for n in self.lengths:
+            self.prefill[n].append(_prefill(self.lm, self.prompt[:n]))
+        self.steps.append(_decode(self.lm, self.prompt[:self.lengths[0]], self.new))
+
+    def summary(self) -> dict:
+        steps = np.stack(self.steps)  # (repeats, new)
+        prefill_tok_s, ttft_ms = {}, {}
+        for n, secs in self.prefill.items():
+            secs = np.array(secs)  # (repeats,)
+            prefill_tok_s[str(n)], ttft_ms[str(n)] = _stats(n / secs), _stats(secs * 1e3)
+        return {"prompt_lengths": self.lengths, "skipped": self.skipped, "prefill_tok_s": prefill_tok_s,
+                "ttft_ms": ttft_ms, "decode_prompt_length": self.lengths[0],
+                "decode_tok_s": _stats(self.new / steps.sum(axis=1)),
+                "per_token_ms": {"p50": float(np.percentile(steps * 1e3, 50)),
+                                 "p90": float(np.percentile(steps * 1e3, 90))}}
+
+
 def speed(lm, prompt: np.ndarray, cfg: dict) -> dict:
-    """Prefill at each length that fits, then decode after the first; one warm-up before each."""
-    new, reps = cfg["new_tokens"], cfg["repeats"]
-    limit = lm.context - new if lm.context is not None else None
-    lengths = [n for n in cfg["prompt_lengths"] if limit is None or n <= limit]
-    skipped = {str(n): f"{n} prompt + {new} new tokens exceed the context of {lm.context}"
-               for n in cfg["prompt_lengths"] if n not in lengths}
-    if not lengths:
-        raise InputError(f"no prompt length of {cfg['prompt_lengths']} leaves room for {new} new tokens in the "
-                         f"model's context of {lm.context}; use prompt_lengths of at most {limit}")
-    prefill_tok_s, ttft_ms = {}, {}
-    for n in lengths:
-        _prefill(lm, prompt[:n])
-        secs = np.array([_prefill(lm, prompt[:n]) for _ in range(reps)])  # (reps,)
-        prefill_tok_s[str(n)], ttft_ms[str(n)] = _stats(n / secs), _stats(secs * 1e3)
-    _decode(lm, prompt[:lengths[0]], new)
-    steps = np.stack([_decode(lm, prompt[:lengths[0]], new) for _ in range(reps)])  # (reps, new)
-    return {"prompt_lengths": lengths, "skipped": skipped, "prefill_tok_s": prefill_tok_s, "ttft_ms": ttft_ms,
-            "decode_prompt_length": lengths[0], "decode_tok_s": _stats(new / steps.sum(axis=1)),
-            "per_token_ms": {"p50": float(np.percentile(steps * 1e3, 50)),
-                             "p90": float(np.percentile(steps * 1e3, 90))}}
+    """Speed's measures over cfg["repeats"] repeats in a row."""
+    s = Speed(lm, prompt, cfg)
+    for _ in range(cfg["repeats"]):
+        s.run()
+    return s.summary()
 
 
 def kl_topk(teacher_logp: np.ndarray, student_logp: np.ndarray) -> np.ndarray:
@@ -157,7 +179,10 @@ def quality(lm, seqs: list[np.ndarray], cfg: dict) -> dict:
     return out
 
 
-def main(cfg_path: str, out_path: str) -> None:
+def main(cfg_path: str, out_path: str, serve: bool = False) -> None:
+    """Measure the model of `cfg_path` into `out_path`. With `serve`, the repeats are the parent's to
+    pace (edgekd.lm_bench.bench_lms): after loading and warming up the worker prints "ready", then runs
+    one repeat for each "run" line on stdin (answering "done") and finishes at "finish"."""
     with open(cfg_path) as f:
         cfg = json.load(f)
     if cfg.get("runtime", "onnxruntime") == "openvino":
@@ -175,7 +200,17 @@ def main(cfg_path: str, out_path: str) -> None:
     result = {"runtime": cfg.get("runtime", "onnxruntime"), "threads": cfg["threads"], "new_tokens": cfg["new_tokens"],
               "repeats": cfg["repeats"], "context": lm.context, "load_rss_mb": load_rss}
     if cfg.get("speed", True):
-        result.update(speed(lm, data["prompt"], cfg))
+        if serve:
+            s = Speed(lm, data["prompt"], cfg)
+            print("ready", flush=True)
+            for line in sys.stdin:
+                if line.strip() != "run":
+                    break
+                s.run()
+                print("done", flush=True)
+            result.update(s.summary(), repeats=len(s.steps), timing="alternating")
+        else:
+            result.update(speed(lm, data["prompt"], cfg))
         # peak before the quality pass: scoring holds (T, vocab) log-probs that generation never does
         result["peak_rss_mb"] = _status_mb("VmHWM")
     seqs = [data[f"eval{i}"] for i in range(cfg["eval_count"])]
@@ -187,7 +222,7 @@ def main(cfg_path: str, out_path: str) -> None:
 
 if __name__ == "__main__":
     try:
-        main(sys.argv[1], sys.argv[2])
+        main(sys.argv[1], sys.argv[2], serve="--serve" in sys.argv[3:])
     except EdgeKDError as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(2)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import EdgeKDError, InputError, RecipeError
 
-__all__ = ["bench_lm", "timing_ids"]
+__all__ = ["bench_lm", "bench_lms", "timing_ids"]
 
 TOP_K = 64  # teacher tokens kept per position in a reference file (see _lm_bench_worker.kl_topk)
 RUNTIMES = {"onnxruntime": "model.onnx", "openvino": "openvino_model.xml"}  # the file each runtime loads
@@ -41,6 +41,80 @@ def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens:
     tokens at every scored position (a teacher's run); `reference` reads such a file and adds
     top1_agreement and kl_teacher (a student's run). speed=False measures the quality alone (no prefill,
     decode or peak-memory keys): for a graph whose shapes another run has timed."""
+    with tempfile.TemporaryDirectory() as d:
+        cfg_path, res_path = _prepare(Path(d), folder, threads=threads, prompt_lengths=prompt_lengths,
+                                      new_tokens=new_tokens, repeats=repeats, eval_ids=eval_ids, reference=reference,
+                                      write_reference=write_reference, seed=seed, runtime=runtime, speed=speed)
+        try:
+            proc = subprocess.run([sys.executable, "-m", WORKER, str(cfg_path), str(res_path)],
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise EdgeKDError(f"benchmarking '{Path(folder).name}' took over {timeout} s; raise timeout or lower "
+                              "repeats, new_tokens or prompt_lengths") from None
+        return _result(Path(folder), runtime, proc.returncode, proc.stderr, res_path)
+
+
+def bench_lms(folders: dict, *, repeats: int = 5, **kwargs) -> dict:
+    """The speed and memory of bench_lm for several models at once, their repeats in alternation: every
+    model loads and warms up in its own process, then each round times one repeat of each model in turn
+    (prefill and decode; one process computes at a time, the others wait), so a machine that slows down
+    for a while slows every model alike and the ratios between them hold. `folders`: {name: folder};
+    `kwargs` as bench_lm's timing arguments (threads, prompt_lengths, new_tokens, seed, runtime); quality
+    is bench_lm(speed=False)'s. Returns {name: result}, each with "timing": "alternating"."""
+    if unknown := set(kwargs) - {"threads", "prompt_lengths", "new_tokens", "seed", "runtime"}:
+        raise RecipeError(f"bench_lms times speed only; measure {', '.join(sorted(unknown))} with bench_lm(speed=False)")
+    with tempfile.TemporaryDirectory() as d:
+        procs, paths = {}, {}
+        try:
+            for i, (name, folder) in enumerate(folders.items()):
+                sub = Path(d) / str(i)
+                sub.mkdir()
+                paths[name] = _prepare(sub, Path(folder), repeats=repeats, **kwargs)
+                err = open(sub / "stderr", "w+")  # a file, not a pipe: a chatty library cannot block the worker
+                procs[name] = (subprocess.Popen([sys.executable, "-m", WORKER, *map(str, paths[name]), "--serve"],
+                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True), err)
+                _expect(procs[name], "ready", name)  # loaded and warmed up, one at a time
+            for _ in range(repeats):
+                for name, pe in procs.items():
+                    pe[0].stdin.write("run\n")
+                    pe[0].stdin.flush()
+                    _expect(pe, "done", name)
+            out = {}
+            for name, (p, err) in procs.items():
+                p.stdin.write("finish\n")
+                p.stdin.close()
+                p.wait()
+                err.seek(0)
+                out[name] = _result(Path(folders[name]), kwargs.get("runtime", "onnxruntime"), p.returncode, err.read(),
+                                    paths[name][1])
+            return out
+        finally:
+            for p, err in procs.values():
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                err.close()
+
+
+WORKER = "edgekd._lm_bench_worker"
+
+
+def _expect(pe, word: str, name: str) -> None:
+    """Read the worker's stdout up to the line `word`; a worker that ended first fails with its last error line."""
+    p, err = pe
+    for line in p.stdout:
+        if line.strip() == word:
+            return
+    p.wait()
+    err.seek(0)
+    tail = (err.read().strip().splitlines() or ["no output"])[-1]
+    raise EdgeKDError(f"benchmarking '{name}' failed: {tail}")
+
+
+def _prepare(d: Path, folder: Path, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens: int = 128,
+             repeats: int = 5, eval_ids=None, reference=None, write_reference=None, seed: int = 0,
+             runtime: str = "onnxruntime", speed: bool = True) -> tuple[Path, Path]:
+    """Check the arguments, write the worker's inputs and config into `d`: (config path, result path)."""
     folder = Path(folder)
     lengths = [int(n) for n in prompt_lengths]
     if not lengths or min(lengths) < 1:
@@ -58,26 +132,22 @@ def bench_lm(folder, *, threads: int = 1, prompt_lengths=(128, 512), new_tokens:
     if reference and not Path(reference).is_file():
         raise InputError(f"reference '{reference}' does not exist; write it first: bench_lm(teacher, "
                          "write_reference=...)")
-    with tempfile.TemporaryDirectory() as d:
-        arrays = {"prompt": timing_ids(folder, max(lengths), seed=seed)}
-        arrays.update({f"eval{i}": np.asarray(s, np.int64).ravel() for i, s in enumerate(eval_ids or [])})
-        np.savez(Path(d) / "in.npz", **arrays)
-        cfg = {"folder": str(folder), "runtime": runtime, "threads": threads, "speed": speed, "prompt_lengths": lengths,
-               "new_tokens": new_tokens, "repeats": repeats, "inputs": str(Path(d) / "in.npz"), "eval_count": len(eval_ids or []),
-               "reference": str(reference) if reference else None,
-               "write_reference": str(write_reference) if write_reference else None, "top_k": TOP_K}
-        cfg_path, res_path = Path(d) / "cfg.json", Path(d) / "res.json"
-        cfg_path.write_text(json.dumps(cfg))
-        try:
-            proc = subprocess.run([sys.executable, "-m", "edgekd._lm_bench_worker", str(cfg_path), str(res_path)],
-                                  capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise EdgeKDError(f"benchmarking '{folder.name}' took over {timeout} s; raise timeout or lower repeats, "
-                              "new_tokens or prompt_lengths") from None
-        if proc.returncode != 0 or not res_path.exists():
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgeKDError(f"benchmarking '{folder.name}' failed: {tail}")
-        result = json.loads(res_path.read_text())
+    arrays = {"prompt": timing_ids(folder, max(lengths), seed=seed)}
+    arrays.update({f"eval{i}": np.asarray(s, np.int64).ravel() for i, s in enumerate(eval_ids or [])})
+    np.savez(d / "in.npz", **arrays)
+    cfg = {"folder": str(folder), "runtime": runtime, "threads": threads, "speed": speed, "prompt_lengths": lengths,
+           "new_tokens": new_tokens, "repeats": repeats, "inputs": str(d / "in.npz"), "eval_count": len(eval_ids or []),
+           "reference": str(reference) if reference else None,
+           "write_reference": str(write_reference) if write_reference else None, "top_k": TOP_K}
+    (d / "cfg.json").write_text(json.dumps(cfg))
+    return d / "cfg.json", d / "res.json"
+
+
+def _result(folder: Path, runtime: str, returncode: int, stderr: str, res_path: Path) -> dict:
+    if returncode != 0 or not res_path.exists():
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgeKDError(f"benchmarking '{folder.name}' failed: {tail}")
+    result = json.loads(res_path.read_text())
     files = "model.onnx*" if runtime == "onnxruntime" else "openvino_model.*"  # with model.onnx_data, the .bin
     result["size_bytes"] = sum(p.stat().st_size for p in folder.glob(files))
     return result

@@ -148,6 +148,31 @@ def test_bench_lm_speed_memory_and_teacher_agreement(exported, tmp_path):
     assert np.array_equal(ids, timing_ids(folder, 64, seed=3)) and not set(ids) & special
 
 
+def test_bench_lms_times_models_in_alternation(exported, tmp_path):
+    """bench_lms: every model's repeats in alternation, each with bench_lm's speed and memory keys; a
+    model whose worker fails names itself in one line and stops the others; quality is not its job."""
+    import shutil
+
+    from edgekd.errors import EdgeKDError, RecipeError
+    from edgekd.lm_bench import bench_lms
+
+    folder = exported[1]
+    shutil.copytree(folder, tmp_path / "copy")
+    timing = {"prompt_lengths": (16, 1000), "new_tokens": 8}
+    out = bench_lms({"a": folder, "b": tmp_path / "copy"}, repeats=3, **timing)
+    assert list(out) == ["a", "b"]
+    for r in out.values():
+        assert r["timing"] == "alternating" and r["repeats"] == 3 and r["prompt_lengths"] == [16]
+        assert r["decode_tok_s"]["mean"] > 0 and r["prefill_tok_s"]["16"]["mean"] > 0
+        assert r["peak_rss_mb"] >= r["load_rss_mb"] > 10 and r["perplexity"] is None
+        assert r["size_bytes"] == (folder / "model.onnx").stat().st_size
+    (tmp_path / "copy" / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(EdgeKDError, match="benchmarking 'b' failed: InputError: onnxruntime cannot load"):
+        bench_lms({"a": folder, "b": tmp_path / "copy"}, repeats=1, **timing)
+    with pytest.raises(RecipeError, match="speed only.*eval_ids"):
+        bench_lms({"a": folder}, eval_ids=[[1, 2, 3]])
+
+
 def test_bench_lm_reports_worker_failure(exported, tmp_path):
     from edgekd.errors import EdgeKDError, InputError
     from edgekd.lm_bench import bench_lm

@@ -188,7 +188,7 @@ def benchmark_all(task, ctx, export_dir: Path, folder: Path) -> dict:
     """Each model in a fresh process (edgekd.lm_bench), the teacher first (its top-k is every student's
     reference), then each model's greedy answers to held-out prompts, scored against the references (or
     the teacher's answers where the data has none)."""
-    from ..lm_bench import bench_lm
+    from ..lm_bench import bench_lm, bench_lms
 
     lm, target = ctx.recipe.lm, ctx.target
     names = model_names(target)
@@ -198,13 +198,17 @@ def benchmark_all(task, ctx, export_dir: Path, folder: Path) -> dict:
     # the baseline is the distilled student's architecture, graph for graph: its speed and memory are that
     # graph's, timed once; its quality is its own
     timed_as = {"student-baseline": "student-fp32"}
+    timing = {"threads": target.threads, "prompt_lengths": tuple(lm.bench_prompt_tokens),
+              "new_tokens": lm.bench_new_tokens, "seed": ctx.recipe.seed}
+    timed = [n for n in names if n not in timed_as]
+    ctx.log(f"[benchmark] speed of {', '.join(timed)}, in alternation")
+    speed = bench_lms({n: export_dir / n for n in timed}, repeats=lm.bench_repeats, **timing)
     out = {}
     for name in names:
-        ctx.log(f"[benchmark] {name}")
-        out[name] = bench_lm(export_dir / name, threads=target.threads, prompt_lengths=tuple(lm.bench_prompt_tokens),
-                             new_tokens=lm.bench_new_tokens, repeats=lm.bench_repeats, eval_ids=eval_ids,
-                             seed=ctx.recipe.seed, speed=name not in timed_as,
-                             **({"write_reference": ref} if name == "teacher" else {"reference": ref}))
+        ctx.log(f"[benchmark] {name}: quality")
+        out[name] = with_quality(speed.get(name), bench_lm(
+            export_dir / name, repeats=1, eval_ids=eval_ids, speed=False, **timing,
+            **({"write_reference": ref} if name == "teacher" else {"reference": ref})))
     for name, like in timed_as.items():
         out[name].update({k: v for k, v in out[like].items() if k not in out[name]}, timed_as=like)
     answers = _answers(ctx, export_dir, names)
@@ -216,6 +220,14 @@ def benchmark_all(task, ctx, export_dir: Path, folder: Path) -> dict:
     out["openvino"] = _lm_openvino.benchmark(ctx, export_dir, names, ref, {
         "threads": target.threads, "prompt_lengths": tuple(lm.bench_prompt_tokens), "new_tokens": lm.bench_new_tokens,
         "repeats": lm.bench_repeats, "eval_ids": eval_ids, "seed": ctx.recipe.seed})
+    return out
+
+
+def with_quality(speed: dict | None, quality: dict) -> dict:
+    """One model's result: the alternating run's speed and memory (None: timed as another model) with the
+    quality run's perplexity and agreement."""
+    out = dict(speed or {})
+    out.update({k: v for k, v in quality.items() if out.get(k) is None})
     return out
 
 

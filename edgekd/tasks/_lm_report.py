@@ -115,7 +115,9 @@ def render(r: dict) -> str:
     lengths = sorted(first, key=int)
     lines = [f"# edgekd text-generation: {r['recipe']} on {r['target']}", "", "## Verdict", "", *verdict(r), "",
              "## Speed and quality", "",
-             f"Each model in its own fresh onnxruntime process at {r['target_profile']['threads']} thread(s), as llama-bench "
+             f"Each model in its own fresh onnxruntime process at {r['target_profile']['threads']} thread(s)"
+             + (", the models' repeats in alternation (one of each per round, so a slower spell of the machine slows "
+                "all alike)" if ms["teacher"].get("timing") == "alternating" else "") + ", as llama-bench "
              "reports: prefill tokens/s at each prompt length (pp), decode tokens/s over "
              f"{_f(ms['teacher'].get('new_tokens'), '{:.0f}')} greedy new tokens (tg), time to first token, per-token "
              "latency; perplexity on every token of the held-out sequences (prompts and responses alike); top-1 agreement and KL(teacher || model) "

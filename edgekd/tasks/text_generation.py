@@ -434,7 +434,7 @@ class TextGeneration(Task):
     def benchmark_key(self, ctx: Context) -> dict:
         lm = ctx.recipe.lm
         return {"prompt_tokens": lm.bench_prompt_tokens, "new_tokens": lm.bench_new_tokens, "repeats": lm.bench_repeats,
-                "eval_prompts": lm.eval_prompts}
+                "eval_prompts": lm.eval_prompts, "timing": "alternating"}
 
     def benchmark(self, ctx: Context, export_dir: Path, folder: Path) -> dict:
         from ._lm_export import benchmark_all
