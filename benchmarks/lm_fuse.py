@@ -1,13 +1,13 @@
 """Attention as one GroupQueryAttention node (edgekd.lm_fuse) against optimum's graph, on the same
 weights: two export folders of one build, one written with export.fuse_attention = true and one with
-false, their models timed in alternation (A, B, A, B, ... each in a fresh process, edgekd.lm_bench), so
-a machine that slows down for a while slows both sides.
+false, every model's repeats in alternation (edgekd.lm_bench.bench_lms: one warm process per model, one
+repeat of each per round), so a machine that slows down for a while slows both sides alike.
 
-    python benchmarks/lm_fuse.py FUSED_EXPORT_DIR PLAIN_EXPORT_DIR [--models teacher,student-int4] [--rounds 3]
+    python benchmarks/lm_fuse.py FUSED_EXPORT_DIR PLAIN_EXPORT_DIR [--models teacher,student-int4] [--repeats 5]
 
 An export dir is a build cache's export stage folder (.cache/export-<key>), holding one folder per model.
-Writes benchmarks/results/lm-fuse.json: decode and prefill tokens/s per round and side, and the INT4
-student's decode ratio to the teacher's on each side within each round."""
+Writes benchmarks/results/lm-fuse.json: decode and prefill tokens/s and peak RSS per model and side,
+and each student's decode ratio to the teacher's on each side."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ import os
 import platform
 from pathlib import Path
 
-import numpy as np
-
 RESULTS = Path(__file__).resolve().parent / "results" / "lm-fuse.json"
 
 
@@ -27,14 +25,14 @@ def main() -> None:
     ap.add_argument("fused", type=Path)
     ap.add_argument("plain", type=Path)
     ap.add_argument("--models", default="teacher,student-int4")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     a = ap.parse_args()
 
     import onnx
 
-    from edgekd.lm_bench import bench_lm
+    from edgekd.lm_bench import bench_lms
 
     names = a.models.split(",")
     for side in (a.fused, a.plain):
@@ -42,39 +40,22 @@ def main() -> None:
             ops = {x.op_type for x in onnx.load(str(side / n / "model.onnx"), load_external_data=False).graph.node}
             if ("GroupQueryAttention" in ops) != (side == a.fused):
                 raise SystemExit(f"{side / n}: expected {'a fused' if side == a.fused else 'an unfused'} graph")
-    rounds = []
-    for r in range(a.rounds):
-        row = {}
-        for side, folder in (("fused", a.fused), ("plain", a.plain)):
-            for n in names:
-                m = bench_lm(folder / n, prompt_lengths=(a.prompt,), new_tokens=a.new_tokens, repeats=3)
-                row[f"{side}/{n}"] = {"decode_tok_s": m["decode_tok_s"]["mean"],
-                                      "prefill_tok_s": m["prefill_tok_s"][str(a.prompt)]["mean"],
-                                      "peak_rss_mb": m["peak_rss_mb"]}
-                print(f"round {r} {side:5s} {n:14s} decode {m['decode_tok_s']['mean']:6.1f} tok/s  "
-                      f"prefill {m['prefill_tok_s'][str(a.prompt)]['mean']:6.0f} tok/s", flush=True)
-        if "teacher" in names and len(names) > 1:
-            for side in ("fused", "plain"):
-                row[f"{side}/ratio"] = {n: row[f"{side}/{n}"]["decode_tok_s"] / row[f"{side}/teacher"]["decode_tok_s"]
-                                        for n in names if n != "teacher"}
-        rounds.append(row)
-
-    def med(key, field):
-        return float(np.median([r[key][field] for r in rounds]))
-
-    summary = {f"{s}/{n}": {f: med(f"{s}/{n}", f) for f in ("decode_tok_s", "prefill_tok_s", "peak_rss_mb")}
-               for s in ("fused", "plain") for n in names}
-    if "teacher" in names:
-        for s in ("fused", "plain"):
-            summary[f"{s}/ratio"] = {n: float(np.median([r[f"{s}/ratio"][n] for r in rounds]))
-                                     for n in names if n != "teacher"}
+    folders = {f"{side}/{n}": path / n for side, path in (("fused", a.fused), ("plain", a.plain)) for n in names}
+    res = bench_lms(folders, repeats=a.repeats, prompt_lengths=(a.prompt,), new_tokens=a.new_tokens)
+    summary = {k: {"decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"][str(a.prompt)],
+                   "per_token_ms": r["per_token_ms"], "peak_rss_mb": r["peak_rss_mb"]} for k, r in res.items()}
+    ratios = {side: {n: res[f"{side}/{n}"]["decode_tok_s"]["mean"] / res[f"{side}/teacher"]["decode_tok_s"]["mean"]
+                     for n in names if n != "teacher"} for side in ("fused", "plain") if "teacher" in names}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": _cpu(), "threads": 1,
-                                   "prompt_tokens": a.prompt, "new_tokens": a.new_tokens, "models": names,
-                                   "fused": str(a.fused), "plain": str(a.plain), "median": summary,
-                                   "rounds": rounds}, indent=2))
+    RESULTS.write_text(json.dumps({"machine": _cpu(), "threads": 1, "prompt_tokens": a.prompt,
+                                   "new_tokens": a.new_tokens, "repeats": a.repeats, "timing": "alternating",
+                                   "fused": str(a.fused), "plain": str(a.plain), "models": summary,
+                                   "decode_vs_teacher": ratios}, indent=2))
     for k, v in summary.items():
-        print(k, {f: round(x, 2) for f, x in v.items()})
+        print(f"{k:24s} decode {v['decode_tok_s']['mean']:6.1f} ± {v['decode_tok_s']['std']:4.1f} tok/s  prefill "
+              f"{v['prefill_tok_s']['mean']:6.0f} tok/s  peak {v['peak_rss_mb']:5.0f} MB")
+    for side, r in ratios.items():
+        print(side, {n: round(x, 2) for n, x in r.items()})
 
 
 def _cpu() -> str:

@@ -80,7 +80,7 @@ def export_causal_lm(model, tokenizer, folder: Path, *, opset: int = 0, fuse: bo
 
 def _fuse(model, proto) -> dict:
     """edgekd.lm_fuse on `proto` with the model's heads, scale and rotary caches."""
-    from .lm_fuse import fuse_attention, rotary_caches
+    from .lm_fuse import fuse_attention, rotary_frequencies
 
     cfg = model.config
     if cfg.model_type not in FUSABLE:
@@ -89,17 +89,17 @@ def _fuse(model, proto) -> dict:
     if window or "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
         return {"fused": 0, "why": "sliding-window attention stays as optimum exports it"}
     heads = cfg.num_attention_heads
-    positions = getattr(cfg, "max_position_embeddings", None)
-    caches = rotary_caches(model, positions) if isinstance(positions, int) else None
-    if caches is None:
+    rope = rotary_frequencies(model)
+    if rope is None:
         return {"fused": 0, "why": f"{cfg.model_type} has no rotate-half rotary embedding edgekd can read"}
     layers = getattr(model.model, "layers", None)
     attn = getattr(getattr(layers[0], "self_attn", None), "scaling", None) if layers else None
-    head_dim = 2 * caches[0].shape[1]
+    head_dim = 2 * len(rope[0])
     if head_dim != (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads):
         return {"fused": 0, "why": "the rotary embedding covers part of each head"}
     return fuse_attention(proto, num_heads=heads, kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-                          scale=float(attn if attn is not None else head_dim ** -0.5), cos=caches[0], sin=caches[1])
+                          scale=float(attn if attn is not None else head_dim ** -0.5), inv_freq=rope[0],
+                          rope_scaling=rope[1])
 
 
 def check_exportable(model_type: str) -> None:

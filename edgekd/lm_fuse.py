@@ -12,12 +12,13 @@ The rewrite keeps the folder's contract: the same inputs (input_ids, attention_m
 past_key_values.{i}.key/value) and outputs (logits, present.{i}.key/value, (batch, kv_heads, total,
 head_dim)), so `ORTModelForCausalLM` and edgekd's runtime load it as before. It keeps the semantics
 for every input, padded batches included:
-  - rotary: cos/sin caches (max_positions, head_dim/2) computed by the model's own rotary module (its
-    scaling included), non-interleaved (rotate_half), at each row's place in its cache (past + t). The
-    kernel reads position_ids only as a prompt's first position, which would rotate a left-padded
-    row's cached keys unlike its later tokens; cache places are shifted from optimum's position_ids by
-    the row's padding alone, and attention with rotary embeddings sees only differences of positions,
-    so the logits are the same. position_ids stays an input, unread;
+  - rotary: cos/sin tables (total, head_dim/2) computed in the graph once per call from the model's own
+    inverse frequencies and attention scaling, cos(p * inv_freq) * scaling for p < total (a constant
+    table for the whole context would add megabytes to a small file), non-interleaved (rotate_half),
+    at each row's place in its cache (past + t). The kernel reads position_ids only as a prompt's first
+    position, which would rotate a left-padded row's cached keys unlike its later tokens; cache places
+    are shifted from optimum's position_ids by the row's padding alone, and attention with rotary
+    embeddings sees only differences of positions, so the logits are the same. position_ids stays an input, unread;
   - padding: attention_bias (batch, 1, T, total) = (1 - attention_mask) * float32 min, what the
     exported mask adds, beside the op's causal mask;
   - seqlens_k = total - 1 for every row, so each row appends its T new keys after its whole past, as the
@@ -29,39 +30,44 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fuse_attention", "rotary_caches", "unfuse_attention"]
+__all__ = ["fuse_attention", "rotary_frequencies", "unfuse_attention"]
 
 MS = "com.microsoft"
 
 
-def rotary_caches(model, max_positions: int):
-    """(cos, sin), each (max_positions, head_dim/2) float32, from the model's own rotary embedding
-    module (`model.model.rotary_emb`, transformers' Llama family), or None where the model has none or
-    its cos is not the rotate_half layout cat(f, f) that GroupQueryAttention's non-interleaved rotary
-    reads. The module's attention_scaling (YaRN, longrope) is inside its cos and sin."""
+def rotary_frequencies(model):
+    """(inv_freq (head_dim/2,) float32, attention_scaling) of the model's own rotary embedding module
+    (`model.model.rotary_emb`, transformers' Llama family), checked against what the module returns:
+    cos = cat(f, f).cos() * scaling with f = position * inv_freq, the rotate_half layout that
+    GroupQueryAttention's non-interleaved rotary reads. None where the model has no such module or
+    its tables are not that (frequencies that change with the sequence's length: dynamic, longrope)."""
     import torch
 
     rope = getattr(getattr(model, "model", None), "rotary_emb", None)
-    if rope is None or any(k in str(getattr(rope, "rope_type", "default")) for k in ("dynamic", "longrope")):
-        return None  # these change their frequencies with the sequence's length: no one cache serves all
-    pos = torch.arange(max_positions)[None]  # (1, P)
-    with torch.no_grad():
-        cos, sin = rope(torch.zeros(1, dtype=torch.float32), pos)  # (1, P, head_dim) each
-    cos, sin = cos[0].float().numpy(), sin[0].float().numpy()
-    half = cos.shape[-1] // 2
-    if not (np.array_equal(cos[:, :half], cos[:, half:]) and np.array_equal(sin[:, :half], sin[:, half:])):
+    inv = getattr(rope, "inv_freq", None)
+    if rope is None or inv is None or any(k in str(getattr(rope, "rope_type", "default")) for k in ("dynamic", "longrope")):
         return None
-    return np.ascontiguousarray(cos[:, :half]), np.ascontiguousarray(sin[:, :half])
+    inv = inv.detach().float().cpu().numpy()  # (head_dim/2,)
+    scaling = float(getattr(rope, "attention_scaling", 1.0))
+    pos = torch.tensor([[0, 1, 2, 7, 100, 1000]])
+    with torch.no_grad():
+        cos, sin = (t[0].float().numpy() for t in rope(torch.zeros(1, dtype=torch.float32), pos))  # (6, head_dim)
+    f = pos[0].numpy().astype(np.float32)[:, None] * inv[None]  # (6, head_dim/2)
+    ours = [np.concatenate([g(f), g(f)], -1) * scaling for g in (np.cos, np.sin)]
+    if cos.shape != ours[0].shape or not all(np.allclose(a, b, atol=1e-5) for a, b in zip((cos, sin), ours)):
+        return None
+    return inv, scaling
 
 
-def fuse_attention(proto, *, num_heads: int, kv_heads: int, scale: float, cos: np.ndarray, sin: np.ndarray) -> dict:
+def fuse_attention(proto, *, num_heads: int, kv_heads: int, scale: float, inv_freq: np.ndarray,
+                   rope_scaling: float = 1.0) -> dict:
     """Rewrite `proto` (an optimum text-generation-with-past export, float32, before or after weight-only
     quantization) in place: each layer's attention becomes one GroupQueryAttention node. Returns
     {"fused": layers} or, leaving the graph untouched, {"fused": 0, "why": reason}."""
     from onnx import TensorProto, helper, numpy_helper
 
     g = proto.graph
-    head_dim = 2 * cos.shape[1]
+    head_dim = 2 * len(inv_freq)
     if head_dim % 16:  # onnxruntime's CPU kernel refuses other sizes at run time
         return {"fused": 0, "why": f"head_dim {head_dim} is not a multiple of 16, which GroupQueryAttention needs"}
     inputs = {i.name: i for i in g.input}
@@ -94,8 +100,10 @@ def fuse_attention(proto, *, num_heads: int, kv_heads: int, scale: float, cos: n
         ("one_i32", 1, np.int32), ("idx1", 1, np.int64), ("s0", [0], np.int64), ("s1", [1], np.int64),
         ("s2", [2], np.int64), ("ax12", [1, 2], np.int64), ("one_f", 1.0, np.float32),
         ("min_f", np.finfo(np.float32).min, np.float32), ("ones2", [1, 1], np.int64), ("one1", [1], np.int64))]
-    const += [numpy_helper.from_array(cos.astype(np.float32), f + "cos"),
-              numpy_helper.from_array(sin.astype(np.float32), f + "sin")]
+    const += [numpy_helper.from_array(np.asarray(inv_freq, np.float32)[None], f + "inv_freq"),  # (1, head_dim/2)
+              numpy_helper.from_array(np.asarray(rope_scaling, np.float32), f + "rope_scaling"),
+              numpy_helper.from_array(np.asarray(0, np.int64), f + "zero64"),
+              numpy_helper.from_array(np.asarray(1, np.int64), f + "one64")]
     N = helper.make_node
     shared = [
         N("Shape", [mask], [f + "mshape"]), N("Gather", [f + "mshape", f + "idx1"], [f + "total64"], axis=0),
@@ -109,6 +117,12 @@ def fuse_attention(proto, *, num_heads: int, kv_heads: int, scale: float, cos: n
         N("Slice", [f + "ishape", f + "s1", f + "s2"], [f + "t"]),
         N("Concat", [f + "ones2", f + "t", f + "one1"], [f + "bshape"], axis=0),
         N("Expand", [f + "bias4", f + "bshape"], [f + "bias"]),  # (B, 1, T, total)
+        N("Range", [f + "zero64", f + "total64", f + "one64"], [f + "places"]),  # (total,) 0 .. total-1
+        N("Cast", [f + "places"], [f + "placesf"], to=TensorProto.FLOAT),
+        N("Unsqueeze", [f + "placesf", f + "one1"], [f + "col"]),  # (total, 1)
+        N("Mul", [f + "col", f + "inv_freq"], [f + "freqs"]),  # (total, head_dim/2)
+        N("Cos", [f + "freqs"], [f + "cos1"]), N("Mul", [f + "cos1", f + "rope_scaling"], [f + "cos"]),
+        N("Sin", [f + "freqs"], [f + "sin1"]), N("Mul", [f + "sin1", f + "rope_scaling"], [f + "sin"]),
     ]
     nodes = [n for n in g.node if not (n.op_type == "Concat" and n.output[0].startswith("present."))]
     for i, proj, o_node, cat in plans:
@@ -174,7 +188,9 @@ def unfuse_attention(proto) -> int:
         q, k, v, pk, pv, _, _, cos, sin = n.input[:9]
         bias = n.input[10] if len(n.input) > 10 and n.input[10] else None
         h, kvh = a["num_heads"], a["kv_num_heads"]
-        half = next(t for t in g.initializer if t.name == cos).dims[1]
+        half = next((t.dims[1] for t in g.initializer if t.name == "/edgekd/gqa/inv_freq"), None)
+        if half is None:
+            raise ValueError(f"{n.name} was not written by edgekd.lm_fuse (no /edgekd/gqa/inv_freq); export the model again")
         d = 2 * half
         p = f"{n.name}/"
         inits += [numpy_helper.from_array(np.array(s, np.int64), p + nm) for nm, s in (

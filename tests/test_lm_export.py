@@ -137,6 +137,31 @@ def test_fused_attention_equals_optimums_graph_on_a_padded_batch(lm, fp32, tmp_p
     assert np.abs(a[keep] - b[keep]).max() < 1e-4 and np.abs(a_step - b_step).max() < 1e-4
 
 
+@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 2.0},
+                                  {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 128}])
+def test_fused_attention_reads_scaled_rotary_embeddings(lm, tmp_path, rope):
+    """Rotary scaling (linear positions; YaRN's frequencies and attention factor) is the model's own in
+    the fused graph: the same logits as optimum's graph."""
+    import numpy as np
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _, _, tok = lm
+    config = AutoConfig.for_model("llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=256, rope_scaling=rope)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    fused = export_causal_lm(model, tok, tmp_path / "fused")
+    export_causal_lm(model, tok, tmp_path / "plain", fuse=False)
+    assert fused["attention"]["fused"] == 2
+    rows = [tok(p)["input_ids"] for p in PROMPTS[:2]]
+    width = max(map(len, rows))
+    batch = np.array([[tok.pad_token_id] * (width - len(r)) + r for r in rows], np.int64)
+    mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows], np.int64)
+    (a, a_step), (b, b_step) = (_padded_logits(tmp_path / k, batch, mask) for k in ("fused", "plain"))
+    keep = mask.astype(bool)
+    assert np.abs(a[keep] - b[keep]).max() < 1e-4 and np.abs(a_step - b_step).max() < 1e-4
+
+
 def test_unfused_attention_in_standard_operators_equals_the_fused_graph(lm, fp32, tmp_path):
     """lm_fuse.unfuse_attention (what OpenVINO converts) writes each GroupQueryAttention node back in
     standard operators with the same logits and cache, padded rows included."""
