@@ -18,7 +18,8 @@ for every input, padded batches included:
     at each row's place in its cache (past + t). The kernel reads position_ids only as a prompt's first
     position, which would rotate a left-padded row's cached keys unlike its later tokens; cache places
     are shifted from optimum's position_ids by the row's padding alone, and attention with rotary
-    embeddings sees only differences of positions, so the logits are the same. position_ids stays an input, unread;
+    embeddings sees only differences of positions, so the logits are the same (position_ids stays an
+    input, unread);
   - padding: attention_bias (batch, 1, T, total) = (1 - attention_mask) * float32 min, what the
     exported mask adds, beside the op's causal mask;
   - seqlens_k = total - 1 for every row, so each row appends its T new keys after its whole past, as the
@@ -92,7 +93,7 @@ def fuse_attention(proto, *, num_heads: int, kv_heads: int, scale: float, inv_fr
         if len(o) != 1 or any(c is None or c.op_type != "Concat" or c.input[0] != f"past_key_values.{i}.{kv}"
                               for kv, c in cat.items()):
             return {"fused": 0, "why": f"layer {i}'s output projection or cache concat is not where optimum writes it"}
-        plans.append((i, proj, o[0], cat))
+        plans.append((i, proj, o[0]))
 
     f = "/edgekd/gqa/"
     ids, mask = "input_ids", "attention_mask"
@@ -125,7 +126,7 @@ def fuse_attention(proto, *, num_heads: int, kv_heads: int, scale: float, inv_fr
         N("Sin", [f + "freqs"], [f + "sin1"]), N("Mul", [f + "sin1", f + "rope_scaling"], [f + "sin"]),
     ]
     nodes = [n for n in g.node if not (n.op_type == "Concat" and n.output[0].startswith("present."))]
-    for i, proj, o_node, cat in plans:
+    for i, proj, o_node in plans:
         out = f"{f}{i}/attn"
         node = N("GroupQueryAttention",
                  [proj["q"], proj["k"], proj["v"], f"past_key_values.{i}.key", f"past_key_values.{i}.value",
