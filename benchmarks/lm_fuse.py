@@ -6,7 +6,8 @@ repeat of each per round), so a machine that slows down for a while slows both s
     python benchmarks/lm_fuse.py FUSED_EXPORT_DIR PLAIN_EXPORT_DIR [--models teacher,student-int4] [--repeats 5]
 
 An export dir is a build cache's export stage folder (.cache/export-<key>), holding one folder per model.
-Writes benchmarks/results/lm-fuse.json: decode and prefill tokens/s and peak RSS per model and side,
+Writes benchmarks/results/lm-fuse.json (lm-fuse-openvino.json with --runtime openvino: the IR folders
+converted from each side's graphs): decode and prefill tokens/s and peak RSS per model and side,
 and each student's decode ratio to the teacher's on each side."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import platform
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "lm-fuse.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "lm-fuse{}.json"  # "-openvino" for that runtime
 
 
 def main() -> None:
@@ -26,6 +27,8 @@ def main() -> None:
     ap.add_argument("plain", type=Path)
     ap.add_argument("--models", default="teacher,student-int4")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "openvino"),
+                    help="openvino: the <model>-openvino IR folders converted from each side's graphs")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     a = ap.parse_args()
@@ -35,19 +38,22 @@ def main() -> None:
     from edgekd.lm_bench import bench_lms
 
     names = a.models.split(",")
+    suffix = "-openvino" if a.runtime == "openvino" else ""
     for side in (a.fused, a.plain):
-        for n in names:
+        for n in names:  # the side's ONNX graphs (the IR is converted from them)
             ops = {x.op_type for x in onnx.load(str(side / n / "model.onnx"), load_external_data=False).graph.node}
             if ("GroupQueryAttention" in ops) != (side == a.fused):
                 raise SystemExit(f"{side / n}: expected {'a fused' if side == a.fused else 'an unfused'} graph")
-    folders = {f"{side}/{n}": path / n for side, path in (("fused", a.fused), ("plain", a.plain)) for n in names}
-    res = bench_lms(folders, repeats=a.repeats, prompt_lengths=(a.prompt,), new_tokens=a.new_tokens)
+    folders = {f"{side}/{n}": path / f"{n}{suffix}" for side, path in (("fused", a.fused), ("plain", a.plain))
+               for n in names}
+    res = bench_lms(folders, repeats=a.repeats, prompt_lengths=(a.prompt,), new_tokens=a.new_tokens, runtime=a.runtime)
     summary = {k: {"decode_tok_s": r["decode_tok_s"], "prefill_tok_s": r["prefill_tok_s"][str(a.prompt)],
                    "per_token_ms": r["per_token_ms"], "peak_rss_mb": r["peak_rss_mb"]} for k, r in res.items()}
     ratios = {side: {n: res[f"{side}/{n}"]["decode_tok_s"]["mean"] / res[f"{side}/teacher"]["decode_tok_s"]["mean"]
                      for n in names if n != "teacher"} for side in ("fused", "plain") if "teacher" in names}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": _cpu(), "threads": 1, "prompt_tokens": a.prompt,
+    out = Path(str(RESULTS).format(suffix))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": _cpu(), "runtime": a.runtime, "threads": 1, "prompt_tokens": a.prompt,
                                    "new_tokens": a.new_tokens, "repeats": a.repeats, "timing": "alternating",
                                    "fused": str(a.fused), "plain": str(a.plain), "models": summary,
                                    "decode_vs_teacher": ratios}, indent=2))

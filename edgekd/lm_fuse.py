@@ -13,8 +13,8 @@ past_key_values.{i}.key/value) and outputs (logits, present.{i}.key/value, (batc
 head_dim)), so `ORTModelForCausalLM` and edgekd's runtime load it as before. It keeps the semantics
 for every input, padded batches included:
   - rotary: cos/sin tables (total, head_dim/2) computed in the graph once per call from the model's own
-    inverse frequencies and attention scaling, cos(p * inv_freq) * scaling for p < total (a constant
-    table for the whole context would add megabytes to a small file), non-interleaved (rotate_half),
+    inverse frequencies and attention scaling, cos(p * inv_freq) * scaling for the call's places p (a
+    constant table for the whole context would add megabytes to a small file), non-interleaved (rotate_half),
     at each row's place in its cache (past + t). The kernel reads position_ids only as a prompt's first
     position, which would rotate a left-padded row's cached keys unlike its later tokens; cache places
     are shifted from optimum's position_ids by the row's padding alone, and attention with rotary
@@ -103,7 +103,7 @@ def fuse_attention(proto, *, num_heads: int, kv_heads: int, scale: float, inv_fr
         ("min_f", np.finfo(np.float32).min, np.float32), ("ones2", [1, 1], np.int64), ("one1", [1], np.int64))]
     const += [numpy_helper.from_array(np.asarray(inv_freq, np.float32)[None], f + "inv_freq"),  # (1, head_dim/2)
               numpy_helper.from_array(np.asarray(rope_scaling, np.float32), f + "rope_scaling"),
-              numpy_helper.from_array(np.asarray(0, np.int64), f + "zero64"),
+              numpy_helper.from_array(np.asarray([0, 0, 0], np.int64), f + "zeros3"),
               numpy_helper.from_array(np.asarray(1, np.int64), f + "one64")]
     N = helper.make_node
     shared = [
@@ -118,12 +118,20 @@ def fuse_attention(proto, *, num_heads: int, kv_heads: int, scale: float, inv_fr
         N("Slice", [f + "ishape", f + "s1", f + "s2"], [f + "t"]),
         N("Concat", [f + "ones2", f + "t", f + "one1"], [f + "bshape"], axis=0),
         N("Expand", [f + "bias4", f + "bshape"], [f + "bias"]),  # (B, 1, T, total)
-        N("Range", [f + "zero64", f + "total64", f + "one64"], [f + "places"]),  # (total,) 0 .. total-1
+        # the kernel indexes the tables by cache place; this call reads places past .. total-1 only, so only
+        # those rows are computed and the rows before are zeros (a decoded token: one row of cos and sin)
+        N("Gather", [f + "ishape", f + "idx1"], [f + "t64"], axis=0),
+        N("Sub", [f + "total64", f + "t64"], [f + "past64"]),
+        N("Range", [f + "past64", f + "total64", f + "one64"], [f + "places"]),  # (T,) past .. total-1
         N("Cast", [f + "places"], [f + "placesf"], to=TensorProto.FLOAT),
-        N("Unsqueeze", [f + "placesf", f + "one1"], [f + "col"]),  # (total, 1)
-        N("Mul", [f + "col", f + "inv_freq"], [f + "freqs"]),  # (total, head_dim/2)
-        N("Cos", [f + "freqs"], [f + "cos1"]), N("Mul", [f + "cos1", f + "rope_scaling"], [f + "cos"]),
-        N("Sin", [f + "freqs"], [f + "sin1"]), N("Mul", [f + "sin1", f + "rope_scaling"], [f + "sin"]),
+        N("Unsqueeze", [f + "placesf", f + "one1"], [f + "col"]),  # (T, 1)
+        N("Mul", [f + "col", f + "inv_freq"], [f + "freqs"]),  # (T, head_dim/2)
+        N("Unsqueeze", [f + "past64", f + "s0"], [f + "past1"]),
+        N("Concat", [f + "past1", f + "zeros3"], [f + "pads"], axis=0),  # [past, 0, 0, 0]: rows before
+        N("Cos", [f + "freqs"], [f + "cos1"]), N("Mul", [f + "cos1", f + "rope_scaling"], [f + "cos2"]),
+        N("Pad", [f + "cos2", f + "pads"], [f + "cos"]),  # (total, head_dim/2)
+        N("Sin", [f + "freqs"], [f + "sin1"]), N("Mul", [f + "sin1", f + "rope_scaling"], [f + "sin2"]),
+        N("Pad", [f + "sin2", f + "pads"], [f + "sin"]),
     ]
     nodes = [n for n in g.node if not (n.op_type == "Concat" and n.output[0].startswith("present."))]
     for i, proj, o_node in plans:
