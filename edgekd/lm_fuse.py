@@ -184,7 +184,12 @@ def unfuse_attention(proto) -> int:
         return 0
     f = "/edgekd/sdpa/"
     N = helper.make_node
-    const = {"zero": 0, "one": 1, "two": 2, "ax0": [0], "ax1": [1], "ax2": [2], "s_idx": 2, "t_idx": 1}
+    half = next((t.dims[1] for t in g.initializer if t.name == "/edgekd/gqa/inv_freq"), None)  # head_dim / 2
+    if half is None:
+        raise ValueError("these GroupQueryAttention nodes were not written by edgekd.lm_fuse (no /edgekd/gqa/inv_freq); "
+                         "export the model again")
+    d = 2 * half
+    const = {"zero": 0, "one": 1, "ax0": [0], "ax1": [1], "ax2": [2], "s_idx": 2, "t_idx": 1}
     inits = [numpy_helper.from_array(np.asarray(v, np.int64), f + k) for k, v in const.items()]
     inits += [numpy_helper.from_array(np.asarray(np.finfo(np.float32).min, np.float32), f + "min"),
               numpy_helper.from_array(np.asarray(0.0, np.float32), f + "zero_f")]
@@ -197,10 +202,6 @@ def unfuse_attention(proto) -> int:
         q, k, v, pk, pv, _, _, cos, sin = n.input[:9]
         bias = n.input[10] if len(n.input) > 10 and n.input[10] else None
         h, kvh = a["num_heads"], a["kv_num_heads"]
-        half = next((t.dims[1] for t in g.initializer if t.name == "/edgekd/gqa/inv_freq"), None)
-        if half is None:
-            raise ValueError(f"{n.name} was not written by edgekd.lm_fuse (no /edgekd/gqa/inv_freq); export the model again")
-        d = 2 * half
         p = f"{n.name}/"
         inits += [numpy_helper.from_array(np.array(s, np.int64), p + nm) for nm, s in (
             ("qshape", [0, 0, h, d]), ("kvshape", [0, 0, kvh, d]), ("rep", [1, 1, h // kvh, 1, 1]),

@@ -97,13 +97,12 @@ def _standard_ops(onnx_path: Path, tmp: Path) -> tuple[Path, int]:
     from .lm_fuse import unfuse_attention
 
     try:
-        nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+        proto = onnx.load(str(onnx_path))
     except Exception:  # noqa: BLE001 - not a graph onnx reads: the frontend says what is wrong with it
         return onnx_path, 0
-    if not any(n.op_type == "GroupQueryAttention" for n in nodes):
-        return onnx_path, 0
-    proto = onnx.load(str(onnx_path))
     count = unfuse_attention(proto)
+    if not count:
+        return onnx_path, 0
     large = proto.ByteSize() > 2_000_000_000  # protobuf's limit: the weights go beside it
     onnx.save(proto, str(tmp / "model.onnx"), save_as_external_data=large, location="model.onnx_data")
     return tmp / "model.onnx", count

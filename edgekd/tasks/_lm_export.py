@@ -217,9 +217,8 @@ def benchmark_all(task, ctx, export_dir: Path, folder: Path) -> dict:
     (folder / "answers.json").write_text(json.dumps(answers, indent=1))
     from . import _lm_openvino
 
-    out["openvino"] = _lm_openvino.benchmark(ctx, export_dir, names, ref, {
-        "threads": target.threads, "prompt_lengths": tuple(lm.bench_prompt_tokens), "new_tokens": lm.bench_new_tokens,
-        "repeats": lm.bench_repeats, "eval_ids": eval_ids, "seed": ctx.recipe.seed})
+    out["openvino"] = _lm_openvino.benchmark(ctx, export_dir, names, ref, timing, repeats=lm.bench_repeats,
+                                             eval_ids=eval_ids)
     return out
 
 

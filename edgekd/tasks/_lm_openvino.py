@@ -52,8 +52,10 @@ def export(ctx, folder: Path, meta: dict, prompts: list[str], floors: dict) -> d
     return out
 
 
-def benchmark(ctx, export_dir: Path, names: list[str], reference: Path, kwargs: dict) -> dict:
-    """bench_lm on each converted folder of `names` that the export stage wrote, on OpenVINO."""
+def benchmark(ctx, export_dir: Path, names: list[str], reference: Path, timing: dict, *, repeats: int,
+              eval_ids: list) -> dict:
+    """Each converted folder of `names` that the export stage wrote, on OpenVINO: speed in alternation
+    (bench_lms with `timing`), quality with bench_lm(speed=False)."""
     from ..backends import first_line
     from ..errors import EdgeKDError
     from ..lm_bench import bench_lm, bench_lms
@@ -61,10 +63,9 @@ def benchmark(ctx, export_dir: Path, names: list[str], reference: Path, kwargs: 
 
     out: dict = {"models": {}, "failed": {}}
     folders = {n: export_dir / f"{n}{SUFFIX}" for n in names if (export_dir / f"{n}{SUFFIX}").is_dir()}
-    timing = {k: v for k, v in kwargs.items() if k not in ("repeats", "eval_ids")}
     ctx.log(f"[benchmark] speed of {', '.join(folders)} on OpenVINO, in alternation")
     try:
-        speed = bench_lms(folders, runtime="openvino", repeats=kwargs["repeats"], **timing)
+        speed = bench_lms(folders, runtime="openvino", repeats=repeats, **timing)
     except EdgeKDError as e:  # one model that fails must not take the other down: each alone
         ctx.log(f"[benchmark] OpenVINO in alternation failed ({first_line(e)}); each model alone")
         speed = {}
@@ -72,8 +73,9 @@ def benchmark(ctx, export_dir: Path, names: list[str], reference: Path, kwargs: 
         try:
             out["models"][name] = (
                 with_quality(speed[name], bench_lm(folder, runtime="openvino", reference=reference, speed=False,
-                                                   repeats=1, eval_ids=kwargs["eval_ids"], **timing))
-                if name in speed else bench_lm(folder, runtime="openvino", reference=reference, **kwargs))
+                                                   repeats=1, eval_ids=eval_ids, **timing))
+                if name in speed else bench_lm(folder, runtime="openvino", reference=reference, repeats=repeats,
+                                               eval_ids=eval_ids, **timing))
         except EdgeKDError as e:
             out["failed"][name] = first_line(e)
             ctx.log(f"[benchmark] {name} on OpenVINO failed: {first_line(e)}")
